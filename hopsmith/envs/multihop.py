@@ -1,0 +1,92 @@
+"""The multi-hop QA environment of seed 000: `search` over the question's paragraph pool and
+`llm_query`, an extractor that reads text and answers a focused question.
+
+One `MultihopEnv` lives for one episode. It remembers every paragraph a search returned (for
+supporting-paragraph recall and the failure taxonomy) and the last search's hits, which `llm_query`
+reads when it is given no text: copying five paragraphs into a tool call costs a small model hundreds of
+generated tokens, so the call can say "the last results" or name paragraph ids instead.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from ..records import Paragraph
+from ..tools import check_arguments, tool_schema
+from ..tools.extract import Extractor
+from ..tools.search import BM25Index, format_hits, paragraph_label
+
+_LABEL_RE = re.compile(r"\b(p[0-9a-f]{6})\b")
+
+
+class MultihopEnv:
+    tool_names = ("search", "llm_query")
+
+    def __init__(self, index: BM25Index, *, k: int = 5, max_chars: int | None = None, extractor: Extractor | None = None):
+        self.index = index
+        self.k = k
+        self.max_chars = max_chars
+        self.extractor = extractor
+        self.retrieved: dict[str, Paragraph] = {}
+        self.by_label: dict[str, Paragraph] = {}
+        self.last_hits: list[Paragraph] = []
+
+    @property
+    def tool_names_enabled(self) -> tuple[str, ...]:
+        return self.tool_names if self.extractor is not None else ("search",)
+
+    def schemas(self) -> list[dict]:
+        return [_schema(n) for n in self.tool_names_enabled]
+
+    def search(self, query: str) -> str:
+        """Search the paragraph collection with BM25 and return the best matching paragraphs.
+
+        Args:
+            query: Keywords or a question naming what to look for, e.g. "Lloyd Dane birthplace".
+        """
+        hits = [p for p, _ in self.index.search(query, k=self.k)]
+        self.last_hits = hits
+        for p in hits:
+            self.retrieved.setdefault(p.id, p)
+            self.by_label[paragraph_label(p.id)] = p
+        return format_hits([(p, 0.0) for p in hits], max_chars=self.max_chars)
+
+    def llm_query(self, question: str, text: str = "") -> str:
+        """Ask a reader model one focused question about some text and get a short answer back.
+
+        Args:
+            question: One simple factual question, e.g. "Where was Lloyd Dane born?".
+            text: The text to read. Leave empty to read the results of the last search, or give paragraph labels like [p1a2b3c].
+        """
+        return self.extractor.extract(question, self.resolve_text(text))
+
+    def resolve_text(self, text: str) -> str:
+        ids = _LABEL_RE.findall(text or "")
+        chosen = [self.by_label[i] for i in ids if i in self.by_label]
+        if chosen:
+            return "\n\n".join(f"{p.title}: {p.text}" for p in chosen)
+        if text and text.strip() and not ids:
+            return text
+        return "\n\n".join(f"{p.title}: {p.text}" for p in self.last_hits) or "(no text)"
+
+    # -- execution, used by the agent loop --------------------------------------------------------
+
+    def validate(self, name: str | None, arguments: dict) -> str | None:
+        """Why a call cannot run, or None."""
+        if name not in self.tool_names_enabled:
+            return f"unknown tool '{name}'; available: {', '.join(self.tool_names_enabled)}"
+        return check_arguments(_schema(name), arguments)
+
+    @staticmethod
+    def run_llm_queries(requests: list[tuple["MultihopEnv", dict]]) -> list[str]:
+        """Every llm_query of a turn, across episodes, answered in one batch."""
+        if not requests:
+            return []
+        extractor = requests[0][0].extractor
+        pairs = [(args["question"], env.resolve_text(args.get("text", ""))) for env, args in requests]
+        return extractor.extract_many(pairs)
+
+
+@lru_cache(maxsize=None)
+def _schema(name: str) -> dict:
+    return tool_schema(getattr(MultihopEnv, name))

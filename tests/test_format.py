@@ -1,0 +1,81 @@
+"""Reading model replies: tool calls, malformed calls, final answers and thinking."""
+from hopsmith.agent.format import HermesFormat, extract_answer, get_format, strip_thinking
+
+import pytest
+
+fmt = HermesFormat()
+
+
+def test_one_call_parsed():
+    a = fmt.parse('Let me look.\n<tool_call>\n{"name": "search", "arguments": {"query": "Eldon county"}}\n</tool_call>')
+    assert not a.is_final
+    assert len(a.calls) == 1 and a.calls[0].valid
+    assert a.calls[0].name == "search" and a.calls[0].arguments == {"query": "Eldon county"}
+
+
+def test_several_calls_and_unterminated_block():
+    text = ('<tool_call>{"name": "search", "arguments": {"query": "a"}}</tool_call>'
+            '<tool_call>{"name": "search", "arguments": {"query": "b"}}')
+    a = fmt.parse(text)
+    assert [c.arguments["query"] for c in a.calls] == ["a", "b"]
+    assert all(c.valid for c in a.calls)
+
+
+@pytest.mark.parametrize("raw, reason", [
+    ('{"name": "search", "arguments": {"query": "x"}', "not valid JSON"),
+    ('["search"]', "must be a JSON object"),
+    ('{"arguments": {"query": "x"}}', "no 'name'"),
+    ('{"name": "search", "arguments": "query=x"}', "not a JSON object"),
+    ('{"name": "search", "arguments": [1]}', "must be a JSON object"),
+])
+def test_malformed_calls_are_errors_not_exceptions(raw, reason):
+    a = fmt.parse(f"<tool_call>{raw}</tool_call>")
+    assert not a.is_final
+    assert not a.calls[0].valid
+    assert reason in a.calls[0].error
+
+
+def test_double_encoded_arguments_accepted():
+    a = fmt.parse('<tool_call>{"name": "search", "arguments": "{\\"query\\": \\"x\\"}"}</tool_call>')
+    assert a.calls[0].valid and a.calls[0].arguments == {"query": "x"}
+
+
+@pytest.mark.parametrize("text, answer", [
+    ("FINAL(Miller County)", "Miller County"),
+    ("I found it. FINAL(\"Stanley\")", "Stanley"),
+    ("The county is known.\nAnswer: Mountrail County\nThanks", "Mountrail County"),
+    ("Paris", "Paris"),
+    ("<think>Eldon is in Miller County.</think>FINAL(Miller County)", "Miller County"),
+    ("<think>unfinished thought", ""),
+])
+def test_final_answers(text, answer):
+    a = fmt.parse(text)
+    assert a.is_final and a.answer == answer
+    assert extract_answer(text) == answer
+
+
+def test_thinking_kept_in_trace_but_not_in_answer():
+    text = "<think>first search the director</think>\n<tool_call>{\"name\": \"search\", \"arguments\": {\"query\": \"d\"}}</tool_call>"
+    a = fmt.parse(text)
+    assert a.thinking == "first search the director"
+    msg = fmt.assistant_message(text, a)
+    assert "<think>first search the director</think>" in msg["content"]
+    assert msg["tool_calls"] == [{"type": "function", "function": {"name": "search", "arguments": {"query": "d"}}}]
+    assert strip_thinking(text).startswith("<tool_call>")
+
+
+def test_tool_call_inside_thinking_is_not_a_call():
+    a = fmt.parse('<think>maybe <tool_call>{"name": "search", "arguments": {"query": "x"}}</tool_call></think>FINAL(y)')
+    assert a.is_final and a.answer == "y"
+
+
+def test_malformed_call_text_stays_in_message_content():
+    text = '<tool_call>{"name": "search", "arguments": {"query": "a"}}</tool_call><tool_call>{bad</tool_call>'
+    msg = fmt.assistant_message(text, fmt.parse(text))
+    assert len(msg["tool_calls"]) == 1
+    assert "{bad" in msg["content"]
+
+
+def test_unknown_format_named():
+    with pytest.raises(ValueError, match="unknown action format 'code'"):
+        get_format("code")
