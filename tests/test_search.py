@@ -6,7 +6,7 @@ import pytest
 
 from hopsmith.data import build_pools, corpus_pools, hop_question, load_questions
 from hopsmith.records import Paragraph, Question
-from hopsmith.tools.search import NO_RESULTS, BM25Index, IndexCache, format_hits
+from hopsmith.tools.search import NO_RESULTS, BM25Index, IndexCache, format_hits, paragraph_label
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +42,21 @@ def test_k_beyond_the_pool_and_empty_pools():
 def test_format_hits():
     hits = [(Paragraph("q::1", "Paris", "Paris is the capital and largest city of France."), 3.0),
             (Paragraph("q::2", "Lyon", "Lyon."), 1.0)]
+    a, b = paragraph_label("q::1"), paragraph_label("q::2")
     assert format_hits(hits) == (
-        "[q::1] Paris\nParis is the capital and largest city of France.\n\n[q::2] Lyon\nLyon."
+        f"[{a}] Paris\nParis is the capital and largest city of France.\n\n[{b}] Lyon\nLyon."
     )
-    assert format_hits(hits[:1], max_chars=20) == "[q::1] Paris\nParis is the capital…"
-    assert format_hits(hits[1:], max_chars=20) == "[q::2] Lyon\nLyon."
+    assert format_hits(hits[:1], max_chars=20) == f"[{a}] Paris\nParis is the capital…"
+    assert format_hits(hits[1:], max_chars=20) == f"[{b}] Lyon\nLyon."
     assert format_hits([]) == NO_RESULTS
+
+
+def test_labels_are_opaque_and_stable():
+    # The agent must not be able to tell its own question's paragraphs from distractors by their label.
+    label = paragraph_label("2hop__574419_270105::8")
+    assert label == paragraph_label("2hop__574419_270105::8")
+    assert label.startswith("p") and len(label) == 7 and "2hop" not in label
+    assert label != paragraph_label("2hop__574419_270105::9")
 
 
 def test_index_cache_builds_once_per_pool_and_keeps_flags(tmp_path, musique):
