@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -38,6 +37,7 @@ class EvalConfig:
     few_shot: bool = True
     top_k: int = 5
     max_chars: int | None = 600
+    one_call_per_turn: bool = True
     extraction_bench: bool = True  # also score the extractor on gold paragraphs (for the ceiling)
     bootstrap: int = 1000
     seed: int = 0

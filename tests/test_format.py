@@ -45,6 +45,9 @@ def test_double_encoded_arguments_accepted():
     ("I found it. FINAL(\"Stanley\")", "Stanley"),
     ("The county is known.\nAnswer: Mountrail County\nThanks", "Mountrail County"),
     ("Paris", "Paris"),
+    ("The answer is:\nSachin Tendulkar\n\n# Tools\nYou can call", "Sachin Tendulkar"),
+    ("Dell\nFrom 1997 to 2004, Dell enjoyed steady growth", "Dell"),
+    ("FINAL(Nightwing (Dick Grayson)) and more text\nFINAL(x)", "Nightwing (Dick Grayson)"),
     ("<think>Eldon is in Miller County.</think>FINAL(Miller County)", "Miller County"),
     ("<think>unfinished thought", ""),
 ])

@@ -6,8 +6,9 @@ Hermes-style `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks, 
 of our ChatML template for SmolLM. A code-as-action format plugs in through the same interface.
 
 Final-answer convention: a reply with no tool call ends the episode. Its answer is the text inside
-`FINAL(...)` if present, else what follows the last `Answer:`, else the whole reply; `<think>` blocks are
-kept in the trace and stripped from the answer.
+`FINAL(...)` if present, else the first non-empty line after the last `Answer:` / `The answer is:`, else
+the reply's first non-empty line; `<think>` blocks are kept in the trace and stripped from the answer.
+Taking one line, not the whole reply, keeps a rambling reply from scoring on containment accuracy.
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from typing import Protocol
 
 THINK_RE = re.compile(r"<think>.*?(</think>|$)", re.S)
 TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.S)
-FINAL_RE = re.compile(r"FINAL\((.*)\)", re.S)
-ANSWER_RE = re.compile(r"(?:^|\n|\s)(?:final answer|answer)\s*[:：]\s*(.+)", re.I | re.S)
+# Within one line, up to its last ")": answers may hold parentheses, "Nightwing (Dick Grayson)".
+FINAL_RE = re.compile(r"FINAL\((.*)\)")
+ANSWER_RE = re.compile(r"\b(?:final answer|answer)(?: is)?\s*[:：]", re.I)
 
 
 @dataclass
@@ -70,12 +72,10 @@ def extract_answer(text: str) -> str:
     final = FINAL_RE.search(body)
     if final:
         return final.group(1).strip().strip('"').strip()
-    answer = None
-    for answer in ANSWER_RE.finditer(body):
-        pass
-    if answer:
-        return answer.group(1).strip().split("\n")[0].strip()
-    return body.strip()
+    marks = list(ANSWER_RE.finditer(body))
+    if marks:
+        body = body[marks[-1].end():]
+    return next((line.strip() for line in body.split("\n") if line.strip()), "")
 
 
 class HermesFormat:

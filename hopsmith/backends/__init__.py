@@ -30,6 +30,13 @@ class Backend(Protocol):
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         thinking: bool = False,
+        stop: list[str] | None = None,
     ) -> list[Generation]:
-        """One reply per conversation, in order."""
+        """One reply per conversation, in order; a reply ends after the first of `stop` it writes."""
         ...
+
+
+def cut_at_stop(text: str, stop: list[str] | None) -> str:
+    """`text` up to and including the earliest stop string (engines may overshoot by a few tokens)."""
+    ends = [text.find(s) + len(s) for s in stop or () if s and s in text]
+    return text[: min(ends)] if ends else text

@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from . import Generation
+from . import Generation, cut_at_stop
 
 CHATML_TOOLS_TEMPLATE = resources.files("hopsmith").joinpath("templates/chatml_tools.jinja").read_text()
 
@@ -94,7 +94,7 @@ class HFBackend:
             enable_thinking=thinking,
         )
 
-    def generate(self, conversations, *, tools=None, max_new_tokens=256, temperature=0.0, thinking=False):
+    def generate(self, conversations, *, tools=None, max_new_tokens=256, temperature=0.0, thinking=False, stop=None):
         import torch
 
         prompts = [self.render(c, tools=tools, thinking=thinking) for c in conversations]
@@ -111,6 +111,8 @@ class HFBackend:
             chunk = live[start : start + self.batch_size]
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt").to(self.device)
             kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id)
+            if stop:
+                kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
             if temperature and temperature > 0:
                 kwargs.update(do_sample=True, temperature=float(temperature), top_p=1.0, top_k=0)
             else:
@@ -125,7 +127,7 @@ class HFBackend:
                     if tok in self.stop_ids:
                         n = k
                         break
-                text = self.tokenizer.decode(new[:n], skip_special_tokens=False)
+                text = cut_at_stop(self.tokenizer.decode(new[:n], skip_special_tokens=False), stop)
                 out[i] = Generation(_strip_special(text, self.tokenizer), prompt_tokens=len(ids[i]), completion_tokens=n)
         return out
 

@@ -1,0 +1,124 @@
+"""The `hopsmith` command.
+
+    hopsmith eval --data musique --limit 20 --out runs/base       run and score the search agent
+    hopsmith bench-extraction --data musique --limit 50           the extractor alone, on gold paragraphs
+    hopsmith prepare-model                                        convert the embedded model once
+
+Every flag of `eval` is also a key of a TOML file given with `--config`; flags win over the file.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+
+def _add_eval_flags(p: argparse.ArgumentParser) -> None:
+    from .config import EvalConfig
+
+    p.add_argument("--config", help="TOML file with EvalConfig keys")
+    for f in dataclasses.fields(EvalConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                           help=f"(default {f.default})")
+        else:
+            p.add_argument(flag, dest=f.name, default=None, help=f"(default {f.default})")
+
+
+def _eval_config(args):
+    from .config import EvalConfig, build
+
+    keys = {f.name for f in dataclasses.fields(EvalConfig)}
+    return build(EvalConfig, file=args.config, **{k: v for k, v in vars(args).items() if k in keys})
+
+
+def cmd_eval(args) -> int:
+    from stages import evaluate
+
+    from .metrics import format_table
+
+    cfg = _eval_config(args)
+    out = Path(args.out or f"runs/eval-{cfg.data.replace('/', '_')}")
+    print(f"hopsmith eval: {cfg.data} (split {cfg.split}, limit {cfg.limit}) with {cfg.model} -> {out}", file=sys.stderr)
+    metrics = evaluate.run(cfg, out, progress=not args.quiet)
+    print(format_table(metrics))
+    print(f"\nwrote {out}/metrics.json, {out}/results.jsonl")
+    return 0
+
+
+def cmd_bench_extraction(args) -> int:
+    from .backends.hf import HFBackend
+    from .ceiling import extraction_benchmark
+    from .data import BUNDLED, load_questions
+    from .io import write_json, write_jsonl
+    from .tools.extract import Extractor
+
+    split = args.split if args.data in BUNDLED and args.split != "all" else None
+    questions = load_questions(args.data, limit=args.limit, split=split)
+    extractor = Extractor(HFBackend(args.model, adapter=args.adapter, batch_size=args.batch_size))
+    result = extraction_benchmark(questions, extractor)
+    s = result["summary"]
+    for key, label in (("acc", "accuracy"), ("em", "EM"), ("f1", "F1")):
+        m = s[key]
+        print(f"extraction {label:9s} {100 * m['mean']:5.1f}%  [{100 * m['lo']:5.1f}, {100 * m['hi']:5.1f}]  n={m['n']}")
+    if args.out:
+        write_jsonl(Path(args.out) / "extraction.jsonl", result["rows"])
+        write_json(Path(args.out) / "extraction_summary.json", s)
+    return 0
+
+
+def cmd_prepare_model(args) -> int:
+    from .models import resolve_model
+
+    print(resolve_model(args.model))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hopsmith", description="Train and evaluate small search agents.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("eval", help="run the search agent on a question set and score it")
+    _add_eval_flags(p)
+    p.add_argument("--out", help="run directory (default runs/eval-<data>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench-extraction", help="score the extractor on gold paragraphs and gold sub-questions")
+    p.add_argument("--data", default="musique")
+    p.add_argument("--split", default="eval")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--model", default="embedded")
+    p.add_argument("--adapter")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_bench_extraction)
+
+    p = sub.add_parser("prepare-model", help="convert/locate a model and print its directory")
+    p.add_argument("--model", default="embedded")
+    p.set_defaults(func=cmd_prepare_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .config import ConfigError
+    from .data import DataError
+    from .models import ModelError
+    from stages.evaluate import RunDirError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, ModelError, RunDirError, FileNotFoundError) as exc:
+        print(f"hopsmith: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hopsmith: interrupted; finished episodes are saved, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

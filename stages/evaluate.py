@@ -1,0 +1,159 @@
+"""Evaluate a search agent on a multi-hop question set.
+
+    hopsmith eval --data musique --limit 20 --model embedded --out runs/base
+
+Writes into the run directory: `config.json`, `results.jsonl` (one finished episode a line: messages,
+prediction, tool calls, per-question metrics and failure kind), `extraction.jsonl` (the standalone
+extraction benchmark, for the ceiling) and `metrics.json` (see `hopsmith.metrics.aggregate`). Results
+are appended as episodes finish; a rerun into the same directory skips the questions already done, and
+a directory holding another configuration's results is refused rather than mixed.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from hopsmith.config import EvalConfig, to_dict
+from hopsmith.io import JsonlAppender, read_jsonl, write_json, write_jsonl
+
+# Keys whose change makes earlier results incomparable; limit/batch size/bootstrap may change on resume.
+_RESULT_KEYS = ("data", "split", "model", "adapter", "extractor", "corpus", "pool_size", "pool_seed", "max_turns",
+                "max_new_tokens", "temperature", "thinking", "few_shot", "top_k", "max_chars", "one_call_per_turn", "seed")
+
+
+class RunDirError(ValueError):
+    pass
+
+
+def load_eval_questions(cfg: EvalConfig):
+    """The questions to evaluate and every question's pool."""
+    from hopsmith.data import BUNDLED, load_questions
+    from hopsmith.data.pools import build_pools, corpus_pools, load_corpus
+
+    bundled = cfg.data in BUNDLED
+    split = (None if cfg.split in (None, "all") else cfg.split) if bundled else None
+    questions = load_questions(cfg.data, limit=cfg.limit, split=split)
+    if cfg.corpus:
+        pools = corpus_pools(questions, load_corpus(cfg.corpus))
+    else:
+        # Distractors come from every row of the source, as in seed 000's 400-paragraph pools.
+        everything = load_questions(cfg.data)
+        pools = build_pools(questions, size=cfg.pool_size, seed=cfg.pool_seed, others=everything)
+    return questions, pools
+
+
+def check_run_dir(root: Path, cfg: EvalConfig) -> None:
+    saved_path = root / "config.json"
+    if not saved_path.exists():
+        return
+    import json
+
+    saved = json.loads(saved_path.read_text())
+    mine = to_dict(cfg)
+    diff = [k for k in _RESULT_KEYS if saved.get(k) != mine.get(k)]
+    if diff:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {mine.get(k)!r}" for k in diff)
+        raise RunDirError(f"{root} holds results of another configuration ({detail}); use another --out")
+
+
+def make_backends(cfg: EvalConfig):
+    from hopsmith.backends.hf import HFBackend
+    from hopsmith.tools.extract import Extractor
+
+    backend = HFBackend(cfg.model, adapter=cfg.adapter, batch_size=cfg.batch_size)
+    if cfg.extractor == "none":
+        extractor = None
+    elif cfg.extractor == "self":
+        extractor = Extractor(backend)
+    else:
+        extractor = Extractor(HFBackend(cfg.extractor, batch_size=cfg.batch_size))
+    return backend, extractor
+
+
+def run(cfg: EvalConfig, root: str | Path, *, backend=None, extractor=None, progress: bool = True) -> dict:
+    """Evaluate, resume-safe; returns the metrics dict (also written to `root/metrics.json`)."""
+    from hopsmith.agent.loop import run_episodes
+    from hopsmith.ceiling import extraction_benchmark, oracle_retrieval
+    from hopsmith.metrics import aggregate, failure_kind
+    from hopsmith.tools.search import IndexCache
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    check_run_dir(root, cfg)
+    questions, pools = load_eval_questions(cfg)
+    write_json(root / "config.json", to_dict(cfg))
+    if backend is None:
+        backend, extractor = make_backends(cfg)
+
+    results_path = root / "results.jsonl"
+    wanted = {q.id for q in questions}
+    done = {r["question_id"]: r for r in read_jsonl(results_path, repair=True)}
+    todo = [q for q in questions if q.id not in done]
+    cache = IndexCache()
+    bar = _progress(len(questions), len(questions) - len(todo), progress)
+    started = time.perf_counter()
+    with JsonlAppender(results_path) as out:
+        def finished(row):
+            row["failure"] = failure_kind(row)
+            out.append(row)
+            done[row["question_id"]] = row
+            bar.update(1)
+
+        run_episodes(todo, pools, backend, cfg.agent(), extractor=extractor, index_cache=cache,
+                     batch_size=cfg.batch_size, on_done=finished)
+    bar.close()
+    rows = [done[q.id] for q in questions if q.id in done]
+
+    oracle = oracle_retrieval(questions, pools, k=cfg.top_k, cache=cache)
+    extraction = None
+    if cfg.extraction_bench and extractor is not None:
+        extraction = _extraction(root, questions, extractor, cfg)
+    metrics = aggregate(
+        rows,
+        extraction_accuracy=extraction["summary"]["acc"]["mean"] if extraction else None,
+        oracle_retrieval=oracle["rate"],
+        n_boot=cfg.bootstrap,
+        seed=cfg.seed,
+    )
+    metrics["oracle_retrieval"] = oracle
+    metrics["extraction_benchmark"] = extraction["summary"] if extraction else None
+    metrics["model"] = getattr(backend, "name", cfg.model)
+    metrics["data"] = cfg.data
+    metrics["wall_seconds_this_run"] = time.perf_counter() - started
+    metrics["questions_not_in_results"] = sorted(wanted - set(done))
+    write_json(root / "metrics.json", metrics)
+    return metrics
+
+
+def _extraction(root: Path, questions, extractor, cfg: EvalConfig):
+    from hopsmith.ceiling import extraction_benchmark, extraction_items
+    from hopsmith.metrics import mean_ci
+
+    path = root / "extraction.jsonl"
+    keys = {(it["question_id"], it["hop"]) for it in extraction_items(questions)}
+    if not keys:
+        return None
+    saved = read_jsonl(path, repair=True)
+    if {(r["question_id"], r["hop"]) for r in saved} == keys:
+        rows = saved
+        summary = {k: mean_ci([r["metrics"][k] for r in rows], n_boot=cfg.bootstrap, seed=cfg.seed) for k in ("acc", "em", "f1")}
+        return {"summary": summary, "rows": rows}
+    result = extraction_benchmark(questions, extractor, n_boot=cfg.bootstrap, seed=cfg.seed)
+    write_jsonl(path, result["rows"])
+    return result
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="episodes", unit="q")
