@@ -38,6 +38,7 @@ class EvalConfig:
     top_k: int = 5
     max_chars: int | None = 600
     one_call_per_turn: bool = True
+    max_context_tokens: int = 8192
     extraction_bench: bool = True  # also score the extractor on gold paragraphs (for the ceiling)
     bootstrap: int = 1000
     seed: int = 0

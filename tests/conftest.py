@@ -84,7 +84,9 @@ class ScriptedBackend:
             reply = script[turn] if turn < len(script) else "FINAL(unknown)"
             if callable(reply):
                 reply = reply(conv)
-            out.append(Generation(reply, prompt_tokens=10, completion_tokens=5))
+            # A rough token count (4 characters a token) so context budgets can be tested.
+            size = sum(len(m.get("content") or "") for m in conv) // 4
+            out.append(Generation(reply, prompt_tokens=size, completion_tokens=5))
         return out
 
 

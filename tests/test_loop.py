@@ -150,3 +150,23 @@ def test_context_overflow_ends_episode(tiny_model, tiny_tokenizer, musique_small
     questions, pools = musique_small
     row = run_episodes(questions[:1], pools, backend, AgentConfig())[0]
     assert row["stop"] == "context_overflow" and not row["finished"] and row["turns"] == 0
+
+
+def test_repeated_search_is_not_repeated(musique_small):
+    questions, pools = musique_small
+    backend = ScriptedBackend({}, default=[call("search", query="Van Hook"), call("search", query="van  hook"), "FINAL(a)"])
+    row = run_episodes(questions[:1], pools, backend, AgentConfig())[0]
+    first, second = [m["content"] for m in row["messages"] if m["role"] == "tool"]
+    assert first.startswith("[p") and second.startswith('You already searched for "van  hook"')
+
+
+def test_context_budget_ends_long_episodes(musique_small):
+    questions, pools = musique_small
+    queries = [call("search", query=w) for w in ("county", "river", "city", "film", "band", "party", "war")]
+    probe = ScriptedBackend({}, default=["FINAL(a)"])
+    first_prompt = run_episodes(questions[:1], pools, probe, AgentConfig())[0]["tokens"]["prompt"]
+    # room for the first prompt and about one search result, not for seven
+    row = run_episodes(questions[:1], pools, ScriptedBackend({}, default=queries),
+                       AgentConfig(max_context_tokens=first_prompt + 400))[0]
+    assert row["stop"] == "context_overflow" and not row["finished"]
+    assert 2 <= row["turns"] <= 4

@@ -36,6 +36,9 @@ class AgentConfig:
     # End a reply at its first </tool_call>: one action per turn, and no tokens spent on what a small
     # model writes after its call (it often goes on to imagine the tool's answer).
     one_call_per_turn: bool = True
+    # An episode whose prompt passes this many tokens ends (stop "context_overflow"); the backend also
+    # stops at the model's own context length, whichever is smaller.
+    max_context_tokens: int = 8192
 
 
 @dataclass
@@ -94,7 +97,7 @@ def run_episodes(
         for ep, gen in zip(live, gens):
             ep.prompt_tokens += gen.prompt_tokens
             ep.completion_tokens += gen.completion_tokens
-            if gen.overflow:
+            if gen.overflow or gen.prompt_tokens > cfg.max_context_tokens:
                 ep.stop = "context_overflow"
                 continue
             ep.turns += 1

@@ -30,6 +30,7 @@ class MultihopEnv:
         self.retrieved: dict[str, Paragraph] = {}
         self.by_label: dict[str, Paragraph] = {}
         self.last_hits: list[Paragraph] = []
+        self.queries: set[str] = set()
 
     @property
     def tool_names_enabled(self) -> tuple[str, ...]:
@@ -44,6 +45,11 @@ class MultihopEnv:
         Args:
             query: Keywords or a question naming what to look for, e.g. "Lloyd Dane birthplace".
         """
+        key = " ".join(query.lower().split())
+        if key in self.queries:
+            # The same results again would only grow the context; say so and nudge towards a new query.
+            return f'You already searched for "{query}"; its results are above. Search for something else or answer.'
+        self.queries.add(key)
         hits = [p for p, _ in self.index.search(query, k=self.k)]
         self.last_hits = hits
         for p in hits:
