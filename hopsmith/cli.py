@@ -108,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data import DataError
     from .models import ModelError
-    from stages.evaluate import RunDirError
+    from stages.evaluate import LeakageError, RunDirError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, ModelError, RunDirError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, ModelError, RunDirError, LeakageError, FileNotFoundError) as exc:
         print(f"hopsmith: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

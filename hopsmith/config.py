@@ -42,6 +42,7 @@ class EvalConfig:
     extraction_bench: bool = True  # also score the extractor on gold paragraphs (for the ceiling)
     bootstrap: int = 1000
     seed: int = 0
+    allow_leakage: bool = False  # evaluate an adapter on questions it was trained on (reported loudly)
 
     def agent(self):
         from .agent.loop import AgentConfig

@@ -18,11 +18,34 @@ from hopsmith.io import JsonlAppender, read_jsonl, write_json, write_jsonl
 
 # Keys whose change makes earlier results incomparable; limit/batch size/bootstrap may change on resume.
 _RESULT_KEYS = ("data", "split", "model", "adapter", "extractor", "corpus", "pool_size", "pool_seed", "max_turns",
-                "max_new_tokens", "temperature", "thinking", "few_shot", "top_k", "max_chars", "one_call_per_turn", "max_context_tokens", "seed")
+                "max_new_tokens", "temperature", "thinking", "few_shot", "top_k", "max_chars", "one_call_per_turn", "max_context_tokens", "seed", "allow_leakage")
 
 
 class RunDirError(ValueError):
     pass
+
+
+class LeakageError(ValueError):
+    """The adapter was trained on questions it is about to be evaluated on."""
+
+
+def check_leakage(cfg: EvalConfig, questions) -> dict | None:
+    """Refuse (or, with allow_leakage, report) eval questions the adapter was trained on."""
+    if not cfg.adapter:
+        return None
+    from stages.sft import trained_question_ids
+
+    overlap = sorted(trained_question_ids(cfg.adapter) & {q.id for q in questions})
+    if not overlap:
+        return {"count": 0, "ids": []}
+    message = (f"{len(overlap)} of {len(questions)} eval questions were in the training set of adapter {cfg.adapter} "
+               f"(e.g. {', '.join(overlap[:3])})")
+    if not cfg.allow_leakage:
+        raise LeakageError(message + "; evaluate on the eval split, or pass --allow-leakage to report it anyway")
+    import sys
+
+    print(f"WARNING: LEAKAGE: {message}; these results overstate the adapter", file=sys.stderr)
+    return {"count": len(overlap), "ids": overlap}
 
 
 def load_eval_questions(cfg: EvalConfig):
@@ -81,6 +104,7 @@ def run(cfg: EvalConfig, root: str | Path, *, backend=None, extractor=None, prog
     root.mkdir(parents=True, exist_ok=True)
     check_run_dir(root, cfg)
     questions, pools = load_eval_questions(cfg)
+    leakage = check_leakage(cfg, questions)
     write_json(root / "config.json", to_dict(cfg))
     if backend is None:
         backend, extractor = make_backends(cfg)
@@ -121,6 +145,7 @@ def run(cfg: EvalConfig, root: str | Path, *, backend=None, extractor=None, prog
     metrics["data"] = cfg.data
     metrics["wall_seconds_this_run"] = time.perf_counter() - started
     metrics["questions_not_in_results"] = sorted(wanted - set(done))
+    metrics["leakage"] = leakage
     write_json(root / "metrics.json", metrics)
     return metrics
 

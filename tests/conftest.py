@@ -43,6 +43,15 @@ def tiny_model(tiny_tokenizer):
     return LlamaForCausalLM(config).eval()
 
 
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tiny_model, tiny_tokenizer):
+    """The tiny model saved as a model directory, for code paths that load by name."""
+    d = tmp_path_factory.mktemp("tiny-model")
+    tiny_model.save_pretrained(d)
+    tiny_tokenizer.save_pretrained(d)
+    return d
+
+
 @pytest.fixture()
 def tiny_backend(tiny_model, tiny_tokenizer):
     from hopsmith.backends.hf import HFBackend

@@ -9,14 +9,6 @@ from hopsmith.backends.hf import CHATML_TOOLS_TEMPLATE, HFBackend, pick_chat_tem
 from hopsmith.models import ModelError, resolve_model
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_model, tiny_tokenizer):
-    d = tmp_path_factory.mktemp("tiny-model")
-    tiny_model.save_pretrained(d)
-    tiny_tokenizer.save_pretrained(d)
-    return d
-
-
 def test_embedded_model_converts_once_and_reads(tmp_path_factory, monkeypatch):
     """The shipped GGUF becomes a cached HF model that answers a simple reading question."""
     import os

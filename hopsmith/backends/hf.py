@@ -65,11 +65,15 @@ class HFBackend:
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device)
         if adapter:
             from peft import PeftModel
+            from transformers import AutoTokenizer
 
             if not (Path(adapter) / "adapter_config.json").exists():
                 raise ValueError(f"--adapter {adapter}: no adapter_config.json there (not a LoRA adapter directory)")
             self.model = PeftModel.from_pretrained(self.model, adapter)
             self.name = f"{self.name}+{adapter}"
+            if (Path(adapter) / "tokenizer_config.json").exists():
+                # The adapter was trained with this tokenizer's chat template; inference must render the same.
+                self.tokenizer = AutoTokenizer.from_pretrained(adapter)
         self.model.eval()
         self.chat_template = pick_chat_template(self.tokenizer)
         if self.tokenizer.pad_token is None:

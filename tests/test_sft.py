@@ -1,0 +1,123 @@
+"""SFT on a tiny random model: assistant-only labels, a few steps, an adapter the eval stage uses,
+resume from a checkpoint, and the leakage guard."""
+import json
+import math
+
+import pytest
+from conftest import ScriptedBackend, call
+
+from hopsmith.agent.loop import AgentConfig, run_episodes
+from hopsmith.data import build_pools, hop_question, load_questions
+from hopsmith.envs.multihop import MultihopEnv
+from hopsmith.io import write_jsonl
+from hopsmith.tools.search import BM25Index
+from stages import evaluate, sft
+
+
+def _traces(split="train", n=4):
+    qs = load_questions("musique", split=split, limit=n)
+    pools = build_pools(qs, size=60, others=load_questions("musique"))
+    backend = ScriptedBackend({q.question: [call("search", query=hop_question(q, i)) for i in range(len(q.decomposition))]
+                               + [f"FINAL({q.answer})"] for q in qs})
+    rows = run_episodes(qs, pools, backend, AgentConfig(few_shot=False))
+    tools = MultihopEnv(BM25Index([])).schemas()
+    return [{"id": f"{r['question_id']}:chain", "question_id": r["question_id"], "source": "synthetic:chain",
+             "messages": r["messages"], "tools": tools} for r in rows]
+
+
+def test_labels_cover_exactly_the_assistant_turns(tiny_tokenizer):
+    from hopsmith.backends.hf import CHATML_TOOLS_TEMPLATE
+
+    trace = _traces(n=1)[0]
+    row = sft.tokenize_trace(trace, tiny_tokenizer, CHATML_TOOLS_TEMPLATE, max_length=100000)
+    trained = tiny_tokenizer.decode([t for t in row["labels"] if t != -100])
+    expected = ""
+    for m in trace["messages"]:
+        if m["role"] == "assistant":
+            calls = "".join(
+                '<tool_call>\n{"name": "%s", "arguments": %s}\n</tool_call>' % (c["function"]["name"], json.dumps(c["function"]["arguments"]))
+                for c in m.get("tool_calls", []))
+            expected += (m["content"] or "") + calls + "<|im_end|>"
+    assert trained == expected
+    assert "Question:" not in trained and "<tool_response>" not in trained
+    short = sft.tokenize_trace(trace, tiny_tokenizer, CHATML_TOOLS_TEMPLATE, max_length=50)
+    assert len(short["input_ids"]) == 50
+
+
+def test_presets_and_overrides():
+    c = sft.SFTConfig(preset="seed002", lora_r=8).resolved()
+    assert (c.lora_r, c.lora_alpha, c.target_modules, c.neftune_alpha, c.warmup_ratio) == (8, 64, "all-linear", 5.0, 0.03)
+    c = sft.SFTConfig().resolved()
+    assert (c.lora_r, c.target_modules, c.epochs, c.lr_scheduler) == (16, "attention", 3.0, "cosine")
+    from hopsmith.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown SFT preset"):
+        sft.SFTConfig(preset="fast").resolved()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("sft")
+    write_jsonl(root / "kept.jsonl", _traces())
+    cfg = sft.SFTConfig(traces=str(root / "kept.jsonl"), max_steps=3, batch_size=2, max_length=768, save_steps=2,
+                        lora_r=4, lora_alpha=8)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    summary = sft.run(cfg, root / "adapter", model=model, tokenizer=AutoTokenizer.from_pretrained(tiny_dir))
+    return root, summary
+
+
+def test_sft_writes_adapter_config_ids_and_loss(trained):
+    root, summary = trained
+    adapter = root / "adapter"
+    assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4
+    assert summary["steps"] == 3 and summary["traces"] == 4
+    assert 0 < summary["assistant_tokens"] < summary["tokens"]
+    losses = json.loads((adapter / "loss.json").read_text())
+    assert len(losses) == 3 and all(math.isfinite(x["loss"]) for x in losses)
+    ids = sft.trained_question_ids(adapter)
+    assert len(ids) == 4 and all(i.startswith(("2hop", "3hop", "4hop")) for i in ids)
+    assert (adapter / "checkpoints" / "checkpoint-2").exists()
+
+
+def test_adapter_used_by_eval_stage(trained, tiny_dir, tmp_path):
+    root, _ = trained
+    cfg = evaluate.EvalConfig(model=str(tiny_dir), adapter=str(root / "adapter"), limit=2, max_turns=1,
+                              max_new_tokens=6, pool_size=40, bootstrap=20, extraction_bench=False)
+    metrics = evaluate.run(cfg, tmp_path / "eval", progress=False)
+    assert metrics["n"] == 2 and "adapter" in metrics["model"]
+    assert metrics["leakage"] == {"count": 0, "ids": []}
+
+
+def test_leakage_guard_refuses_training_questions(trained, tiny_dir, tmp_path):
+    root, _ = trained
+    cfg = evaluate.EvalConfig(model=str(tiny_dir), adapter=str(root / "adapter"), split="train", limit=4,
+                              max_turns=1, max_new_tokens=4, pool_size=40, bootstrap=20, extraction_bench=False)
+    with pytest.raises(evaluate.LeakageError, match="4 of 4 eval questions were in the training set"):
+        evaluate.run(cfg, tmp_path / "leak", progress=False)
+    loud = evaluate.run(evaluate.EvalConfig(**{**cfg.__dict__, "allow_leakage": True}), tmp_path / "leak2", progress=False)
+    assert loud["leakage"]["count"] == 4
+
+
+def test_sft_resumes_from_its_checkpoint(trained, tiny_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root, _ = trained
+    cfg = sft.SFTConfig(traces=str(root / "kept.jsonl"), max_steps=4, batch_size=2, max_length=768, save_steps=2,
+                        lora_r=4, lora_alpha=8)
+    summary = sft.run(cfg, root / "adapter", model=AutoModelForCausalLM.from_pretrained(tiny_dir),
+                      tokenizer=AutoTokenizer.from_pretrained(tiny_dir))
+    assert summary["steps"] == 4
+    losses = json.loads((root / "adapter" / "loss.json").read_text())
+    # steps 1-3 came from the last checkpoint (checkpoint-3, saved when the first run ended), not trained again
+    assert [x["step"] for x in losses] == [4]
+
+
+def test_missing_or_empty_traces(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no traces file"):
+        sft.run(sft.SFTConfig(traces=str(tmp_path / "nope.jsonl")), tmp_path / "a")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="holds no traces"):
+        sft.run(sft.SFTConfig(traces=str(tmp_path / "empty.jsonl")), tmp_path / "b")
