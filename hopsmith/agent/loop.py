@@ -34,7 +34,8 @@ class AgentConfig:
     top_k: int = 5
     max_chars: int | None = 600  # per paragraph shown to the agent; None shows it whole
     # End a reply at its first </tool_call>: one action per turn, and no tokens spent on what a small
-    # model writes after its call (it often goes on to imagine the tool's answer).
+    # model writes after its call. A reply always ends where the model starts writing a <tool_response>
+    # itself: that is the model imagining a tool's answer (SmolLM2-135M does it on most second turns).
     one_call_per_turn: bool = True
     # An episode whose prompt passes this many tokens ends (stop "context_overflow"); the backend also
     # stops at the model's own context length, whichever is smaller.
@@ -91,7 +92,7 @@ def run_episodes(
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
             thinking=cfg.thinking,
-            stop=["</tool_call>"] if cfg.one_call_per_turn else None,
+            stop=["</tool_call>", "<tool_response>"] if cfg.one_call_per_turn else ["<tool_response>"],
         )
         llm_queries: list[tuple[_Episode, ToolCall, int]] = []
         for ep, gen in zip(live, gens):

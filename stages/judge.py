@@ -1,0 +1,297 @@
+"""Judge traces before SFT: rules on every trace, then (given a judge model) an LLM judge; keep the good.
+
+    python -m stages.judge runs/demo                                   rules only
+    python -m stages.judge runs/demo --judge SPEC --min-score 0.7      rules, then the LLM judge
+    python -m stages.judge runs/demo --judge SPEC --shard 0 --num-shards 4   one of four workers
+
+Reads `root/traces/shard-*.jsonl` (or the `--traces` glob). Writes under `root`:
+- `judged/<shard name>`: every trace of the shard with a `judge` field {rules, llm, score, verdict,
+  reasons, judge_model}; written whole and renamed into place, so a file that exists is complete and a
+  rerun skips it (the LLM calls are the expensive part; rules and the keep decision are recomputed, so a
+  new `min_score` needs no new judge calls).
+- `kept.jsonl`: the traces that pass: rules passed (when `require_rules`) and, with a judge, verdict
+  "pass" and score >= `min_score`. A `judge_error` is never kept.
+- `judge_summary.json`: counts, failures per rule, kept rate per source, LLM scores, and how well the
+  rules and the judge agree (Cohen's kappa), and `judge_config.json`.
+With several workers, each writes `kept.jsonl` and the summary from every judged shard present when it
+finishes, so the last one to finish leaves the complete files (`shards.complete` says whether they are).
+A root judged by one judge model is refused to another rather than mixed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from hopsmith.config import ConfigError, build, to_dict
+from hopsmith.io import read_jsonl, write_json, write_jsonl
+from hopsmith.judge import DIMENSIONS, RULES, LLMJudge, agreement, rule_checks
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """`python -m stages.judge`: filter traces with rules and an LLM judge."""
+
+    traces: str | None = None  # glob of trace shards; None: <root>/traces/shard-*.jsonl
+    judge: str | None = None  # backend spec of the judge model; None: rules only
+    min_score: float = 0.7  # mean of the four 1-5 dimensions / 5
+    require_rules: bool = True  # a trace must pass every rule to be kept
+    # Also ask the judge about traces the rules already failed: costs calls, but without it the
+    # rules/judge agreement is measured on rule-passing traces only and says little.
+    judge_failed: bool = True
+    retries: int = 2
+    max_new_tokens: int = 300
+    temperature: float = 0.0
+    max_result_chars: int = 600  # of each tool result shown to the judge
+    max_chars: int = 20000  # rule `length`: characters of the whole transcript
+    max_turns: int = 20  # rule `length`: assistant turns
+    shard: int = 0  # this worker takes the input shards whose position % num_shards == shard
+    num_shards: int = 1
+    seed: int = 0  # recorded with the run; the stage draws no random numbers itself
+
+    def __post_init__(self):
+        if self.judge is not None and self.judge.strip().lower() in ("", "none", "null"):
+            # A flag or TOML string cannot spell None; "none" is how they say "rules only".
+            object.__setattr__(self, "judge", None)
+        if self.num_shards < 1 or not 0 <= self.shard < self.num_shards:
+            raise ConfigError(f"JudgeConfig: shard {self.shard} is not in 0..{self.num_shards - 1}")
+        if not 0.0 <= self.min_score <= 1.0:
+            raise ConfigError(f"JudgeConfig.min_score must be in [0, 1], got {self.min_score}")
+
+
+class JudgeRunError(ValueError):
+    pass
+
+
+def make_judge_backend(spec: str):
+    """A Backend for the judge from a spec string, through the shared backend factory when there is one."""
+    try:
+        from hopsmith.backends.factory import make_backend
+    except ImportError as exc:
+        # Only a missing factory is ours to explain; a factory that fails on its own imports is not.
+        if exc.name not in ("hopsmith.backends.factory", "hopsmith.backends"):
+            raise
+        raise JudgeRunError(
+            f"cannot build judge backend {spec!r}: hopsmith.backends.factory.make_backend does not exist; "
+            "pass a backend object to stages.judge.run(..., backend=...)") from None
+    return make_backend(spec)
+
+
+def _input_shards(cfg: JudgeConfig, root: Path) -> list[Path]:
+    pattern = cfg.traces or str(root / "traces" / "shard-*.jsonl")
+
+    def order(p: Path):
+        # shard-10 after shard-9: numeric where the suffix is a number.
+        suffix = p.stem.rsplit("-", 1)[-1]
+        return (0, int(suffix), p.name) if suffix.isdigit() else (1, 0, p.name)
+
+    shards = sorted((Path(p) for p in glob.glob(pattern)), key=order)
+    names = [p.name for p in shards]
+    if len(set(names)) != len(names):
+        raise JudgeRunError(f"{pattern} matches two shards with the same file name; judged/ keys on the name")
+    return shards
+
+
+def decide(rules: dict, llm: dict | None, cfg: JudgeConfig, *, judged: bool) -> dict:
+    """The keep decision of one trace from its rule results and judge reply (None: not judged)."""
+    reasons = [f"rule {name} failed" for name in rules["failed"]]
+    if llm is not None and llm.get("verdict") != "judge_error":
+        reasons += list(llm.get("reasons") or [])
+        score = llm["score"]
+    else:
+        # Without a judge score, the share of rules passed is the best number there is.
+        score = (len(RULES) - len(rules["failed"])) / len(RULES)
+    if cfg.require_rules and not rules["passed"]:
+        verdict = "fail"
+    elif not judged:
+        verdict = "pass"
+    elif llm is None:
+        # Only reachable with judge_failed=False and require_rules=False: a trace the judge never saw.
+        verdict, reasons = "fail", reasons + ["not judged"]
+    elif llm.get("verdict") == "judge_error":
+        verdict, reasons = "judge_error", reasons + [f"judge error: {llm.get('error')}"]
+    elif llm["verdict"] != "pass":
+        verdict = "fail"
+    elif llm["score"] < cfg.min_score:
+        verdict, reasons = "fail", reasons + [f"judge score {llm['score']:.2f} < min_score {cfg.min_score}"]
+    else:
+        verdict = "pass"
+    return {"score": score, "verdict": verdict, "reasons": reasons}
+
+
+def _judge_field(trace: dict, rules: dict, llm: dict | None, cfg: JudgeConfig, judge_model: str | None) -> dict:
+    return {"rules": rules, "llm": llm, **decide(rules, llm, cfg, judged=judge_model is not None),
+            "judge_model": judge_model}
+
+
+def judge_traces(traces: list[dict], cfg: JudgeConfig, judge: LLMJudge | None, judge_model: str | None) -> list[dict]:
+    """The traces with their `judge` field: rules on all, then one judge batch (see `judge_failed`)."""
+    rules = [rule_checks(t, max_tokens_chars=cfg.max_chars, max_turns=cfg.max_turns) for t in traces]
+    llm: list[dict | None] = [None] * len(traces)
+    if judge is not None:
+        ask = [i for i, r in enumerate(rules) if cfg.judge_failed or r["passed"]]
+        for i, reply in zip(ask, judge.judge_many([traces[i] for i in ask])):
+            llm[i] = reply
+    return [{**t, "judge": _judge_field(t, r, j, cfg, judge_model)} for t, r, j in zip(traces, rules, llm)]
+
+
+def _ids(rows: list[dict]) -> list:
+    return [r.get("id") for r in rows]
+
+
+def run(cfg: JudgeConfig, root: str | Path, *, backend=None) -> dict:
+    """Judge this worker's shards (skipping complete ones), then gather kept.jsonl and the summary."""
+    root = Path(root)
+    shards = _input_shards(cfg, root)
+    if not shards:
+        raise JudgeRunError(f"no trace shards match {cfg.traces or root / 'traces' / 'shard-*.jsonl'}")
+    if backend is None and cfg.judge:
+        backend = make_judge_backend(cfg.judge)
+    judge = None
+    judge_model = None
+    if backend is not None:
+        judge = LLMJudge(backend, retries=cfg.retries, max_new_tokens=cfg.max_new_tokens,
+                         temperature=cfg.temperature, max_result_chars=cfg.max_result_chars)
+        judge_model = cfg.judge or judge.name
+    out_dir = root / "judged"
+    _refuse_other_judge(out_dir, shards, judge_model)
+    write_json(root / "judge_config.json", {**to_dict(cfg), "judge_model": judge_model})
+
+    mine = [p for k, p in enumerate(shards) if k % cfg.num_shards == cfg.shard]
+    judged_now, skipped, rejudged = [], [], []
+    for path in mine:
+        traces = read_jsonl(path)
+        out = out_dir / path.name
+        saved = read_jsonl(out) if out.exists() else None
+        if saved is not None and _ids(saved) == _ids(traces) and _saved_model(saved) == judge_model:
+            skipped.append(path.name)
+            continue
+        if saved is not None:
+            # Input shard regenerated, or judged by rules only and now a judge is given.
+            rejudged.append(path.name)
+        write_jsonl(out, judge_traces(traces, cfg, judge, judge_model))
+        judged_now.append(path.name)
+
+    # Gather every complete judged shard, this worker's and the others'. Rules and the decision are
+    # recomputed (cheap, and the current rule limits and min_score apply); the judge replies are reused.
+    rows, missing = [], []
+    mine_names = {p.name for p in mine}
+    for path in shards:
+        out = out_dir / path.name
+        if not out.exists():
+            missing.append(path.name)
+            continue
+        saved = read_jsonl(out)
+        fresh = [_redecide(r, cfg) for r in saved]
+        if path.name in mine_names and fresh != saved:
+            write_jsonl(out, fresh)
+        rows += fresh
+
+    kept = [r for r in rows if r["judge"]["verdict"] == "pass"]
+    write_jsonl(root / "kept.jsonl", kept)
+    summary = _summary(rows, kept, cfg, judge_model)
+    summary["shards"] = {"total": len(shards), "judged_now": judged_now, "skipped": skipped, "rejudged": rejudged,
+                         "missing": missing, "complete": not missing}
+    write_json(root / "judge_summary.json", summary)
+    return summary
+
+
+def _saved_model(rows: list[dict]) -> str | None:
+    return rows[0].get("judge", {}).get("judge_model") if rows else None
+
+
+def _refuse_other_judge(out_dir: Path, shards: list[Path], judge_model: str | None) -> None:
+    for path in shards:
+        out = out_dir / path.name
+        if not out.exists():
+            continue
+        saved = _saved_model(read_jsonl(out))
+        # Rules-only shards may be upgraded by a judge; a judge's replies are never silently replaced.
+        if saved is not None and saved != judge_model:
+            raise JudgeRunError(f"{out} was judged by {saved!r}, this run's judge is {judge_model!r}; "
+                                f"use another root or remove {out_dir} to judge again")
+
+
+def _redecide(row: dict, cfg: JudgeConfig) -> dict:
+    old = row["judge"]
+    trace = {k: v for k, v in row.items() if k != "judge"}
+    rules = rule_checks(trace, max_tokens_chars=cfg.max_chars, max_turns=cfg.max_turns)
+    return {**trace, "judge": _judge_field(trace, rules, old.get("llm"), cfg, old.get("judge_model"))}
+
+
+def _rate(a: int, b: int) -> float | None:
+    return a / b if b else None
+
+
+def _summary(rows: list[dict], kept: list[dict], cfg: JudgeConfig, judge_model: str | None) -> dict:
+    verdicts = {v: sum(1 for r in rows if r["judge"]["verdict"] == v) for v in ("pass", "fail", "judge_error")}
+    rule_failures = {name: sum(1 for r in rows if name in r["judge"]["rules"]["failed"]) for name in RULES}
+    by_source: dict[str, dict] = {}
+    for r in rows:
+        s = by_source.setdefault(str(r.get("source", "unknown")), {"n": 0, "kept": 0})
+        s["n"] += 1
+        s["kept"] += r["judge"]["verdict"] == "pass"
+    for s in by_source.values():
+        s["kept_rate"] = _rate(s["kept"], s["n"])
+    summary = {
+        "traces": len(rows),
+        "kept": len(kept),
+        "kept_rate": _rate(len(kept), len(rows)),
+        "verdicts": verdicts,
+        "rules_passed": sum(1 for r in rows if r["judge"]["rules"]["passed"]),
+        "rule_failures": rule_failures,
+        "by_source": dict(sorted(by_source.items())),
+        "judge_model": judge_model,
+        "min_score": cfg.min_score,
+        "require_rules": cfg.require_rules,
+        "llm": None,
+        "agreement": None,
+    }
+    llm = [r["judge"]["llm"] for r in rows]
+    if judge_model is not None:
+        scored = [j for j in llm if j is not None and j.get("verdict") != "judge_error"]
+        summary["llm"] = {
+            "judged": sum(1 for j in llm if j is not None),
+            "pass": sum(1 for j in scored if j["verdict"] == "pass"),
+            "fail": sum(1 for j in scored if j["verdict"] == "fail"),
+            "judge_error": sum(1 for j in llm if j is not None and j.get("verdict") == "judge_error"),
+            "mean_score": _rate(sum(j["score"] for j in scored), len(scored)),
+            "mean": {d: _rate(sum(j[d] for j in scored), len(scored)) for d in DIMENSIONS},
+        }
+        summary["agreement"] = agreement([r["judge"]["rules"] for r in rows], llm, min_score=cfg.min_score)
+    return summary
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m stages.judge", description=__doc__.split("\n")[0])
+    p.add_argument("root", help="run root holding traces/shard-*.jsonl")
+    p.add_argument("--config", help="TOML file with JudgeConfig keys")
+    for f in dataclasses.fields(JudgeConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                           help=f"(default {f.default})")
+        else:
+            p.add_argument(flag, dest=f.name, default=None, help=f"(default {f.default})")
+    args = p.parse_args(argv)
+    keys = {f.name for f in dataclasses.fields(JudgeConfig)}
+    cfg = build(JudgeConfig, file=args.config, **{k: v for k, v in vars(args).items() if k in keys})
+    s = run(cfg, args.root)
+    print(f"kept {s['kept']}/{s['traces']} traces; verdicts {s['verdicts']}")
+    print("rule failures: " + ", ".join(f"{k} {v}" for k, v in s["rule_failures"].items()))
+    if s["agreement"]:
+        a = s["agreement"]
+        print(f"rules vs judge: agreement {a['agreement']}, kappa {a['kappa']} (n={a['n']}, "
+              f"judge errors {a['judge_errors']})")
+    print(f"wrote {args.root}/kept.jsonl, {args.root}/judge_summary.json"
+          + ("" if s["shards"]["complete"] else f" (shards still missing: {', '.join(s['shards']['missing'])})"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
