@@ -1,0 +1,594 @@
+"""Remote backends against local fake servers that speak the real wire formats.
+
+Each test starts an `http.server` on 127.0.0.1 (port 0) in a thread, points a backend at it and checks
+both directions: the request body the backend sends and the `Generation` it makes of the reply.
+Retries use a recording `sleep`, so no test waits for a backoff. Servers stop when their test ends.
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+import pytest
+
+from hopsmith.agent.format import HermesFormat
+from hopsmith.backends.factory import make_backend
+from hopsmith.backends.gemini import GeminiBackend, clean_schema
+from hopsmith.backends.openai_compat import OpenAICompatBackend
+from hopsmith.backends.remote import (
+    BackendError,
+    MissingKeyError,
+    RetryPolicy,
+    normalize_messages,
+    parse_retry_after,
+    with_retries,
+)
+
+# A reply: (status, json-able body or raw str, extra headers).
+Reply = tuple[int, Any, dict]
+
+
+class FakeServer:
+    """Records every POST and answers from `replies` (a list used in order, the last one repeating)
+    or from a function of the recorded request."""
+
+    def __init__(self, replies: list[Reply] | Callable[[dict], Reply], delay: Callable[[dict], float] | None = None):
+        self.replies = replies
+        self.delay = delay
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                request = {"path": self.path, "headers": dict(self.headers), "body": json.loads(raw or b"{}")}
+                with server.lock:
+                    n = len(server.requests)
+                    server.requests.append(request)
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    if server.delay:
+                        time.sleep(server.delay(request))
+                    if callable(server.replies):
+                        status, body, headers = server.replies(request)
+                    else:
+                        status, body, headers = server.replies[min(n, len(server.replies) - 1)]
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+                data = (body if isinstance(body, str) else json.dumps(body)).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        # A short poll interval: shutdown() waits up to one interval, and every test shuts a server down.
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> FakeServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture()
+def serve():
+    """serve(replies) -> a running FakeServer, shut down when the test ends."""
+    started: list[FakeServer] = []
+
+    def start(replies, delay=None) -> FakeServer:
+        server = FakeServer(replies, delay).__enter__()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.__exit__(None, None, None)
+
+
+class Sleeps(list):
+    """A `sleep` that records the waits instead of waiting."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+# A trace as the agent loop builds it: a structured call, its result, then a malformed call (kept as text)
+# whose error comes back as a tool message named "invalid", plus the loop's internal "_call" key.
+TRACE = [
+    {"role": "system", "content": "You are a search agent."},
+    {"role": "user", "content": "Where was Lloyd Dane born?"},
+    {
+        "role": "assistant",
+        "content": "<think>search first</think>",
+        "tool_calls": [{"type": "function", "function": {"name": "search", "arguments": {"query": "Lloyd Dane"}}}],
+    },
+    {"role": "tool", "name": "search", "content": "[p1] Lloyd Dane was born in Eldon.", "_call": 0},
+    {"role": "assistant", "content": "<tool_call>{not json</tool_call>"},
+    {"role": "tool", "name": "invalid", "content": "Error: tool call is not valid JSON", "_call": 1},
+]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "search",
+            "description": "Search the paragraphs.",
+            "parameters": {"type": "object", "properties": {"query": {"type": "string", "description": "Keywords."}}, "required": ["query"]},
+            "return": {"type": "string"},
+        },
+    }
+]
+
+
+# ---------------------------------------------------------------------------------------------------
+# OpenAI-compatible
+
+
+def chat_reply(content: str | None = "Eldon", *, tool_calls=None, usage=(11, 3), **message) -> Reply:
+    msg = {"role": "assistant", "content": content, **message}
+    if tool_calls:
+        msg["tool_calls"] = tool_calls
+    body = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [{"index": 0, "message": msg, "finish_reason": "tool_calls" if tool_calls else "stop"}],
+        "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)},
+    }
+    return 200, body, {}
+
+
+def openai_backend(server: FakeServer, **kw) -> OpenAICompatBackend:
+    kw.setdefault("retry", RetryPolicy(sleep=Sleeps()))
+    return OpenAICompatBackend("test-model", base_url=f"{server.url}/v1", **kw)
+
+
+def test_openai_plain_text_and_request_body(serve, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    server = serve([chat_reply("FINAL(Eldon)")])
+    backend = openai_backend(server)  # local URL: no key needed
+    [gen] = backend.generate([TRACE], tools=TOOLS, max_new_tokens=64, temperature=0.3, stop=["</tool_call>"])
+    assert (gen.text, gen.prompt_tokens, gen.completion_tokens, gen.overflow) == ("FINAL(Eldon)", 11, 3, False)
+
+    [req] = server.requests
+    assert req["path"] == "/v1/chat/completions"
+    assert "Authorization" not in req["headers"]
+    body = req["body"]
+    assert body["model"] == "test-model"
+    assert (body["max_tokens"], body["temperature"], body["stop"]) == (64, 0.3, ["</tool_call>"])
+    assert body["tools"] == [{"type": "function", "function": {k: v for k, v in TOOLS[0]["function"].items() if k != "return"}}]
+    msgs = body["messages"]
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "tool", "assistant", "user"]
+    call = msgs[2]["tool_calls"][0]
+    assert call == {"id": "call_2_0", "type": "function", "function": {"name": "search", "arguments": '{"query": "Lloyd Dane"}'}}
+    assert msgs[2]["content"] is None  # thinking is not sent back, and nothing else was said
+    assert msgs[3] == {"role": "tool", "tool_call_id": "call_2_0", "name": "search", "content": "[p1] Lloyd Dane was born in Eldon."}
+    # The malformed call stays as text; its error reply has no call to answer, so it goes back as text.
+    assert msgs[4] == {"role": "assistant", "content": "<tool_call>{not json</tool_call>"}
+    assert msgs[5] == {"role": "user", "content": "<tool_response>\nError: tool call is not valid JSON\n</tool_response>"}
+    assert not any("_call" in m for m in msgs)
+
+
+def test_openai_sends_key_and_defaults(serve, monkeypatch):
+    monkeypatch.setenv("MY_KEY", "sk-test")
+    server = serve([chat_reply("hi")])
+    backend = openai_backend(server, api_key_env="MY_KEY", max_tokens_field="max_completion_tokens")
+    backend.generate([[{"role": "user", "content": "hi"}]])
+    req = server.requests[0]
+    assert req["headers"]["Authorization"] == "Bearer sk-test"
+    assert req["body"]["max_completion_tokens"] == 256 and "max_tokens" not in req["body"]
+    assert "tools" not in req["body"] and "stop" not in req["body"]
+
+
+def test_openai_native_tool_call_renders_as_hermes_text(serve):
+    calls = [{"id": "abc", "type": "function", "function": {"name": "search", "arguments": '{"query": "Lloyd Dane birthplace"}'}}]
+    server = serve([chat_reply("Let me look.", tool_calls=calls)])
+    [gen] = openai_backend(server).generate([TRACE[:2]], tools=TOOLS)
+    assert gen.text == 'Let me look.\n<tool_call>\n{"name": "search", "arguments": {"query": "Lloyd Dane birthplace"}}\n</tool_call>'
+    action = HermesFormat().parse(gen.text)
+    assert [(c.name, c.arguments, c.valid) for c in action.calls] == [("search", {"query": "Lloyd Dane birthplace"}, True)]
+
+
+def test_openai_one_call_per_turn_and_reasoning(serve):
+    calls = [
+        {"id": "a", "type": "function", "function": {"name": "search", "arguments": '{"query": "a"}'}},
+        {"id": "b", "type": "function", "function": {"name": "search", "arguments": '{"query": "b"}'}},
+    ]
+    server = serve([chat_reply(None, tool_calls=calls, reasoning_content="I should search.")])
+    backend = openai_backend(server)
+    [gen] = backend.generate([TRACE[:2]], stop=["</tool_call>"], thinking=True)
+    # The stop string ends the reply after the first call, as it does for a local model.
+    assert gen.text == '<think>\nI should search.\n</think>\n\n<tool_call>\n{"name": "search", "arguments": {"query": "a"}}\n</tool_call>'
+    action = HermesFormat().parse(gen.text)
+    assert action.thinking == "I should search." and [c.arguments for c in action.calls] == [{"query": "a"}]
+    [gen] = backend.generate([TRACE[:2]], thinking=False)
+    assert "<think>" not in gen.text and gen.text.count("<tool_call>") == 2
+
+
+def test_openai_vllm_stop_reason_is_put_back(serve):
+    status, body, headers = chat_reply('<tool_call>\n{"name": "search", "arguments": {"query": "x"}}\n')
+    body["choices"][0]["stop_reason"] = "</tool_call>"
+    server = serve([(status, body, headers)])
+    [gen] = openai_backend(server).generate([TRACE[:2]], stop=["</tool_call>", "<tool_response>"])
+    assert gen.text.endswith("</tool_call>")
+    assert HermesFormat().parse(gen.text).calls[0].arguments == {"query": "x"}
+
+
+def test_openai_429_then_success_honours_retry_after(serve):
+    server = serve([(429, {"error": {"message": "Rate limit reached"}}, {"Retry-After": "7"}), chat_reply("ok")])
+    sleeps = Sleeps()
+    [gen] = openai_backend(server, retry=RetryPolicy(sleep=sleeps)).generate([TRACE[:2]])
+    assert gen.text == "ok" and len(server.requests) == 2 and sleeps == [7.0]
+
+
+def test_openai_500_twice_then_success_backs_off(serve):
+    server = serve([(500, "oops", {}), (502, "bad gateway", {}), chat_reply("ok")])
+    sleeps = Sleeps()
+    [gen] = openai_backend(server, retry=RetryPolicy(base_delay=1.0, max_delay=30.0, sleep=sleeps)).generate([TRACE[:2]])
+    assert gen.text == "ok" and len(server.requests) == 3
+    # Equal jitter: retry k waits between half and all of base * 2**k.
+    assert len(sleeps) == 2 and 0.5 <= sleeps[0] <= 1.0 and 1.0 <= sleeps[1] <= 2.0
+
+
+def test_openai_gives_up_after_attempts(serve):
+    server = serve([(503, "unavailable", {})])
+    with pytest.raises(BackendError) as err:
+        openai_backend(server, retry=RetryPolicy(attempts=3, sleep=Sleeps())).generate([TRACE[:2]])
+    assert len(server.requests) == 3 and err.value.status == 503
+
+
+def test_openai_400_is_not_retried(serve):
+    server = serve([(400, {"error": {"message": "Invalid value for 'temperature'", "type": "invalid_request_error"}}, {})])
+    sleeps = Sleeps()
+    with pytest.raises(BackendError) as err:
+        openai_backend(server, retry=RetryPolicy(sleep=sleeps)).generate([TRACE[:2]])
+    assert len(server.requests) == 1 and sleeps == []
+    message = str(err.value)
+    assert "HTTP 400" in message and "openai" in message and "/v1/chat/completions" in message
+    assert "Invalid value for 'temperature'" in message and err.value.status == 400
+
+
+def test_openai_context_length_is_overflow(serve):
+    error = {"error": {"message": "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
+                       "type": "invalid_request_error", "code": "context_length_exceeded"}}
+    server = serve([(400, error, {})])
+    [gen] = openai_backend(server).generate([TRACE[:2]])
+    assert gen.overflow and gen.text == "" and len(server.requests) == 1
+
+
+def test_openai_connection_error_is_retried_then_named(monkeypatch):
+    # A port nobody listens on: bind, note the port, close.
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    sleeps = Sleeps()
+    backend = OpenAICompatBackend("m", base_url=f"http://127.0.0.1:{port}/v1", retry=RetryPolicy(attempts=2, sleep=sleeps))
+    with pytest.raises(BackendError, match=f"127.0.0.1:{port}"):
+        backend.generate([TRACE[:2]])
+    assert len(sleeps) == 1
+
+
+def test_openai_missing_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(MissingKeyError, match="OPENAI_API_KEY"):
+        OpenAICompatBackend("gpt-4o-mini")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    assert OpenAICompatBackend("gpt-4o-mini").base_url == "https://api.openai.com/v1"
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://localhost:8000/v1/")
+    assert OpenAICompatBackend("qwen").url == "http://localhost:8000/v1/chat/completions"
+
+
+def test_openai_concurrency_keeps_input_order(serve):
+    def reply(request):
+        question = request["body"]["messages"][-1]["content"]
+        return chat_reply(f"answer to {question}")
+
+    # Earlier questions answer later, so completion order is the reverse of input order.
+    server = serve(reply, delay=lambda r: 0.02 * (8 - int(r["body"]["messages"][-1]["content"][1:])))
+    convs = [[{"role": "user", "content": f"q{i}"}] for i in range(6)]
+    gens = openai_backend(server, concurrency=4).generate(convs)
+    assert [g.text for g in gens] == [f"answer to q{i}" for i in range(6)]
+    assert len(server.requests) == 6 and server.max_in_flight >= 2
+
+
+def test_openai_insufficient_quota_is_not_retried(serve):
+    error = {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}}
+    server = serve([(429, error, {})])
+    with pytest.raises(BackendError, match="HTTP 429"):
+        openai_backend(server).generate([TRACE[:2]])
+    assert len(server.requests) == 1
+
+
+def test_openai_drives_the_agent_loop(serve, musique_small):
+    """End to end: a native tool call goes through the loop, and its result comes back paired by id."""
+    from hopsmith.agent.loop import AgentConfig, run_episodes
+
+    questions, pools = musique_small
+
+    def reply(request):
+        messages = request["body"]["messages"]
+        if messages[-1]["role"] == "user":
+            return chat_reply(None, tool_calls=[{"id": "srv", "type": "function",
+                                                  "function": {"name": "search", "arguments": '{"query": "birthplace"}'}}])
+        return chat_reply("FINAL(Eldon)")
+
+    server = serve(reply)
+    rows = run_episodes(questions[:2], pools, openai_backend(server), AgentConfig(max_turns=4), batch_size=2)
+    assert [(r["stop"], r["prediction"], r["turns"]) for r in rows] == [("final", "Eldon", 2)] * 2
+    assert all(r["tool_calls"][0]["name"] == "search" and r["tool_calls"][0]["valid"] for r in rows)
+    second = [r["body"]["messages"] for r in server.requests if r["body"]["messages"][-1]["role"] == "tool"]
+    assert len(second) == 2
+    for messages in second:
+        assistant, tool = messages[-2], messages[-1]
+        assert assistant["tool_calls"][0]["function"] == {"name": "search", "arguments": '{"query": "birthplace"}'}
+        assert tool["tool_call_id"] == assistant["tool_calls"][0]["id"] == "call_2_0"
+        assert server.requests[0]["body"]["tools"][0]["function"]["name"] == "search"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Gemini
+
+
+GEMINI_PATH = re.compile(r"^/(v1|v1beta)/models/gemini-2\.5-flash:generateContent$")
+
+
+def gemini_reply(parts: list[dict], usage=(21, 5), thoughts=None) -> Reply:
+    meta = {"promptTokenCount": usage[0], "candidatesTokenCount": usage[1], "totalTokenCount": sum(usage)}
+    if thoughts:
+        meta["thoughtsTokenCount"] = thoughts
+    body = {
+        "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": meta,
+        "modelVersion": "gemini-2.5-flash",
+    }
+    return 200, body, {}
+
+
+def gemini_error(code: int, status: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message, "status": status}}
+
+
+def gemini_backend(server: FakeServer, **kw) -> GeminiBackend:
+    kw.setdefault("retry", RetryPolicy(sleep=Sleeps()))
+    return GeminiBackend("gemini-2.5-flash", api_key="test-key", base_url=server.url, **kw)
+
+
+def test_gemini_plain_text_and_request_body(serve, monkeypatch):
+    monkeypatch.delenv("GOOGLE_GENAI_API_VERSION", raising=False)
+    server = serve([gemini_reply([{"text": "FINAL("}, {"text": "Eldon)"}])])
+    [gen] = gemini_backend(server).generate([TRACE], tools=TOOLS, max_new_tokens=64, temperature=0.2, stop=["</tool_call>"])
+    assert (gen.text, gen.prompt_tokens, gen.completion_tokens, gen.overflow) == ("FINAL(Eldon)", 21, 5, False)
+
+    [req] = server.requests
+    # google-genai 3.x defaults to the v1 surface (not v1beta) and sends the key as a header.
+    assert GEMINI_PATH.match(req["path"]) and req["path"].startswith("/v1/")
+    assert req["headers"]["x-goog-api-key"] == "test-key"
+    body = req["body"]
+    assert body["systemInstruction"]["parts"] == [{"text": "You are a search agent."}]
+    contents = body["contents"]
+    assert [c["role"] for c in contents] == ["user", "model", "user", "model", "user"]
+    assert contents[0]["parts"] == [{"text": "Where was Lloyd Dane born?"}]
+    [call_part] = contents[1]["parts"]  # thinking dropped, nothing else said
+    assert call_part["functionCall"] == {"name": "search", "args": {"query": "Lloyd Dane"}}
+    signature = call_part.get("thoughtSignature", call_part.get("thought_signature"))
+    assert signature == "skip_thought_signature_validator"
+    assert contents[2]["parts"] == [{"functionResponse": {"name": "search", "response": {"result": "[p1] Lloyd Dane was born in Eldon."}}}]
+    assert contents[3]["parts"] == [{"text": "<tool_call>{not json</tool_call>"}]
+    assert contents[4]["parts"] == [{"text": "<tool_response>\nError: tool call is not valid JSON\n</tool_response>"}]
+    config = body["generationConfig"]
+    assert (config["temperature"], config["maxOutputTokens"], config["stopSequences"]) == (0.2, 64, ["</tool_call>"])
+    # Flash with thinking=False: budget 0, so thinking does not eat the output tokens.
+    assert config["thinkingConfig"] in ({"thinkingBudget": 0}, {"thinking_budget": 0})
+    [decl] = body["tools"][0]["functionDeclarations"]
+    assert decl["name"] == "search" and decl["description"] == "Search the paragraphs."
+    assert decl["parameters"]["properties"]["query"]["type"] == "STRING" and decl["parameters"]["required"] == ["query"]
+    assert "return" not in json.dumps(decl)
+
+
+def test_gemini_api_version_selects_path(serve):
+    server = serve([gemini_reply([{"text": "ok"}])])
+    gemini_backend(server, api_version="v1beta").generate([TRACE[:2]])
+    assert server.requests[0]["path"] == "/v1beta/models/gemini-2.5-flash:generateContent"
+
+
+def test_gemini_function_call_renders_as_hermes_text(serve):
+    parts = [{"text": "Searching."}, {"functionCall": {"name": "search", "args": {"query": "Lloyd Dane birthplace"}}, "thoughtSignature": "c2ln"}]
+    server = serve([gemini_reply(parts, thoughts=40)])
+    [gen] = gemini_backend(server).generate([TRACE[:2]], tools=TOOLS)
+    assert gen.text == 'Searching.\n<tool_call>\n{"name": "search", "arguments": {"query": "Lloyd Dane birthplace"}}\n</tool_call>'
+    assert gen.completion_tokens == 45  # thinking tokens count as output
+    action = HermesFormat().parse(gen.text)
+    assert [(c.name, c.arguments, c.valid) for c in action.calls] == [("search", {"query": "Lloyd Dane birthplace"}, True)]
+
+
+def test_gemini_thoughts_only_when_thinking(serve):
+    parts = [{"text": "Think it through.", "thought": True}, {"text": "FINAL(Eldon)"}]
+    server = serve([gemini_reply(parts)])
+    backend = gemini_backend(server)
+    [gen] = backend.generate([TRACE[:2]], thinking=True)
+    assert gen.text == "<think>\nThink it through.\n</think>\n\nFINAL(Eldon)"
+    assert server.requests[0]["body"]["generationConfig"]["thinkingConfig"] in ({"includeThoughts": True}, {"include_thoughts": True})
+    [gen] = backend.generate([TRACE[:2]], thinking=False)
+    assert gen.text == "FINAL(Eldon)"
+
+
+def test_gemini_429_then_success(serve):
+    server = serve([(429, gemini_error(429, "RESOURCE_EXHAUSTED", "Quota exceeded"), {"Retry-After": "3"}), gemini_reply([{"text": "ok"}])])
+    sleeps = Sleeps()
+    [gen] = gemini_backend(server, retry=RetryPolicy(sleep=sleeps)).generate([TRACE[:2]])
+    # One retry, ours: the SDK's own retries are off.
+    assert gen.text == "ok" and len(server.requests) == 2 and sleeps == [3.0]
+
+
+def test_gemini_500_twice_then_success(serve):
+    server = serve([(500, gemini_error(500, "INTERNAL", "boom"), {}), (503, gemini_error(503, "UNAVAILABLE", "overloaded"), {}),
+                    gemini_reply([{"text": "ok"}])])
+    sleeps = Sleeps()
+    [gen] = gemini_backend(server, retry=RetryPolicy(sleep=sleeps)).generate([TRACE[:2]])
+    assert gen.text == "ok" and len(server.requests) == 3 and len(sleeps) == 2
+
+
+def test_gemini_400_is_not_retried(serve):
+    server = serve([(400, gemini_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received."), {})])
+    sleeps = Sleeps()
+    with pytest.raises(BackendError) as err:
+        gemini_backend(server, retry=RetryPolicy(sleep=sleeps)).generate([TRACE[:2]])
+    assert len(server.requests) == 1 and sleeps == [] and err.value.status == 400
+    assert "HTTP 400" in str(err.value) and "gemini-2.5-flash" in str(err.value) and "Invalid JSON payload" in str(err.value)
+
+
+def test_gemini_context_length_is_overflow(serve):
+    message = "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576)."
+    server = serve([(400, gemini_error(400, "INVALID_ARGUMENT", message), {})])
+    [gen] = gemini_backend(server).generate([TRACE[:2]])
+    assert gen.overflow and len(server.requests) == 1
+
+
+def test_gemini_missing_key(monkeypatch):
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    with pytest.raises(MissingKeyError, match="GEMINI_API_KEY"):
+        GeminiBackend()
+    monkeypatch.setenv("GOOGLE_API_KEY", "k")
+    assert GeminiBackend().name == "gemini:gemini-2.5-flash"
+
+
+def test_gemini_concurrency_keeps_input_order(serve):
+    def reply(request):
+        question = request["body"]["contents"][-1]["parts"][0]["text"]
+        return gemini_reply([{"text": f"answer to {question}"}])
+
+    server = serve(reply, delay=lambda r: 0.02 * (8 - int(r["body"]["contents"][-1]["parts"][0]["text"][1:])))
+    convs = [[{"role": "user", "content": f"q{i}"}] for i in range(6)]
+    gens = gemini_backend(server, concurrency=4).generate(convs)
+    assert [g.text for g in gens] == [f"answer to q{i}" for i in range(6)]
+    assert len(server.requests) == 6 and server.max_in_flight >= 2
+
+
+def test_gemini_clean_schema():
+    schema = {"type": "object", "additionalProperties": False, "$schema": "x",
+              "properties": {"n": {"type": ["integer", "null"], "minimum": 1}, "tags": {"type": "array", "items": {"type": "string", "const": "a"}}}}
+    assert clean_schema(schema) == {"type": "object", "properties": {"n": {"type": "integer", "nullable": True, "minimum": 1},
+                                                                     "tags": {"type": "array", "items": {"type": "string"}}}}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+def test_with_retries_unit():
+    sleeps = Sleeps()
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("reset")
+        return "done"
+
+    assert with_retries(flaky, sleep=sleeps, base_delay=0.5) == "done" and len(calls) == 3 and len(sleeps) == 2
+
+    def bad_request():
+        calls.append(1)
+        raise BackendError("nope", backend="x", where="y", status=404)
+
+    calls.clear()
+    with pytest.raises(BackendError):
+        with_retries(bad_request, sleep=sleeps)
+    assert len(calls) == 1
+
+    def other():
+        raise KeyError("not a transport problem")
+
+    with pytest.raises(KeyError):
+        with_retries(other, sleep=sleeps)
+    # Backoff is capped at max_delay.
+    sleeps.clear()
+    with pytest.raises(TimeoutError):
+        with_retries(lambda: (_ for _ in ()).throw(TimeoutError()), attempts=8, base_delay=1, max_delay=4, sleep=sleeps)
+    assert len(sleeps) == 7 and max(sleeps) <= 4
+
+
+def test_parse_retry_after():
+    assert parse_retry_after("2.5") == 2.5
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
+    assert parse_retry_after("99999") == 600.0
+
+
+def test_normalize_pairs_by_id_and_drops_unanswered_calls():
+    msgs = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "x1", "type": "function", "function": {"name": "search", "arguments": {"query": "a"}}},
+            {"id": "x2", "type": "function", "function": {"name": "search", "arguments": {"query": "b"}}},
+        ]},
+        {"role": "tool", "tool_call_id": "x2", "name": "search", "content": "B"},
+    ]
+    out = normalize_messages(msgs)
+    assert [c["id"] for c in out[1]["calls"]] == ["x2"]
+    assert out[2] == {"role": "tool", "id": "x2", "name": "search", "content": "B"}
+
+
+def test_make_backend_specs(monkeypatch):
+    import hopsmith.backends.hf as hf
+
+    built = []
+
+    class FakeHF:
+        def __init__(self, model, **kw):
+            built.append((model, kw))
+
+    monkeypatch.setattr(hf, "HFBackend", FakeHF)
+    make_backend("embedded")
+    make_backend("HuggingFaceTB/SmolLM2-135M-Instruct", batch_size=2)
+    make_backend("hf:some/model")
+    assert built == [("embedded", {}), ("HuggingFaceTB/SmolLM2-135M-Instruct", {"batch_size": 2}), ("some/model", {})]
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    b = make_backend("openai:gpt-4o-mini", concurrency=2)
+    assert isinstance(b, OpenAICompatBackend) and (b.model, b.base_url, b.concurrency) == ("gpt-4o-mini", "https://api.openai.com/v1", 2)
+    assert b.name == "openai:gpt-4o-mini"
+    b = make_backend("openai:Qwen/Qwen3-8B@http://localhost:8000/v1")
+    assert (b.model, b.url) == ("Qwen/Qwen3-8B", "http://localhost:8000/v1/chat/completions")
+    assert b.name == "openai:Qwen/Qwen3-8B@http://localhost:8000/v1"
+
+    monkeypatch.setenv("GEMINI_API_KEY", "k")
+    g = make_backend("gemini:gemini-2.5-pro")
+    assert isinstance(g, GeminiBackend) and g.model == "gemini-2.5-pro"
+    assert make_backend("gemini:").model == "gemini-2.5-flash"
+
+    with pytest.raises(ValueError, match="openai:<model>@<base_url>"):
+        make_backend("anthropic:claude")
+    with pytest.raises(ValueError, match="no model"):
+        make_backend("openai:")
