@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Iterable
 
 
-def write_json(path: str | Path, obj) -> None:
+def _atomic_write(path: str | Path, write) -> None:
+    """Call `write(file)` on a temp file beside `path`, fsync, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
-            f.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -29,24 +29,23 @@ def write_json(path: str | Path, obj) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json(path: str | Path, obj) -> None:
+    def write(f):
+        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
+        f.write("\n")
+
+    _atomic_write(path, write)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     """Write a whole JSONL file atomically (temp name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    def write(f):
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+    _atomic_write(path, write)
 
 
 def read_jsonl(path: str | Path, *, repair: bool = False) -> list[dict]:

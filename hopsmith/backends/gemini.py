@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import base64
 import json
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import Generation, cut_at_stop
 from .remote import (
+    ConcurrentBackend,
     BackendError,
     MissingKeyError,
     RetryPolicy,
@@ -89,7 +89,7 @@ def _thinking_config(model: str, thinking: bool):
     return None
 
 
-class GeminiBackend:
+class GeminiBackend(ConcurrentBackend):
     """Generate with a Gemini model through `google-genai`."""
 
     def __init__(
@@ -259,21 +259,3 @@ class GeminiBackend:
                 return Generation("", overflow=True)
             raise
         return self.parse_reply(response, thinking=thinking, stop=stop)
-
-    def generate(
-        self,
-        conversations: list[list[dict]],
-        *,
-        tools: list[dict] | None = None,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        thinking: bool = False,
-        stop: list[str] | None = None,
-    ) -> list[Generation]:
-        if not conversations:
-            return []
-        kw = dict(tools=tools, max_new_tokens=max_new_tokens, temperature=temperature, thinking=thinking, stop=stop)
-        if len(conversations) == 1:
-            return [self._generate_one(conversations[0], **kw)]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(conversations))) as pool:
-            return list(pool.map(lambda c: self._generate_one(c, **kw), conversations))

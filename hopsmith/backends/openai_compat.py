@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
 import requests
 
 from . import Generation, cut_at_stop
 from .remote import (
+    ConcurrentBackend,
     BackendError,
     MissingKeyError,
     RetryPolicy,
@@ -49,7 +49,7 @@ def is_local_url(url: str) -> bool:
     return host in LOCAL_HOSTS or host.endswith(".localhost")
 
 
-class OpenAICompatBackend:
+class OpenAICompatBackend(ConcurrentBackend):
     """Generate through an OpenAI-compatible `/chat/completions` endpoint."""
 
     def __init__(
@@ -205,22 +205,3 @@ class OpenAICompatBackend:
         except ValueError:
             raise BackendError("reply is not JSON", backend="openai", where=self.where, status=200, body=response.text) from None
         return self.parse_reply(data, thinking=thinking, stop=stop)
-
-    def generate(
-        self,
-        conversations: list[list[dict]],
-        *,
-        tools: list[dict] | None = None,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        thinking: bool = False,
-        stop: list[str] | None = None,
-    ) -> list[Generation]:
-        if not conversations:
-            return []
-        kw = dict(tools=tools, max_new_tokens=max_new_tokens, temperature=temperature, thinking=thinking, stop=stop)
-        if len(conversations) == 1:
-            return [self._generate_one(conversations[0], **kw)]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(conversations))) as pool:
-            # map keeps input order whatever order the requests finish in.
-            return list(pool.map(lambda c: self._generate_one(c, **kw), conversations))

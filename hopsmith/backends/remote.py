@@ -24,6 +24,7 @@ import os
 import random
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timezone
 from typing import Any, Callable, TypeVar
@@ -334,3 +335,21 @@ def clean_tools(tools: list[dict] | None) -> list[dict]:
         cleaned.append({"type": "function", "function": entry})
     return cleaned
 
+
+
+class ConcurrentBackend:
+    """`generate` for request/response APIs: one request per conversation, `concurrency` at a time,
+    replies in input order. Subclasses implement `_generate_one(conversation, **kw) -> Generation`."""
+
+    concurrency: int = 8
+
+    def generate(self, conversations: list[list[dict]], *, tools: list[dict] | None = None, max_new_tokens: int = 256,
+                 temperature: float = 0.0, thinking: bool = False, stop: list[str] | None = None) -> list:
+        if not conversations:
+            return []
+        kw = dict(tools=tools, max_new_tokens=max_new_tokens, temperature=temperature, thinking=thinking, stop=stop)
+        if len(conversations) == 1:
+            return [self._generate_one(conversations[0], **kw)]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(conversations))) as pool:
+            # map keeps input order whatever order the requests finish in.
+            return list(pool.map(lambda c: self._generate_one(c, **kw), conversations))
