@@ -1,6 +1,8 @@
 """The `hopsmith` command.
 
     hopsmith eval --data musique --limit 20 --out runs/base       run and score the search agent
+    hopsmith pipeline --out runs/ladder                           base eval -> traces -> judge -> SFT -> tuned eval
+    hopsmith traces | judge | sft ...                             one stage of the ladder
     hopsmith bench-extraction --data musique --limit 50           the extractor alone, on gold paragraphs
     hopsmith prepare-model                                        convert the embedded model once
 
@@ -15,11 +17,10 @@ import sys
 from pathlib import Path
 
 
-def _add_eval_flags(p: argparse.ArgumentParser) -> None:
-    from .config import EvalConfig
-
-    p.add_argument("--config", help="TOML file with EvalConfig keys")
-    for f in dataclasses.fields(EvalConfig):
+def _add_config_flags(p: argparse.ArgumentParser, cls) -> None:
+    """One flag per config field (`max_turns` -> `--max-turns`), plus `--config FILE.toml`."""
+    p.add_argument("--config", help=f"TOML file with {cls.__name__} keys (flags win over it)")
+    for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
             p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
@@ -28,11 +29,11 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=f.name, default=None, help=f"(default {f.default})")
 
 
-def _eval_config(args):
-    from .config import EvalConfig, build
+def _config(cls, args):
+    from .config import build
 
-    keys = {f.name for f in dataclasses.fields(EvalConfig)}
-    return build(EvalConfig, file=args.config, **{k: v for k, v in vars(args).items() if k in keys})
+    keys = {f.name for f in dataclasses.fields(cls)}
+    return build(cls, file=args.config, **{k: v for k, v in vars(args).items() if k in keys})
 
 
 def cmd_eval(args) -> int:
@@ -40,7 +41,9 @@ def cmd_eval(args) -> int:
 
     from .metrics import format_table
 
-    cfg = _eval_config(args)
+    from .config import EvalConfig
+
+    cfg = _config(EvalConfig, args)
     out = Path(args.out or f"runs/eval-{cfg.data.replace('/', '_')}")
     print(f"hopsmith eval: {cfg.data} (split {cfg.split}, limit {cfg.limit}) with {cfg.model} -> {out}", file=sys.stderr)
     metrics = evaluate.run(cfg, out, progress=not args.quiet)
@@ -70,6 +73,41 @@ def cmd_bench_extraction(args) -> int:
     return 0
 
 
+def cmd_sft(args) -> int:
+    from stages import sft
+
+    cfg = _config(sft.SFTConfig, args)
+    out = Path(args.out or "runs/sft")
+    summary = sft.run(cfg, out)
+    print(f"trained {summary['steps']} steps on {summary['traces']} traces in {summary['seconds']:.0f} s, "
+          f"final loss {summary['train_loss']:.3f}; adapter in {out}")
+    return 0
+
+
+def cmd_judge(args) -> int:
+    from stages import judge
+
+    summary = judge.run(_config(judge.JudgeConfig, args), Path(args.root))
+    print(json.dumps({k: summary[k] for k in ("traces", "kept") if k in summary}, indent=1))
+    return 0
+
+
+def cmd_traces(args) -> int:
+    from stages import traces
+
+    summary = traces.run(_config(traces.TracesConfig, args), Path(args.root))
+    print(json.dumps(summary, indent=1, default=str)[:4000])
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    from stages import pipeline
+
+    cfg = _config(pipeline.PipelineConfig, args)
+    pipeline.run(cfg, Path(args.out or "runs/ladder"), log=lambda m: print(m, flush=True))
+    return 0
+
+
 def cmd_prepare_model(args) -> int:
     from .models import resolve_model
 
@@ -81,11 +119,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hopsmith", description="Train and evaluate small search agents.")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from .config import EvalConfig
+    from stages.judge import JudgeConfig
+    from stages.pipeline import PipelineConfig
+    from stages.sft import SFTConfig
+    from stages.traces import TracesConfig
+
     p = sub.add_parser("eval", help="run the search agent on a question set and score it")
-    _add_eval_flags(p)
+    _add_config_flags(p, EvalConfig)
     p.add_argument("--out", help="run directory (default runs/eval-<data>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("pipeline", help="the ladder: base eval, traces, judge, LoRA SFT, tuned eval, comparison")
+    _add_config_flags(p, PipelineConfig)
+    p.add_argument("--out", help="run root (default runs/ladder)")
+    p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("traces", help="write synthetic (or teacher) agent traces for the train split")
+    _add_config_flags(p, TracesConfig)
+    p.add_argument("--root", default="runs/ladder", help="run root; traces go to ROOT/traces/")
+    p.set_defaults(func=cmd_traces)
+
+    p = sub.add_parser("judge", help="filter traces with rule checks and an optional LLM judge")
+    _add_config_flags(p, JudgeConfig)
+    p.add_argument("--root", default="runs/ladder", help="run root holding traces/; writes kept.jsonl there")
+    p.set_defaults(func=cmd_judge)
+
+    p = sub.add_parser("sft", help="LoRA SFT on judged traces")
+    _add_config_flags(p, SFTConfig)
+    p.add_argument("--out", help="adapter directory (default runs/sft)")
+    p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("bench-extraction", help="score the extractor on gold paragraphs and gold sub-questions")
     p.add_argument("--data", default="musique")
@@ -109,10 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .models import ModelError
     from stages.evaluate import LeakageError, RunDirError
+    from stages.judge import JudgeRunError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, ModelError, RunDirError, LeakageError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, ModelError, RunDirError, LeakageError, JudgeRunError, FileNotFoundError) as exc:
         print(f"hopsmith: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,307 @@
+"""Write agent traces for SFT from the train split: synthetic (seed 000's five types) or a teacher's
+(filtered by seed 001's Always-Search Policy).
+
+    hopsmith traces --root runs/ladder --data musique                        synthetic, train split
+    hopsmith traces --root runs/ladder --weights "chain=2,retry=1" --per-question 1 --thinking-fraction 1
+    hopsmith traces --root runs/ladder --teacher openai:gpt-4o-mini          a teacher, ASP-filtered
+    python -m stages.traces --root runs/ladder --shard 1 --num-shards 4      one of four workers
+
+Writes under `root/traces/`:
+- `shard-<i>.jsonl`: the traces of shard i (questions[i::num_shards]); in teacher mode only the kept ones.
+  Written whole under a temporary name and renamed, only when the shard is complete.
+- `rejected-<i>.jsonl` (teacher mode): traces the ASP filters rejected, each with its `asp` reasons.
+- `summary-<i>.json`: counts per type and variant, skipped types with their reasons, kept/rejected.
+- `config-<i>.json`: the configuration; a rerun with another one is refused rather than mixed.
+A rerun skips a complete shard. Teacher episodes are costly, so they are also appended, as they finish,
+to `.teacher-<i>.partial.jsonl`, and an interrupted teacher shard resumes from there.
+
+Questions come from the `train` split by default, so training never sees an eval question; `eval` and
+`all` are refused unless `allow_eval_questions` is set. Pools are built as `hopsmith eval` builds them
+(distractors from every row of the source), so a trace's tool messages are what eval's search returns.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from hopsmith.config import ConfigError, build, to_dict
+from hopsmith.io import JsonlAppender, read_jsonl, write_json, write_jsonl
+from stages.evaluate import RunDirError
+
+# Keys that do not change what a shard holds, so a rerun may change them.
+_FREE_KEYS = ("batch_size",)
+
+
+@dataclass(frozen=True)
+class TracesConfig:
+    """`hopsmith traces`: synthetic or teacher agent traces for SFT."""
+
+    data: str = "musique"  # bundled set name (musique | hotpotqa | 2wiki) or a file in an original format
+    split: str = "train"  # train | eval | all (eval and all need allow_eval_questions)
+    allow_eval_questions: bool = False
+    limit: int | None = None  # the first `limit` questions of the split
+    pool_size: int = 400
+    pool_seed: int = 0
+    top_k: int = 5  # the env of every trace; keep equal to eval's so traces show what inference shows
+    max_chars: int | None = 600
+    # Synthetic traces: relative weights of the five types (left-out types weigh 0). Equal by default:
+    # seed 000 names the five types but not their mix.
+    weights: str = "chain=1,retry=1,labels=1,verify=1,warmup=1"
+    per_question: int = 2  # traces of distinct types per question (teacher mode: always 1)
+    fallback: bool = True  # a type that cannot be built for a question makes way for the next drawn
+    thinking_fraction: float = 0.5  # share of traces (and teacher episodes) in the thinking variant
+    use_llm_query: bool = False  # synthetic: an llm_query turn per hop, answered by the given extractor
+    # List llm_query among a trace's tools even when no turn calls it: `hopsmith eval` offers it with
+    # its default extractor, and SFT should render the prompt inference renders.
+    advertise_llm_query: bool = True
+    teacher: str | None = None  # backend spec of a teacher model; None: synthetic traces
+    max_turns: int = 20  # teacher episodes
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    batch_size: int = 16
+    f1_threshold: float = 0.65  # ASP String-F1 cut for teacher traces
+    shard: int = 0
+    num_shards: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        from hopsmith.traces import parse_weights
+
+        if self.teacher is not None and self.teacher.strip().lower() in ("", "none", "null"):
+            object.__setattr__(self, "teacher", None)  # how a flag or TOML says "no teacher"
+        if self.split not in ("train", "eval", "all"):
+            raise ConfigError(f"TracesConfig.split must be train, eval or all, got {self.split!r}")
+        if self.split != "train" and not self.allow_eval_questions:
+            raise ConfigError(f"TracesConfig.split={self.split!r} would train on eval questions; "
+                              "use split=train, or set allow_eval_questions")
+        if self.num_shards < 1 or not 0 <= self.shard < self.num_shards:
+            raise ConfigError(f"TracesConfig: shard {self.shard} is not in 0..{self.num_shards - 1}")
+        if not 0.0 <= self.thinking_fraction <= 1.0:
+            raise ConfigError(f"TracesConfig.thinking_fraction must be in [0, 1], got {self.thinking_fraction}")
+        if self.per_question < 1:
+            raise ConfigError(f"TracesConfig.per_question must be >= 1, got {self.per_question}")
+        if self.top_k < 1:
+            raise ConfigError(f"TracesConfig.top_k must be >= 1, got {self.top_k}")
+        try:
+            parse_weights(self.weights)
+        except ValueError as exc:
+            raise ConfigError(f"TracesConfig.{exc}") from None
+
+
+class TracesRunError(RunDirError):
+    """The run root holds traces of another configuration."""
+
+
+def load_train_questions(cfg: TracesConfig):
+    """The shard's questions and their pools (built as `hopsmith eval` builds them)."""
+    from hopsmith.data import load_questions
+    from hopsmith.data.pools import build_pools
+
+    split = None if cfg.split == "all" else cfg.split
+    questions = load_questions(cfg.data, limit=cfg.limit, split=split)[cfg.shard::cfg.num_shards]
+    everything = load_questions(cfg.data)
+    pools = build_pools(questions, size=cfg.pool_size, seed=cfg.pool_seed, others=everything)
+    return questions, pools
+
+
+def _paths(root: Path, i: int) -> dict[str, Path]:
+    d = root / "traces"
+    return {"shard": d / f"shard-{i}.jsonl", "summary": d / f"summary-{i}.json", "config": d / f"config-{i}.json",
+            "rejected": d / f"rejected-{i}.jsonl", "partial": d / f".teacher-{i}.partial.jsonl"}
+
+
+def _check_config(path: Path, cfg: TracesConfig) -> None:
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    mine = to_dict(cfg)
+    diff = [k for k in mine if k not in _FREE_KEYS and saved.get(k) != mine[k]]
+    if diff:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {mine[k]!r}" for k in diff)
+        raise TracesRunError(f"{path.parent} holds traces of another configuration ({detail}); use another --root")
+
+
+def run(cfg: TracesConfig, root: str | Path, *, backend=None, extractor=None) -> dict:
+    """Write shard `cfg.shard` of the traces under `root/traces/`; return its summary.
+
+    `backend` is the teacher (built from `cfg.teacher` when not given); giving one turns on teacher mode.
+    `extractor` answers llm_query: an `Extractor` or a function (question, text) -> str.
+    """
+    root = Path(root)
+    paths = _paths(root, cfg.shard)
+    _check_config(paths["config"], cfg)
+    if paths["shard"].exists() and paths["summary"].exists():
+        summary = json.loads(paths["summary"].read_text())
+        return {**summary, "resumed": True}
+    write_json(paths["config"], to_dict(cfg))
+
+    started = time.perf_counter()
+    questions, pools = load_train_questions(cfg)
+    teacher = backend is not None or cfg.teacher is not None
+    if teacher:
+        summary = _run_teacher(cfg, questions, pools, paths, backend, extractor)
+    else:
+        summary = _run_synthetic(cfg, questions, pools, paths, extractor)
+    summary.update(shard=cfg.shard, num_shards=cfg.num_shards, questions=len(questions),
+                   seconds=time.perf_counter() - started, config=to_dict(cfg),
+                   files={k: str(v) for k, v in paths.items() if k in ("shard", "rejected") and v.exists()})
+    # The summary is written last: a shard counts as complete only once both files exist.
+    write_json(paths["summary"], summary)
+    return {**summary, "resumed": False}
+
+
+def _counts(traces: list[dict]) -> dict:
+    return {
+        "traces": len(traces),
+        "by_type": dict(sorted(Counter(t.get("type", "?") for t in traces).items())),
+        "by_variant": dict(sorted(Counter(t.get("variant", "?") for t in traces).items())),
+        "by_dataset": dict(sorted(Counter(t.get("dataset", "?") for t in traces).items())),
+    }
+
+
+def _run_synthetic(cfg: TracesConfig, questions, pools, paths, extractor) -> dict:
+    from hopsmith.traces import generate
+
+    if cfg.use_llm_query and extractor is None:
+        raise ConfigError("TracesConfig.use_llm_query needs an extractor: pass extractor= to stages.traces.run")
+    traces, skips = generate(
+        questions, pools, weights=cfg.weights, per_question=cfg.per_question, thinking_fraction=cfg.thinking_fraction,
+        fallback=cfg.fallback, seed=cfg.seed, top_k=cfg.top_k, max_chars=cfg.max_chars,
+        use_llm_query=cfg.use_llm_query, extractor=extractor, advertise_llm_query=cfg.advertise_llm_query)
+    write_jsonl(paths["shard"], traces)
+    by_type: dict[str, Counter] = {}
+    for s in skips:
+        by_type.setdefault(s["type"], Counter())[s["reason"]] += 1
+    made = {t["question_id"] for t in traces}
+    return {
+        "mode": "synthetic",
+        **_counts(traces),
+        "skipped": {
+            "count": len(skips),
+            "by_type": {k: dict(v.most_common()) for k, v in sorted(by_type.items())},
+            "questions_without_trace": sorted({q.id for q in questions} - made),
+            "examples": skips[:20],
+        },
+    }
+
+
+def _teacher_backend(cfg: TracesConfig, backend):
+    if backend is not None:
+        return backend
+    from hopsmith.backends.factory import make_backend
+
+    return make_backend(cfg.teacher)
+
+
+def teacher_trace(row: dict, question, *, thinking: bool, tools: list[dict], top_k: int, max_chars: int | None,
+                  threshold: float) -> dict:
+    """An agent-loop result row as a trace row, with the ASP verdict in `asp`."""
+    from hopsmith.traces import asp_filter, hop_paragraph_ids
+
+    retrieved = set(row.get("retrieved_ids") or [])
+    variant = "think" if thinking else "plain"
+    trace = {
+        "id": f"{row['question_id']}:teacher:{variant}",
+        "question_id": row["question_id"],
+        "dataset": row.get("dataset"),
+        "source": f"teacher:{row.get('model', '?')}",
+        "type": "teacher",
+        "variant": variant,
+        "question": row.get("question"),
+        "messages": row["messages"],
+        "tools": tools,
+        "answer": row.get("prediction"),
+        "answers": list(row.get("answers") or []),
+        "tool_calls": [{"name": c.get("name"), "arguments": c.get("arguments"), "valid": bool(c.get("valid"))}
+                       for c in row.get("tool_calls") or []],
+        "searched_supporting": [bool(ids & retrieved) for ids in hop_paragraph_ids(question)],
+        "thinking": thinking,
+        "tokens": row.get("tokens"),
+        "seconds": row.get("seconds"),
+        "env": {"top_k": top_k, "max_chars": max_chars},
+        "stop": row.get("stop"),
+    }
+    kept, reasons = asp_filter(trace, threshold=threshold)
+    trace["asp"] = {"kept": kept, "reasons": reasons}
+    return trace
+
+
+def _run_teacher(cfg: TracesConfig, questions, pools, paths, backend, extractor) -> dict:
+    from hopsmith.agent.loop import AgentConfig, run_episodes
+    from hopsmith.tools.search import IndexCache
+    from hopsmith.traces.synthetic import as_extractor, tool_schemas
+
+    backend = _teacher_backend(cfg, backend)
+    extractor = as_extractor(extractor)
+    tools = tool_schemas(extractor is not None)
+    by_id = {q.id: q for q in questions}
+    done = {t["question_id"]: t for t in read_jsonl(paths["partial"], repair=True) if t.get("question_id") in by_id}
+    todo = [q for q in questions if q.id not in done]
+    # Each question's variant is drawn from the seed and its id alone, as for synthetic traces.
+    thinking_of = {q.id: random.Random(f"{cfg.seed}:{q.id}:teacher").random() < cfg.thinking_fraction for q in questions}
+    cache = IndexCache()
+    with JsonlAppender(paths["partial"]) as out:
+        for thinking in (False, True):
+            group = [q for q in todo if thinking_of[q.id] == thinking]
+            if not group:
+                continue
+            agent = AgentConfig(max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                thinking=thinking, few_shot=False, top_k=cfg.top_k, max_chars=cfg.max_chars)
+
+            def finished(row, thinking=thinking):
+                trace = teacher_trace(row, by_id[row["question_id"]], thinking=thinking, tools=tools, top_k=cfg.top_k,
+                                      max_chars=cfg.max_chars, threshold=cfg.f1_threshold)
+                out.append(trace)
+                done[trace["question_id"]] = trace
+
+            run_episodes(group, pools, backend, agent, extractor=extractor, index_cache=cache,
+                         batch_size=cfg.batch_size, on_done=finished)
+    traces = [done[q.id] for q in questions if q.id in done]
+    kept = [t for t in traces if t["asp"]["kept"]]
+    rejected = [t for t in traces if not t["asp"]["kept"]]
+    write_jsonl(paths["rejected"], rejected)
+    write_jsonl(paths["shard"], kept)
+    paths["partial"].unlink(missing_ok=True)
+    reasons = Counter(r.split(":", 1)[0] for t in rejected for r in t["asp"]["reasons"])
+    return {
+        "mode": "teacher",
+        "teacher": getattr(backend, "name", cfg.teacher),
+        **_counts(kept),
+        "skipped": {"count": 0, "by_type": {}, "questions_without_trace": sorted(set(by_id) - {t["question_id"] for t in kept})},
+        "asp": {"episodes": len(traces), "kept": len(kept), "rejected": len(rejected),
+                "reasons": dict(reasons.most_common()),
+                "rejected_examples": [{"id": t["id"], "reasons": t["asp"]["reasons"]} for t in rejected[:20]]},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m stages.traces", description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", default="runs/ladder", help="run root; traces go to ROOT/traces/")
+    p.add_argument("--config", help="TOML file with TracesConfig keys (flags win over it)")
+    for f in dataclasses.fields(TracesConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction)
+        else:
+            p.add_argument(flag, dest=f.name, default=None, help=f"(default {f.default})")
+    args = p.parse_args(argv)
+    keys = {f.name for f in dataclasses.fields(TracesConfig)}
+    try:
+        cfg = build(TracesConfig, file=args.config, **{k: v for k, v in vars(args).items() if k in keys})
+        summary = run(cfg, Path(args.root))
+    except (ConfigError, RunDirError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1, default=str)[:4000])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
