@@ -51,7 +51,7 @@ def main() -> None:
     t_traces = time.perf_counter() - started
 
     summary = sft.run(sft.SFTConfig(traces=str(root / "train.jsonl"), epochs=args.epochs,
-                                    learning_rate=args.learning_rate, max_length=1024), root / "sft")
+                                    learning_rate=args.learning_rate, max_length=1536), root / "sft")
 
     def cfg(adapter=None):
         return evaluate.EvalConfig(data=args.eval, split="eval", limit=args.eval_limit, adapter=adapter,

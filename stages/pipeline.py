@@ -21,7 +21,7 @@ from hopsmith.io import read_jsonl, write_json, write_jsonl
 # The local preset trades recipe size for minutes: few eval questions, few traces, shorter paragraphs.
 PRESETS = {
     "local": dict(eval_limit=12, train_limit=None, max_traces=36, epochs=2.0, learning_rate=1e-3,
-                  max_turns=6, max_new_tokens=96, max_chars=300, top_k=3, max_length=1024),
+                  max_turns=6, max_new_tokens=96, max_chars=300, top_k=3, max_length=1536),
     "full": dict(eval_limit=None, train_limit=None, max_traces=None, epochs=3.0, learning_rate=2e-4,
                  max_turns=20, max_new_tokens=512, max_chars=None, top_k=5, max_length=4096),
 }
@@ -100,20 +100,22 @@ def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
                                                top_k=cfg.top_k, max_chars=cfg.max_chars, seed=cfg.seed,
                                                # traces think exactly when the evaluated agent does
                                                thinking_fraction=1.0 if cfg.thinking else 0.0), root)
-    log(f"      {t_summary}")
+    log(f"      {t_summary['traces']} traces {t_summary['by_type']}, {t_summary['skipped']['count']} type/question "
+        f"pairs skipped (details in traces/summary-0.json)")
 
     log("[3/5] judge (rules" + (f" + {cfg.judge})" if cfg.judge else ")"))
     j_summary = judge.run(judge.JudgeConfig(judge=cfg.judge), root)
     kept = read_jsonl(root / "kept.jsonl")
     train = sample_traces(kept, cfg.max_traces, cfg.seed)
     write_jsonl(root / "train.jsonl", train)
-    log(f"      kept {len(kept)} traces; training on {len(train)}")
+    log(f"      kept {len(kept)} of {j_summary.get('traces', '?')} traces; training on {len(train)}")
 
     log("[4/5] LoRA SFT")
     s_summary = sft.run(sft.SFTConfig(traces=str(root / "train.jsonl"), model=cfg.model, preset=cfg.sft_preset,
                                       epochs=cfg.epochs, learning_rate=cfg.learning_rate, max_length=cfg.max_length,
                                       seed=cfg.seed), root / "sft")
-    log(f"      {s_summary['steps']} steps, final loss {s_summary['train_loss']:.3f}, {s_summary['seconds']:.0f} s")
+    log(f"      {s_summary['steps']} steps on {s_summary['traces']} traces ({s_summary['too_long_dropped']} too long),"
+        f" mean loss {s_summary['train_loss']:.3f}, {s_summary['seconds']:.0f} s")
 
     log("[5/5] tuned eval")
     tuned = evaluate.run(eval_config(cfg, adapter=str(root / "sft")), root / "eval-sft")

@@ -75,7 +75,7 @@ def target_modules(spec: str):
 
 
 def tokenize_trace(trace: dict, tokenizer, chat_template: str, max_length: int) -> dict:
-    """input_ids and labels (-100 outside assistant turns) for one trace, cut to max_length."""
+    """input_ids and labels (-100 outside assistant turns) for one trace."""
     out = tokenizer.apply_chat_template(
         trace["messages"], tools=trace.get("tools"), chat_template=chat_template, tokenize=True,
         return_dict=True, return_assistant_tokens_mask=True,
@@ -83,7 +83,6 @@ def tokenize_trace(trace: dict, tokenizer, chat_template: str, max_length: int) 
     ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
     if not any(mask):
         raise ValueError(f"trace {trace.get('id')}: no assistant tokens (the chat template has no generation markers?)")
-    ids, mask = ids[:max_length], mask[:max_length]
     return {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)],
             "attention_mask": [1] * len(ids)}
 
@@ -143,7 +142,13 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None) -> dict
         template = pick_chat_template(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    rows = [tokenize_trace(t, tokenizer, template, cfg.max_length) for t in traces]
+    tokenized = [tokenize_trace(t, tokenizer, template, cfg.max_length) for t in traces]
+    # A trace cut short loses its conclusion (the final answer), so long traces are left out, not cut.
+    keep = [i for i, r in enumerate(tokenized) if len(r["input_ids"]) <= cfg.max_length]
+    too_long = len(tokenized) - len(keep)
+    if not keep:
+        raise ValueError(f"every trace in {traces_path} is longer than max_length={cfg.max_length} tokens")
+    traces, rows = [traces[i] for i in keep], [tokenized[i] for i in keep]
     dataset = Dataset.from_list(rows)
 
     losses: list[dict] = []
@@ -195,6 +200,7 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None) -> dict
         "config": asdict(cfg),
         "qlora": use_qlora,
         "traces": len(traces),
+        "too_long_dropped": too_long,
         "tokens": sum(len(r["input_ids"]) for r in rows),
         "assistant_tokens": sum(sum(1 for x in r["labels"] if x != -100) for r in rows),
         "steps": trainer.state.global_step,
