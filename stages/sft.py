@@ -120,7 +120,7 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None) -> dict
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import TrainerCallback
+    from transformers import PrinterCallback, TrainerCallback
     from trl import SFTConfig as TRLConfig
     from trl import SFTTrainer
 
@@ -188,6 +188,8 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None) -> dict
                              target_modules=target_modules(cfg.target_modules), task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=[LossLog()])
+    # With tqdm off the Trainer prints every log dict; loss.json keeps the curve instead.
+    trainer.remove_callback(PrinterCallback)
     checkpoints = sorted((root / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
