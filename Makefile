@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   - create .venv, install, run the search agent on the embedded model (20 questions)
+#   make demo   - create .venv, install, run the training ladder on the embedded model (about 10 minutes)
 #   make test   - create .venv, install, run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(VENV)/bin/hopsmith eval --data musique --limit 20 --out runs/demo
+	$(VENV)/bin/hopsmith pipeline --out runs/demo
 
 test: setup
 	$(PY) -m pytest

@@ -20,7 +20,7 @@ from hopsmith.io import read_jsonl, write_json, write_jsonl
 
 # The local preset trades recipe size for minutes: few eval questions, few traces, shorter paragraphs.
 PRESETS = {
-    "local": dict(eval_limit=12, train_limit=None, max_traces=36, epochs=2.0, learning_rate=1e-3,
+    "local": dict(eval_limit=12, train_limit=None, max_traces=24, epochs=2.0, learning_rate=1e-3,
                   max_turns=6, max_new_tokens=96, max_chars=300, top_k=3, max_length=1536),
     "full": dict(eval_limit=None, train_limit=None, max_traces=None, epochs=3.0, learning_rate=2e-4,
                  max_turns=20, max_new_tokens=512, max_chars=None, top_k=5, max_length=4096),
