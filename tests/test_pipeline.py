@@ -17,7 +17,7 @@ def test_sample_traces_is_balanced_and_deterministic():
 def test_ladder_end_to_end_on_tiny_model(tiny_dir, tmp_path, capsys):
     out = tmp_path / "ladder"
     argv = ["pipeline", "--model", str(tiny_dir), "--eval-limit", "2", "--train-limit", "3", "--max-traces", "4",
-            "--epochs", "1", "--max-turns", "1", "--max-new-tokens", "6", "--out", str(out)]
+            "--epochs", "1", "--max-turns", "1", "--max-new-tokens", "6", "--max-length", "8192", "--out", str(out)]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     for path in ("eval-base/metrics.json", "kept.jsonl", "train.jsonl", "sft/adapter_config.json",
@@ -26,7 +26,8 @@ def test_ladder_end_to_end_on_tiny_model(tiny_dir, tmp_path, capsys):
     assert list((out / "traces").glob("shard-*.jsonl"))
     result = json.loads((out / "comparison.json").read_text())
     assert result["base"]["n"] == result["sft"]["n"] == 2
-    assert result["sft_training"]["traces"] == len((out / "train.jsonl").read_text().splitlines()) <= 4
+    trained = result["sft_training"]
+    assert 0 < trained["traces"] + trained["too_long_dropped"] == len((out / "train.jsonl").read_text().splitlines()) <= 4
     assert "accuracy" in printed and "sft" in (out / "comparison.txt").read_text()
     # training questions come from the train split only: the tuned eval ran, so no leakage was found
     assert result["sft"]["leakage"]["count"] == 0
