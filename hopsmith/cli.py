@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 
-def _add_config_flags(p: argparse.ArgumentParser, cls) -> None:
+def add_config_flags(p: argparse.ArgumentParser, cls) -> None:
     """One flag per config field (`max_turns` -> `--max-turns`), plus `--config FILE.toml`."""
     p.add_argument("--config", help=f"TOML file with {cls.__name__} keys (flags win over it)")
     for f in dataclasses.fields(cls):
@@ -29,7 +29,7 @@ def _add_config_flags(p: argparse.ArgumentParser, cls) -> None:
             p.add_argument(flag, dest=f.name, default=None, help=f"(default {f.default})")
 
 
-def _config(cls, args):
+def config_from_args(cls, args):
     from .config import build
 
     keys = {f.name for f in dataclasses.fields(cls)}
@@ -43,7 +43,7 @@ def cmd_eval(args) -> int:
 
     from .config import EvalConfig
 
-    cfg = _config(EvalConfig, args)
+    cfg = config_from_args(EvalConfig, args)
     out = Path(args.out or f"runs/eval-{cfg.data.replace('/', '_')}")
     print(f"hopsmith eval: {cfg.data} (split {cfg.split}, limit {cfg.limit}) with {cfg.model} -> {out}", file=sys.stderr)
     metrics = evaluate.run(cfg, out, progress=not args.quiet)
@@ -76,7 +76,7 @@ def cmd_bench_extraction(args) -> int:
 def cmd_sft(args) -> int:
     from stages import sft
 
-    cfg = _config(sft.SFTConfig, args)
+    cfg = config_from_args(sft.SFTConfig, args)
     out = Path(args.out or "runs/sft")
     summary = sft.run(cfg, out)
     print(f"trained {summary['steps']} steps on {summary['traces']} traces in {summary['seconds']:.0f} s, "
@@ -87,23 +87,23 @@ def cmd_sft(args) -> int:
 def cmd_judge(args) -> int:
     from stages import judge
 
-    summary = judge.run(_config(judge.JudgeConfig, args), Path(args.root))
-    print(json.dumps({k: summary[k] for k in ("traces", "kept") if k in summary}, indent=1))
+    summary = judge.run(config_from_args(judge.JudgeConfig, args), Path(args.root))
+    print(judge.describe(summary, args.root))
     return 0
 
 
 def cmd_traces(args) -> int:
     from stages import traces
 
-    summary = traces.run(_config(traces.TracesConfig, args), Path(args.root))
-    print(json.dumps(summary, indent=1, default=str)[:4000])
+    summary = traces.run(config_from_args(traces.TracesConfig, args), Path(args.root))
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1, default=str)[:4000])
     return 0
 
 
 def cmd_pipeline(args) -> int:
     from stages import pipeline
 
-    cfg = _config(pipeline.PipelineConfig, args)
+    cfg = config_from_args(pipeline.PipelineConfig, args)
     pipeline.run(cfg, Path(args.out or "runs/ladder"), log=lambda m: print(m, flush=True))
     return 0
 
@@ -126,28 +126,28 @@ def build_parser() -> argparse.ArgumentParser:
     from stages.traces import TracesConfig
 
     p = sub.add_parser("eval", help="run the search agent on a question set and score it")
-    _add_config_flags(p, EvalConfig)
+    add_config_flags(p, EvalConfig)
     p.add_argument("--out", help="run directory (default runs/eval-<data>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("pipeline", help="the ladder: base eval, traces, judge, LoRA SFT, tuned eval, comparison")
-    _add_config_flags(p, PipelineConfig)
+    add_config_flags(p, PipelineConfig)
     p.add_argument("--out", help="run root (default runs/ladder)")
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("traces", help="write synthetic (or teacher) agent traces for the train split")
-    _add_config_flags(p, TracesConfig)
+    add_config_flags(p, TracesConfig)
     p.add_argument("--root", default="runs/ladder", help="run root; traces go to ROOT/traces/")
     p.set_defaults(func=cmd_traces)
 
     p = sub.add_parser("judge", help="filter traces with rule checks and an optional LLM judge")
-    _add_config_flags(p, JudgeConfig)
+    add_config_flags(p, JudgeConfig)
     p.add_argument("--root", default="runs/ladder", help="run root holding traces/; writes kept.jsonl there")
     p.set_defaults(func=cmd_judge)
 
     p = sub.add_parser("sft", help="LoRA SFT on judged traces")
-    _add_config_flags(p, SFTConfig)
+    add_config_flags(p, SFTConfig)
     p.add_argument("--out", help="adapter directory (default runs/sft)")
     p.set_defaults(func=cmd_sft)
 

@@ -96,7 +96,7 @@ def make_backends(cfg: EvalConfig):
 def run(cfg: EvalConfig, root: str | Path, *, backend=None, extractor=None, progress: bool = True) -> dict:
     """Evaluate, resume-safe; returns the metrics dict (also written to `root/metrics.json`)."""
     from hopsmith.agent.loop import run_episodes
-    from hopsmith.ceiling import extraction_benchmark, oracle_retrieval
+    from hopsmith.ceiling import oracle_retrieval
     from hopsmith.metrics import aggregate, failure_kind
     from hopsmith.tools.search import IndexCache
 

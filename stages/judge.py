@@ -19,14 +19,12 @@ A root judged by one judge model is refused to another rather than mixed.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import glob
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hopsmith.config import ConfigError, build, to_dict
+from hopsmith.config import ConfigError, to_dict
 from hopsmith.io import read_jsonl, write_json, write_jsonl
 from hopsmith.judge import DIMENSIONS, RULES, LLMJudge, agreement, rule_checks
 
@@ -267,30 +265,24 @@ def _summary(rows: list[dict], kept: list[dict], cfg: JudgeConfig, judge_model: 
 
 # -- command line ---------------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stages.judge", description=__doc__.split("\n")[0])
-    p.add_argument("root", help="run root holding traces/shard-*.jsonl")
-    p.add_argument("--config", help="TOML file with JudgeConfig keys")
-    for f in dataclasses.fields(JudgeConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
-                           help=f"(default {f.default})")
-        else:
-            p.add_argument(flag, dest=f.name, default=None, help=f"(default {f.default})")
-    args = p.parse_args(argv)
-    keys = {f.name for f in dataclasses.fields(JudgeConfig)}
-    cfg = build(JudgeConfig, file=args.config, **{k: v for k, v in vars(args).items() if k in keys})
-    s = run(cfg, args.root)
-    print(f"kept {s['kept']}/{s['traces']} traces; verdicts {s['verdicts']}")
-    print("rule failures: " + ", ".join(f"{k} {v}" for k, v in s["rule_failures"].items()))
+def describe(s: dict, root) -> str:
+    """The judge summary as a few lines for the terminal."""
+    lines = [f"kept {s['kept']}/{s['traces']} traces; verdicts {s['verdicts']}",
+             "rule failures: " + ", ".join(f"{k} {v}" for k, v in s["rule_failures"].items())]
     if s["agreement"]:
         a = s["agreement"]
-        print(f"rules vs judge: agreement {a['agreement']}, kappa {a['kappa']} (n={a['n']}, "
-              f"judge errors {a['judge_errors']})")
-    print(f"wrote {args.root}/kept.jsonl, {args.root}/judge_summary.json"
-          + ("" if s["shards"]["complete"] else f" (shards still missing: {', '.join(s['shards']['missing'])})"))
-    return 0
+        lines.append(f"rules vs judge: agreement {a['agreement']}, kappa {a['kappa']} (n={a['n']}, "
+                     f"judge errors {a['judge_errors']})")
+    lines.append(f"wrote {root}/kept.jsonl, {root}/judge_summary.json"
+                 + ("" if s["shards"]["complete"] else f" (shards still missing: {', '.join(s['shards']['missing'])})"))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m stages.judge --root R ...`, the same as `hopsmith judge --root R ...`."""
+    from hopsmith.cli import main as cli_main
+
+    return cli_main(["judge", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

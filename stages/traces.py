@@ -21,8 +21,6 @@ Questions come from the `train` split by default, so training never sees an eval
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import random
 import sys
@@ -31,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from hopsmith.config import ConfigError, build, to_dict
+from hopsmith.config import ConfigError, to_dict
 from hopsmith.io import JsonlAppender, read_jsonl, write_json, write_jsonl
 from stages.evaluate import RunDirError
 
@@ -282,25 +280,10 @@ def _run_teacher(cfg: TracesConfig, questions, pools, paths, backend, extractor)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stages.traces", description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", default="runs/ladder", help="run root; traces go to ROOT/traces/")
-    p.add_argument("--config", help="TOML file with TracesConfig keys (flags win over it)")
-    for f in dataclasses.fields(TracesConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction)
-        else:
-            p.add_argument(flag, dest=f.name, default=None, help=f"(default {f.default})")
-    args = p.parse_args(argv)
-    keys = {f.name for f in dataclasses.fields(TracesConfig)}
-    try:
-        cfg = build(TracesConfig, file=args.config, **{k: v for k, v in vars(args).items() if k in keys})
-        summary = run(cfg, Path(args.root))
-    except (ConfigError, RunDirError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1, default=str)[:4000])
-    return 0
+    """`python -m stages.traces --root R ...`, the same as `hopsmith traces --root R ...`."""
+    from hopsmith.cli import main as cli_main
+
+    return cli_main(["traces", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

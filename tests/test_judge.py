@@ -447,7 +447,7 @@ def test_config_and_backend_hook(tmp_path, monkeypatch):
 
 def test_command_line(tmp_path, capsys):
     _root(tmp_path)
-    assert stage.main([str(tmp_path), "--max-turns", "2"]) == 0
+    assert stage.main(["--root", str(tmp_path), "--max-turns", "2"]) == 0
     out = capsys.readouterr().out
     assert "kept 0/5 traces" in out and "length 5" in out
 

@@ -20,7 +20,7 @@ from ..records import Paragraph, Question
 from ..tools.extract import Extractor
 from ..tools.search import IndexCache
 from ..envs.multihop import MultihopEnv
-from .format import Action, ActionFormat, HermesFormat, ToolCall
+from .format import ActionFormat, HermesFormat, ToolCall
 from .prompts import agent_system_prompt, agent_user_prompt
 
 
