@@ -309,7 +309,10 @@ def _ci_line(label: str, m: dict) -> str:
 
 
 def _secs(x: float | None) -> str:
-    return "n/a" if _missing(x) else f"{x:.2f} s"
+    if _missing(x):
+        return "n/a"
+    # A BM25 search takes about a millisecond; "0.00 s" would hide it.
+    return f"{1000 * x:.1f} ms" if x < 0.1 else f"{x:.2f} s"
 
 
 def format_table(metrics: dict) -> str:
