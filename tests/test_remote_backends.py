@@ -592,3 +592,35 @@ def test_make_backend_specs(monkeypatch):
         make_backend("anthropic:claude")
     with pytest.raises(ValueError, match="no model"):
         make_backend("openai:")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The LLM judge through real clients: a 429, then malformed judge JSON, then a valid verdict
+
+
+def _judge_trace():
+    return {"id": "t1", "question_id": "q1", "answers": ["Eldon"], "messages": TRACE[:4] + [
+        {"role": "assistant", "content": "FINAL(Eldon)"}], "tools": TOOLS}
+
+
+VERDICT = {"correctness": 5, "search_approach": 4, "grounding": 5, "format": 5, "verdict": "pass", "reasons": ["grounded"]}
+
+
+def test_openai_judge_retries_429_and_malformed_json(serve):
+    from hopsmith.judge import LLMJudge
+
+    server = serve([(429, {"error": {"message": "slow down"}}, {"Retry-After": "1"}),
+                    chat_reply("Sure! {\"correctness\": 5, \"search_app"),  # cut-off JSON
+                    chat_reply("```json\n" + json.dumps(VERDICT) + "\n```")])
+    [result] = LLMJudge(openai_backend(server)).judge_many([_judge_trace()])
+    assert result["verdict"] == "pass" and result["score"] == pytest.approx(19 / 20)
+    assert len(server.requests) == 3  # the 429 was retried by the backend, the bad JSON by the judge
+
+
+def test_gemini_judge_never_passes_malformed_json(serve):
+    from hopsmith.judge import LLMJudge
+
+    server = serve([(429, gemini_error(429, "RESOURCE_EXHAUSTED", "Quota"), {}), gemini_reply([{"text": "not json"}])])
+    [result] = LLMJudge(gemini_backend(server), retries=2).judge_many([_judge_trace()])
+    assert result["verdict"] == "judge_error" and "raw" in result
+    assert len(server.requests) == 4  # one 429 retried, then three malformed replies (first try + 2 retries)
