@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--eval", default="musique", help="bundled set name (its eval split) or an original-format file")
     ap.add_argument("--eval-limit", type=int, default=None)
     ap.add_argument("--train", default="musique,hotpotqa,2wiki", help="bundled sets whose train split makes traces")
-    ap.add_argument("--max-traces", type=int, default=120)
+    ap.add_argument("--max-traces", type=int, default=80)
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--learning-rate", type=float, default=1e-3)
     ap.add_argument("--max-turns", type=int, default=6)
@@ -56,7 +56,8 @@ def main() -> None:
     def cfg(adapter=None):
         return evaluate.EvalConfig(data=args.eval, split="eval", limit=args.eval_limit, adapter=adapter,
                                    few_shot=adapter is None, max_turns=args.max_turns, max_new_tokens=96,
-                                   top_k=args.top_k, max_chars=args.max_chars)
+                                   top_k=args.top_k, max_chars=args.max_chars,
+                                   extraction_bench=adapter is None)  # the extractor does not change
 
     base = evaluate.run(cfg(), root / "eval-base")
     tuned = evaluate.run(cfg(str(root / "sft")), root / "eval-sft")

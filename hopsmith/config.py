@@ -39,6 +39,7 @@ class EvalConfig:
     max_chars: int | None = 600
     one_call_per_turn: bool = True
     max_context_tokens: int = 8192
+    answer_at_cap: bool = True
     extraction_bench: bool = True  # also score the extractor on gold paragraphs (for the ceiling)
     bootstrap: int = 1000
     seed: int = 0

@@ -233,6 +233,7 @@ def aggregate(rows: list[dict], *, extraction_accuracy: float | None = None,
         1 for r in rows if _finished(r) and _valid_calls(r, "search") == 0) / n
     out["tool_use_rate"] = sum(1 for r in rows if _valid_calls(r) > 0) / n
     out["no_final_answer_rate"] = sum(1 for r in rows if not _finished(r)) / n
+    out["answered_at_cap_rate"] = sum(1 for r in rows if r.get("answered_at_cap")) / n
 
     episode_s = [float(r["seconds"]) for r in rows if r.get("seconds") is not None]
     per_tool: dict[str, list[float]] = {}
@@ -331,6 +332,7 @@ def format_table(metrics: dict) -> str:
         f"{'tool use':<{_LABEL}}{_pct(m['tool_use_rate'])}   invalid calls {_pct(m['invalid_call_rate']).strip()}",
         f"{'answered w/o search':<{_LABEL}}{_pct(m['answered_without_search_rate'])}"
         f"   no final answer {_pct(m['no_final_answer_rate']).strip()}",
+        f"{'answered at turn cap':<{_LABEL}}{_pct(m.get('answered_at_cap_rate', 0.0))}",
     ]
     lat = m.get("latency") or {}
     lines.append(f"{'latency / episode':<{_LABEL}}{_secs(lat.get('episode_s')):>6}"
@@ -360,8 +362,8 @@ def _delta(b: float | None, t: float | None) -> float | None:
 
 
 _COMPARED_RATES = ("avg_tool_calls", "avg_turns", "tool_use_rate", "invalid_call_rate",
-                   "answered_without_search_rate", "no_final_answer_rate", "supporting_recall",
-                   "retrieval_success")
+                   "answered_without_search_rate", "no_final_answer_rate", "answered_at_cap_rate",
+                   "supporting_recall", "retrieval_success")
 
 
 def compare(base: dict, tuned: dict) -> dict[str, Any]:
@@ -406,8 +408,11 @@ def format_comparison(base: dict, tuned: dict, names: tuple[str, str] = ("base",
         lines.append(f"{label:<{_LABEL}}{row['base']:>22.2f}{row['tuned']:>22.2f}{d:>10}")
     for key, label in (("tool_use_rate", "tool use"), ("invalid_call_rate", "invalid calls"),
                        ("answered_without_search_rate", "answered w/o search"),
-                       ("no_final_answer_rate", "no final answer"), ("supporting_recall", "supporting recall")):
+                       ("no_final_answer_rate", "no final answer"), ("answered_at_cap_rate", "answered at turn cap"),
+                       ("supporting_recall", "supporting recall")):
         row = c[key]
+        if row["base"] is None or row["tuned"] is None:
+            continue
         lines.append(f"{label:<{_LABEL}}{_pct(row['base']):>22}{_pct(row['tuned']):>22}{pts(row['delta']):>10}")
     lines.append("failures (share of wrong)")
     for kind in FAILURE_KINDS:

@@ -18,7 +18,7 @@ from hopsmith.io import JsonlAppender, read_jsonl, write_json, write_jsonl
 
 # Keys whose change makes earlier results incomparable; limit/batch size/bootstrap may change on resume.
 _RESULT_KEYS = ("data", "split", "model", "adapter", "extractor", "corpus", "pool_size", "pool_seed", "max_turns",
-                "max_new_tokens", "temperature", "thinking", "few_shot", "top_k", "max_chars", "one_call_per_turn", "max_context_tokens", "seed", "allow_leakage")
+                "max_new_tokens", "temperature", "thinking", "few_shot", "top_k", "max_chars", "one_call_per_turn", "max_context_tokens", "answer_at_cap", "seed", "allow_leakage")
 
 
 class RunDirError(ValueError):

@@ -3,6 +3,7 @@ import json
 
 from conftest import ScriptedBackend, call
 
+from hopsmith.metrics import aggregate
 from hopsmith.agent.loop import AgentConfig, run_episodes
 from hopsmith.data import hop_question
 from hopsmith.tools.extract import Extractor
@@ -75,10 +76,29 @@ def test_malformed_and_unknown_calls_go_back_as_errors(musique_small):
 def test_turn_cap_ends_episode_without_answer(musique_small):
     questions, pools = musique_small
     backend = ScriptedBackend({}, default=[call("search", query="county")] * 50)
-    rows = run_episodes(questions[:2], pools, backend, AgentConfig(max_turns=3))
+    rows = run_episodes(questions[:2], pools, backend, AgentConfig(max_turns=3, answer_at_cap=False))
     for row in rows:
         assert row["turns"] == 3 and not row["finished"] and row["stop"] == "max_turns"
         assert row["prediction"] is None and row["metrics"]["acc"] == 0.0
+        assert not row["answered_at_cap"]
+
+
+def test_turn_cap_asks_for_the_answer_once(musique_small):
+    questions, pools = musique_small
+    q0, q1 = questions[:2]
+    searching = [call("search", query="county")] * 3
+    backend = ScriptedBackend({q0.question: searching + [f"FINAL({q0.answers[0]})"],
+                               q1.question: searching + [call("search", query="more")]})
+    rows = {r["question_id"]: r for r in run_episodes([q0, q1], pools, backend, AgentConfig(max_turns=3))}
+    a, b = rows[q0.id], rows[q1.id]
+    # The cap turn is a user message asking for the answer, then one more reply.
+    assert a["messages"][-2]["role"] == "user" and "FINAL(answer)" in a["messages"][-2]["content"]
+    assert a["turns"] == 4 and a["finished"] and a["answered_at_cap"] and a["metrics"]["acc"] == 1.0
+    # A tool call in the cap turn is not run: the episode ends without an answer.
+    assert b["turns"] == 4 and not b["finished"] and b["stop"] == "max_turns" and not b["answered_at_cap"]
+    assert len(b["tool_calls"]) == 3 and b["prediction"] is None
+    m = aggregate([a, b], n_boot=50)
+    assert m["answered_at_cap_rate"] == 0.5 and m["no_final_answer_rate"] == 0.5
 
 
 def test_llm_query_batched_and_reads_last_results(musique_small):

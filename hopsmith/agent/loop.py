@@ -3,8 +3,11 @@
 Per turn: one `backend.generate` call for all live conversations (the HF backend pads them left and
 decodes them in one `generate`), each reply parsed by the action format, tool calls executed (all
 `llm_query` calls of the turn in one extractor batch), results appended as `tool` messages. An episode
-leaves the batch when it answers, reaches the turn cap, or outgrows the model's context. A malformed or
-unknown call is answered with an error message, counted, and the episode goes on.
+leaves the batch when it answers, reaches the turn cap, or outgrows the model's context. At the turn cap
+an episode gets one last turn that asks for the answer (`answer_at_cap`): a small model that keeps
+searching still read the results, and an answer from them is worth more than none; such rows say
+`answered_at_cap`. A malformed or unknown call is answered with an error message, counted, and the
+episode goes on.
 
 `on_done(row)` is called as soon as an episode ends, so callers write results incrementally.
 """
@@ -40,6 +43,12 @@ class AgentConfig:
     # An episode whose prompt passes this many tokens ends (stop "context_overflow"); the backend also
     # stops at the model's own context length, whichever is smaller.
     max_context_tokens: int = 8192
+    # At the turn cap, one more turn that asks for FINAL(answer) from what was found; off = the episode
+    # ends there without an answer.
+    answer_at_cap: bool = True
+
+
+ANSWER_NOW = "You have no searches left. Reply now with FINAL(answer), using what the searches returned."
 
 
 @dataclass
@@ -54,6 +63,7 @@ class _Episode:
     completion_tokens: int = 0
     prediction: str | None = None
     stop: str | None = None
+    at_cap: bool = False
 
 
 def run_episodes(
@@ -107,6 +117,9 @@ def run_episodes(
             if action.is_final:
                 ep.prediction, ep.stop = action.answer, "final"
                 continue
+            if ep.at_cap:
+                ep.stop = "max_turns"  # asked for the answer and called a tool instead
+                continue
             for call in action.calls:
                 error = call.error or ep.env.validate(call.name, call.arguments)
                 if error:
@@ -127,8 +140,12 @@ def run_episodes(
                 ep.messages[pos]["content"] = answer or "(no answer found)"
                 ep.calls[ep.messages[pos]["_call"]]["seconds"] = each
         for ep in live:
-            if ep.stop is None and ep.turns >= cfg.max_turns:
-                ep.stop = "max_turns"
+            if ep.stop is None and ep.turns >= cfg.max_turns and not ep.at_cap:
+                if cfg.answer_at_cap:
+                    ep.at_cap = True
+                    ep.messages.append({"role": "user", "content": ANSWER_NOW})
+                else:
+                    ep.stop = "max_turns"
         done = [ep for ep in live if ep.stop is not None]
         live = [ep for ep in live if ep.stop is None]
         for ep in done:
@@ -169,6 +186,7 @@ def _result_row(ep: _Episode, backend: Backend) -> dict:
         "prediction": prediction,
         "finished": ep.stop == "final",
         "stop": ep.stop,
+        "answered_at_cap": ep.at_cap and ep.stop == "final",
         "turns": ep.turns,
         "tool_calls": ep.calls,
         "supporting_ids": q.supporting_ids,
