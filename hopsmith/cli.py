@@ -5,6 +5,8 @@
     hopsmith traces | judge | sft ...                             one stage of the ladder
     hopsmith bench-extraction --data musique --limit 50           the extractor alone, on gold paragraphs
     hopsmith prepare-model                                        convert the embedded model once
+    hopsmith cost --estimate | hopsmith cost runs/ladder          what seed 000's recipe / a cloud run costs
+    hopsmith serve --adapter runs/ladder/sft                      the eval endpoint, locally (bearer token)
 
 Every flag of `eval` is also a key of a TOML file given with `--config`; flags win over the file.
 """
@@ -115,6 +117,42 @@ def cmd_prepare_model(args) -> int:
     return 0
 
 
+def cmd_cost(args) -> int:
+    from .cost import CostError, Ledger, estimate_recipe, format_estimate, format_ledger, measured_priors
+
+    if args.estimate:
+        priors = None
+        if args.from_run:
+            src = Path(args.from_run)
+            src = src / "cost.json" if src.is_dir() else src
+            if not src.exists():
+                raise FileNotFoundError(f"--from {args.from_run}: no cost ledger at {src}")
+            priors = measured_priors(src)
+        recipe = {k: v for k, v in {"traces": args.traces, "epochs": args.epochs, "eval_questions": args.eval_questions,
+                                    "eval_shards": args.eval_shards, "sft_gpu": args.sft_gpu,
+                                    "eval_gpu": args.eval_gpu}.items() if v is not None}
+        est = estimate_recipe(recipe, priors)
+        print(format_estimate(est))
+        if args.json:
+            print(json.dumps(est, indent=2))
+        return 0
+    if not args.run:
+        raise CostError("give a run directory (holding cost.json) or --estimate")
+    path = Path(args.run) / "cost.json" if Path(args.run).is_dir() else Path(args.run)
+    if not path.exists():
+        raise FileNotFoundError(f"no cost ledger at {path} (cloud entrypoints write runs/<run>/cost.json)")
+    print(format_ledger(Ledger.open(path).summary()))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from stages import serve
+
+    cfg = config_from_args(serve.ServeConfig, args)
+    serve.serve_forever(cfg)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hopsmith", description="Train and evaluate small search agents.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +199,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.set_defaults(func=cmd_bench_extraction)
 
+    p = sub.add_parser("cost", help="a cloud run's cost ledger, or an estimate of seed 000's recipe")
+    p.add_argument("run", nargs="?", help="run directory holding cost.json (or the file)")
+    p.add_argument("--estimate", action="store_true", help="estimate a recipe instead (seed 000's by default)")
+    p.add_argument("--from", dest="from_run", help="use the throughputs measured in this run's cost.json")
+    p.add_argument("--traces", type=int)
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--eval-questions", type=int)
+    p.add_argument("--eval-shards", type=int)
+    p.add_argument("--sft-gpu")
+    p.add_argument("--eval-gpu")
+    p.add_argument("--json", action="store_true", help="also print the estimate as JSON")
+    p.set_defaults(func=cmd_cost)
+
+    from stages.serve import ServeConfig
+
+    p = sub.add_parser("serve", help="serve the agent over HTTP (/answer, /evaluate) behind a bearer token")
+    add_config_flags(p, ServeConfig)
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("prepare-model", help="convert/locate a model and print its directory")
     p.add_argument("--model", default="embedded")
     p.set_defaults(func=cmd_prepare_model)
@@ -175,9 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     from stages.evaluate import LeakageError, RunDirError
     from stages.judge import JudgeRunError
 
+    from .cost import BudgetExceeded, CostError
+    from .volumes import LayoutError
+
     try:
         return args.func(args)
-    except (ConfigError, DataError, ModelError, RunDirError, LeakageError, JudgeRunError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, ModelError, RunDirError, LeakageError, JudgeRunError, FileNotFoundError,
+            CostError, BudgetExceeded, LayoutError) as exc:
         print(f"hopsmith: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

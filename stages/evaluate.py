@@ -95,9 +95,6 @@ def make_backends(cfg: EvalConfig):
 
 def run(cfg: EvalConfig, root: str | Path, *, backend=None, extractor=None, progress: bool = True) -> dict:
     """Evaluate, resume-safe; returns the metrics dict (also written to `root/metrics.json`)."""
-    from hopsmith.agent.loop import run_episodes
-    from hopsmith.ceiling import oracle_retrieval
-    from hopsmith.metrics import aggregate, failure_kind
     from hopsmith.tools.search import IndexCache
 
     root = Path(root)
@@ -109,13 +106,28 @@ def run(cfg: EvalConfig, root: str | Path, *, backend=None, extractor=None, prog
     if backend is None:
         backend, extractor = make_backends(cfg)
 
-    results_path = root / "results.jsonl"
-    wanted = {q.id for q in questions}
+    started = time.perf_counter()
+    cache = IndexCache()
+    rows = _episodes(cfg, questions, pools, backend, extractor, root / "results.jsonl", cache, progress)
+    extraction = None
+    if cfg.extraction_bench and extractor is not None:
+        extraction = _extraction(root, questions, extractor, cfg)
+    metrics = _metrics(cfg, questions, pools, rows, extraction["rows"] if extraction else None, cache)
+    metrics["model"] = getattr(backend, "name", cfg.model)
+    metrics["wall_seconds_this_run"] = time.perf_counter() - started
+    metrics["leakage"] = leakage
+    write_json(root / "metrics.json", metrics)
+    return metrics
+
+
+def _episodes(cfg: EvalConfig, questions, pools, backend, extractor, results_path: Path, cache, progress: bool):
+    """Run the episodes not yet in `results_path` (appending each as it ends); all rows, in question order."""
+    from hopsmith.agent.loop import run_episodes
+    from hopsmith.metrics import failure_kind
+
     done = {r["question_id"]: r for r in read_jsonl(results_path, repair=True)}
     todo = [q for q in questions if q.id not in done]
-    cache = IndexCache()
     bar = _progress(len(questions), len(questions) - len(todo), progress)
-    started = time.perf_counter()
     with JsonlAppender(results_path) as out:
         def finished(row):
             row["failure"] = failure_kind(row)
@@ -126,26 +138,108 @@ def run(cfg: EvalConfig, root: str | Path, *, backend=None, extractor=None, prog
         run_episodes(todo, pools, backend, cfg.agent(), extractor=extractor, index_cache=cache,
                      batch_size=cfg.batch_size, on_done=finished)
     bar.close()
-    rows = [done[q.id] for q in questions if q.id in done]
+    return [done[q.id] for q in questions if q.id in done]
+
+
+def _metrics(cfg: EvalConfig, questions, pools, rows, extraction_rows, cache=None) -> dict:
+    """Everything `metrics.json` holds that depends on the results alone (no timing of this process)."""
+    from hopsmith.ceiling import oracle_retrieval
+    from hopsmith.metrics import aggregate, mean_ci
 
     oracle = oracle_retrieval(questions, pools, k=cfg.top_k, cache=cache)
     extraction = None
-    if cfg.extraction_bench and extractor is not None:
-        extraction = _extraction(root, questions, extractor, cfg)
-    metrics = aggregate(
-        rows,
-        extraction_accuracy=extraction["summary"]["acc"]["mean"] if extraction else None,
-        oracle_retrieval=oracle["rate"],
-        n_boot=cfg.bootstrap,
-        seed=cfg.seed,
-    )
+    if extraction_rows:
+        extraction = {k: mean_ci([r["metrics"][k] for r in extraction_rows], n_boot=cfg.bootstrap, seed=cfg.seed)
+                      for k in ("acc", "em", "f1")}
+    metrics = aggregate(rows, extraction_accuracy=extraction["acc"]["mean"] if extraction else None,
+                        oracle_retrieval=oracle["rate"], n_boot=cfg.bootstrap, seed=cfg.seed)
     metrics["oracle_retrieval"] = oracle
-    metrics["extraction_benchmark"] = extraction["summary"] if extraction else None
-    metrics["model"] = getattr(backend, "name", cfg.model)
+    metrics["extraction_benchmark"] = extraction
+    metrics["model"] = cfg.model if not cfg.adapter else f"{cfg.model}+{cfg.adapter}"
     metrics["data"] = cfg.data
-    metrics["wall_seconds_this_run"] = time.perf_counter() - started
-    metrics["questions_not_in_results"] = sorted(wanted - set(done))
-    metrics["leakage"] = leakage
+    metrics["questions_not_in_results"] = sorted({q.id for q in questions} - {r["question_id"] for r in rows})
+    return metrics
+
+
+# -- sharded evaluation: the cloud runs one shard per container and merges -----------------------------
+
+def shard_path(root: Path, shard: int) -> Path:
+    return Path(root) / "results" / f"shard-{shard}.jsonl"
+
+
+def run_shard(cfg: EvalConfig, root: str | Path, shard: int, num_shards: int, *, backend=None, extractor=None,
+              progress: bool = False) -> dict:
+    """Evaluate questions[shard::num_shards] into `root/results/shard-<shard>.jsonl`.
+
+    Episodes are appended to `results/.shard-<i>.partial.jsonl` as they end (a retried shard resumes
+    there), and the file is renamed to its final name only when every question of the shard is in it:
+    a shard file that exists is complete, and a rerun returns at once. The extraction benchmark of the
+    shard's questions goes to `extraction/shard-<i>.jsonl` the same way."""
+    from hopsmith.config import ConfigError
+
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ConfigError(f"eval shard {shard} is not in 0..{num_shards - 1}")
+    root = Path(root)
+    final = shard_path(root, shard)
+    if final.exists():
+        return {"shard": shard, "questions": len(read_jsonl(final)), "resumed": True}
+    root.mkdir(parents=True, exist_ok=True)
+    check_run_dir(root, cfg)
+    questions, pools = load_eval_questions(cfg)
+    mine = questions[shard::num_shards]
+    check_leakage(cfg, mine)
+    write_json(root / "config.json", to_dict(cfg))
+    if backend is None:
+        backend, extractor = make_backends(cfg)
+    started = time.perf_counter()
+    partial = final.with_name(f".shard-{shard}.partial.jsonl")
+    rows = _episodes(cfg, mine, pools, backend, extractor, partial, None, progress)
+    if cfg.extraction_bench and extractor is not None:
+        from hopsmith.ceiling import extraction_benchmark, extraction_items
+
+        ex_path = root / "extraction" / f"shard-{shard}.jsonl"
+        if not ex_path.exists() and extraction_items(mine):
+            write_jsonl(ex_path, extraction_benchmark(mine, extractor, n_boot=10, seed=cfg.seed)["rows"])
+    if len(rows) != len(mine):
+        raise RuntimeError(f"eval shard {shard}: {len(mine) - len(rows)} questions have no result; rerun to resume")
+    write_jsonl(final, rows)  # whole file under a temp name, then renamed
+    partial.unlink(missing_ok=True)
+    tokens = sum(r["tokens"]["prompt"] + r["tokens"]["completion"] for r in rows)
+    return {"shard": shard, "questions": len(rows), "resumed": False, "seconds": time.perf_counter() - started,
+            "tokens": tokens, "completion_tokens": sum(r["tokens"]["completion"] for r in rows)}
+
+
+def merge(cfg: EvalConfig, root: str | Path, num_shards: int) -> dict:
+    """Join the shard files into `results.jsonl` and `metrics.json` (the same metrics a single run gives).
+
+    A missing shard is an error naming it. A question found twice (a shard run twice by a retry that
+    raced its first attempt) is kept once; the count of dropped copies is in `duplicates_dropped`."""
+    root = Path(root)
+    missing = [i for i in range(num_shards) if not shard_path(root, i).exists()]
+    if missing:
+        raise RunDirError(f"{root}: eval shards {missing} of {num_shards} are not complete; run them before merging")
+    questions, pools = load_eval_questions(cfg)
+    by_id: dict[str, dict] = {}
+    dropped = 0
+    for i in range(num_shards):
+        for row in read_jsonl(shard_path(root, i)):
+            if row["question_id"] in by_id:
+                dropped += 1
+            else:
+                by_id[row["question_id"]] = row
+    rows = [by_id[q.id] for q in questions if q.id in by_id]
+    extraction_rows = []
+    for i in range(num_shards):
+        extraction_rows += read_jsonl(root / "extraction" / f"shard-{i}.jsonl")
+    order = {q.id: k for k, q in enumerate(questions)}
+    extraction_rows.sort(key=lambda r: (order.get(r["question_id"], len(order)), r["hop"]))
+    write_jsonl(root / "results.jsonl", rows)
+    if extraction_rows:
+        write_jsonl(root / "extraction.jsonl", extraction_rows)
+    metrics = _metrics(cfg, questions, pools, rows, extraction_rows)
+    metrics["shards"] = num_shards
+    metrics["duplicates_dropped"] = dropped
+    metrics["leakage"] = check_leakage(cfg, questions)
     write_json(root / "metrics.json", metrics)
     return metrics
 

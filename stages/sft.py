@@ -115,8 +115,11 @@ def load_model_for_training(cfg: SFTConfig):
     return model, tokenizer, pick_chat_template(tokenizer), use_qlora
 
 
-def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None) -> dict:
-    """Train (or resume) the adapter; returns a summary also written to `root/training.json`."""
+def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_seconds: float | None = None) -> dict:
+    """Train (or resume) the adapter; returns a summary also written to `root/training.json`.
+
+    `max_seconds` (the budget guard's time left) stops training at the first step past it, saves a
+    checkpoint and the adapter, and marks the summary `stopped_early`; a rerun resumes from there."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -158,6 +161,15 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None) -> dict
             if logs and "loss" in logs:
                 losses.append({"step": state.global_step, "epoch": state.epoch, "loss": float(logs["loss"])})
 
+    stopped = []
+
+    class Deadline(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if max_seconds is not None and time.perf_counter() - started > max_seconds:
+                stopped.append(state.global_step)
+                control.should_save = True
+                control.should_training_stop = True
+
     steps_per_epoch = math.ceil(len(rows) / (cfg.batch_size * cfg.grad_accum))
     cuda = torch.cuda.is_available()
     args = TRLConfig(
@@ -187,7 +199,7 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None) -> dict
     peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules=target_modules(cfg.target_modules), task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[LossLog()])
+                         peft_config=peft_config, callbacks=[LossLog(), Deadline()])
     # With tqdm off the Trainer prints every log dict; loss.json keeps the curve instead.
     trainer.remove_callback(PrinterCallback)
     checkpoints = sorted((root / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
@@ -209,6 +221,7 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None) -> dict
         "steps_per_epoch": steps_per_epoch,
         "train_loss": float(result.training_loss),
         "seconds": seconds,
+        "stopped_early": bool(stopped),
         "trained_question_ids": question_ids,
         "sources": _count(t.get("source", "?").split(":")[0] for t in traces),
     }

