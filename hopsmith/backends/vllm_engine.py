@@ -23,7 +23,7 @@ class VLLMBackend:
         *,
         adapter: str | None = None,
         max_lora_rank: int = 64,
-        max_model_len: int = 16384,
+        max_model_len: int | None = None,  # None: the model's own context length
         gpu_memory_utilization: float = 0.85,
         seed: int = 0,
         llm=None,
@@ -39,6 +39,10 @@ class VLLMBackend:
         tok_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else path
         self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
         self.chat_template = pick_chat_template(self.tokenizer)
+        if max_model_len is None:
+            from transformers import AutoConfig
+
+            max_model_len = int(getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", 4096) or 4096)
         if llm is None:
             from vllm import LLM
 

@@ -1,0 +1,353 @@
+"""Preference pairs from the model's own failures, and SimPO (or DPO) on top of the SFT adapter (seed 002).
+
+    hopsmith preference mine --results runs/ladder/mine/results.jsonl --chosen runs/ladder/kept.jsonl --out runs/ladder/pairs
+    hopsmith preference train --pairs runs/ladder/pairs/pairs.jsonl --adapter runs/ladder/sft --out runs/ladder/simpo
+
+Mining: every failed episode of the adapter (run on *train* questions) becomes `rejected`, verbatim; the
+`chosen` side is a judged-correct trajectory for the same question (a kept synthetic or teacher trace,
+or a correct resample of the model). Both continue the policy's own prompt (its system and user turns).
+Each pair is tagged with its failure kind (wrong_answer, no_search, invalid_call, out_of_turns), kinds
+are balanced round-robin, identical pairs are dropped, and a pair whose question is in a bundled eval
+split is refused: the eval split stays unseen. `pairs.jsonl` is TRL's conversational preference format
+(`prompt`, `chosen`, `rejected` as message lists) plus `tools`, `question_id` and `why`.
+
+Training: TRL's CPOTrainer with `loss_type="simpo"`, `cpo_alpha=0` (SimPO), or DPOTrainer (`--loss dpo`,
+the SFT policy as the frozen reference), continuing the SFT adapter. Loss is on the assistant tokens of
+chosen and rejected only (tool results are the environment's words, not the model's). Every
+`probe_every` steps a greedy probe on train questions logs tool use, answered-without-search, query
+diversity and turns (`behaviour.json`); the collapse guard stops training when tool use collapses.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from hopsmith.config import ConfigError
+from hopsmith.io import read_jsonl, write_json, write_jsonl
+
+FAILURE_KINDS = ("wrong_answer", "no_search", "invalid_call", "out_of_turns")
+
+
+class PreferenceError(ValueError):
+    pass
+
+
+def failure_tag(row: dict) -> str | None:
+    """Why an episode failed, for pair balancing; None when it is correct."""
+    if (row.get("metrics") or {}).get("acc", 0.0) >= 1.0:
+        return None
+    if not row.get("finished"):
+        return "out_of_turns"
+    calls = row.get("tool_calls") or []
+    if not any(c.get("name") == "search" and c.get("valid") for c in calls):
+        return "no_search"
+    if any(not c.get("valid") for c in calls):
+        return "invalid_call"
+    return "wrong_answer"
+
+
+def _continuation(messages: list[dict]) -> list[dict]:
+    """The turns after the system and first user message (what the policy wrote and the tools answered)."""
+    start = next((i + 1 for i, m in enumerate(messages) if m["role"] == "user"), len(messages))
+    return [{k: v for k, v in m.items() if k in ("role", "content", "name", "tool_calls")} for m in messages[start:]]
+
+
+def _question_of(messages: list[dict]) -> str:
+    user = next((m["content"] for m in messages if m["role"] == "user"), "")
+    return user.split("\n", 1)[0].removeprefix("Question:").strip()
+
+
+def _digest(msgs: list[dict]) -> str:
+    return hashlib.sha1(json.dumps(msgs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _eval_ids() -> set[str]:
+    from hopsmith.data import BUNDLED, load_questions
+
+    return {q.id for name in BUNDLED for q in load_questions(name, split="eval")}
+
+
+def mine_pairs(results: list[dict], chosen: list[dict], *, max_pairs: int | None = None, seed: int = 0,
+               allow_eval_questions: bool = False) -> dict:
+    """Pairs (rejected = a failing episode, chosen = a correct trajectory of the same question)."""
+    from stages.pipeline import sample_traces
+
+    eval_ids = set() if allow_eval_questions else _eval_ids()
+    leaked = sorted({r["question_id"] for r in results if r["question_id"] in eval_ids})
+    if leaked:
+        raise PreferenceError(f"{len(leaked)} mined questions are in a bundled eval split (e.g. {leaked[0]}); "
+                              "mine on the train split so the eval stays unseen")
+    good: dict[str, list[dict]] = {}
+    for t in chosen:
+        judged = (t.get("judge") or {}).get("verdict", "pass") == "pass"
+        correct = (t.get("metrics") or {}).get("acc", 1.0) >= 1.0
+        searched = any(m["role"] == "tool" for m in t.get("messages", []))
+        if judged and correct and searched:
+            good.setdefault(t["question_id"], []).append(t)
+    pairs, seen, skipped = [], set(), {"correct": 0, "no_chosen": 0, "duplicate": 0}
+    for row in results:
+        kind = failure_tag(row)
+        if kind is None:
+            skipped["correct"] += 1
+            continue
+        candidates = good.get(row["question_id"]) or []
+        if not candidates:
+            skipped["no_chosen"] += 1
+            continue
+        prompt = [{k: m[k] for k in ("role", "content")} for m in row["messages"][:2]]
+        rejected = _continuation(row["messages"])
+        for c in candidates:
+            chosen_msgs = _continuation(c["messages"])
+            key = (row["question_id"], _digest(rejected), _digest(chosen_msgs))
+            if key in seen or chosen_msgs == rejected:
+                skipped["duplicate"] += 1
+                continue
+            seen.add(key)
+            pairs.append({"id": f"{row['question_id']}:{len(pairs)}", "question_id": row["question_id"],
+                          "prompt": prompt, "chosen": chosen_msgs, "rejected": rejected, "tools": c.get("tools"),
+                          "why": kind, "source": kind, "chosen_source": c.get("source", "?"),
+                          "rejected_prediction": row.get("prediction")})
+    balanced = sample_traces(pairs, max_pairs, seed)  # round-robin over `source` = failure kind
+    counts = {k: sum(1 for p in balanced if p["why"] == k) for k in FAILURE_KINDS}
+    return {"pairs": balanced, "counts": counts, "mined": len(pairs), "skipped": skipped}
+
+
+@dataclass(frozen=True)
+class MineConfig:
+    results: str = "results.jsonl"  # the adapter's episodes on train questions
+    chosen: str = "kept.jsonl"  # judged-correct trajectories (synthetic or teacher traces, resamples)
+    max_pairs: int | None = None
+    seed: int = 0
+    allow_eval_questions: bool = False
+
+
+def mine(cfg: MineConfig, root: str | Path) -> dict:
+    root = Path(root)
+    for path in (cfg.results, cfg.chosen):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"no such file: {path}")
+    out = mine_pairs(read_jsonl(cfg.results), read_jsonl(cfg.chosen), max_pairs=cfg.max_pairs, seed=cfg.seed,
+                     allow_eval_questions=cfg.allow_eval_questions)
+    write_jsonl(root / "pairs.jsonl", out["pairs"])
+    summary = {k: v for k, v in out.items() if k != "pairs"} | {"pairs": len(out["pairs"]), "config": asdict(cfg)}
+    write_json(root / "pairs_summary.json", summary)
+    return summary
+
+
+# -- training ---------------------------------------------------------------------------------------------
+
+PRESETS = {
+    # Seed 002's SimPO: beta 1.0, gamma 0.3, lr 5e-7, 2 epochs, tight gradient clipping.
+    "seed002": dict(loss="simpo", beta=1.0, gamma=0.3, learning_rate=5e-7, epochs=2.0, max_grad_norm=0.3),
+    "dpo": dict(loss="dpo", beta=0.1, gamma=0.0, learning_rate=5e-6, epochs=2.0, max_grad_norm=1.0),
+}
+
+
+@dataclass(frozen=True)
+class PreferenceConfig:
+    pairs: str = "pairs.jsonl"
+    adapter: str = "sft"  # the SFT adapter to continue
+    model: str = "embedded"
+    preset: str = "seed002"
+    loss: str | None = None  # simpo | dpo
+    beta: float | None = None
+    gamma: float | None = None
+    learning_rate: float | None = None
+    epochs: float | None = None
+    max_grad_norm: float | None = None
+    batch_size: int = 2
+    max_length: int = 2048
+    max_steps: int = -1
+    probe_every: int = 0  # steps between behaviour probes (0: before and after only)
+    probe_data: str = "musique"
+    probe_questions: int = 4
+    probe_turns: int = 4
+    min_tool_use: float = 0.5  # the collapse guard's floor
+    stop_on_collapse: bool = True
+    seed: int = 0
+
+    def resolved(self) -> "PreferenceConfig":
+        from dataclasses import replace
+
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preference preset {self.preset!r}; known: {', '.join(PRESETS)}")
+        cfg = replace(self, **{k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) is None})
+        if cfg.loss not in ("simpo", "dpo"):
+            raise ConfigError(f"PreferenceConfig.loss must be simpo or dpo, got {cfg.loss!r}")
+        return cfg
+
+
+def _tokenized_pair(pair: dict, tokenizer, template: str, max_length: int) -> dict | None:
+    from stages.sft import tokenize_trace
+
+    prompt_ids = tokenizer.apply_chat_template(pair["prompt"], tools=pair.get("tools"), chat_template=template,
+                                               tokenize=False, add_generation_prompt=False)
+    n_prompt = len(tokenizer(prompt_ids, add_special_tokens=False)["input_ids"])
+    out = {"prompt_input_ids": [], "prompt_attention_mask": []}
+    for side in ("chosen", "rejected"):
+        tok = tokenize_trace({"messages": pair["prompt"] + pair[side], "tools": pair.get("tools")}, tokenizer, template,
+                             max_length)
+        if len(tok["input_ids"]) > max_length:
+            return None
+        out[f"{side}_input_ids"] = tok["input_ids"]
+        out[f"{side}_attention_mask"] = tok["attention_mask"]
+        out[f"{side}_labels"] = tok["labels"]
+        out["prompt_input_ids"] = tok["input_ids"][:n_prompt]
+        out["prompt_attention_mask"] = [1] * n_prompt
+    return out
+
+
+def probe(model, tokenizer, cfg: PreferenceConfig, questions, pools) -> dict:
+    """Greedy episodes of the model being trained, summarised by `hopsmith.collapse.behaviour`."""
+    from hopsmith.agent.loop import AgentConfig, run_episodes
+    from hopsmith.backends.hf import HFBackend
+    from hopsmith.collapse import behaviour
+
+    was_training = model.training
+    backend = HFBackend(model_obj=model, tokenizer=tokenizer, batch_size=len(questions))
+    rows = run_episodes(questions, pools, backend, AgentConfig(max_turns=cfg.probe_turns, max_new_tokens=96,
+                                                               few_shot=False, top_k=3, max_chars=300))
+    if was_training:
+        model.train()
+    return behaviour(rows)
+
+
+def train(cfg: PreferenceConfig, root: str | Path, *, model=None, tokenizer=None) -> dict:
+    """SimPO/DPO on the pairs, continuing `cfg.adapter`; writes the new adapter and `training.json`."""
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback, TrainerCallback
+
+    from hopsmith.backends.hf import pick_chat_template
+    from hopsmith.collapse import CollapseGuard
+    from stages.sft import trained_question_ids
+
+    cfg = cfg.resolved()
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if not Path(cfg.pairs).exists():
+        raise FileNotFoundError(f"no pairs file at {cfg.pairs}")
+    pairs = read_jsonl(cfg.pairs)
+    if not pairs:
+        raise PreferenceError(f"{cfg.pairs} holds no pairs: nothing to train on")
+    if not (Path(cfg.adapter) / "adapter_config.json").exists():
+        raise FileNotFoundError(f"--adapter {cfg.adapter}: no adapter_config.json (train SFT first)")
+    model, tokenizer = _load_policy(cfg, model, tokenizer)
+    template = pick_chat_template(tokenizer)
+    rows = [r for r in (_tokenized_pair(p, tokenizer, template, cfg.max_length) for p in pairs) if r is not None]
+    if not rows:
+        raise PreferenceError(f"every pair in {cfg.pairs} is longer than max_length={cfg.max_length}")
+    dataset = Dataset.from_list(rows)
+
+    from hopsmith.data import load_questions
+    from hopsmith.data.pools import build_pools
+
+    probe_qs = load_questions(cfg.probe_data, split="train", limit=cfg.probe_questions)
+    probe_pools = build_pools(probe_qs, others=load_questions(cfg.probe_data))
+    guard = CollapseGuard(min_tool_use=cfg.min_tool_use)
+    flags: list[dict] = []
+    before = probe(model, tokenizer, cfg, probe_qs, probe_pools)
+    guard.check(before, step=0)
+    losses: list[dict] = []
+
+    class Watch(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                losses.append({"step": state.global_step, **{k: float(v) for k, v in logs.items()
+                                                             if isinstance(v, (int, float))}})
+
+        def on_step_end(self, args, state, control, **kw):
+            if cfg.probe_every and state.global_step % cfg.probe_every == 0:
+                reasons = guard.check(probe(kw["model"], tokenizer, cfg, probe_qs, probe_pools), state.global_step)
+                if reasons:
+                    flags.append({"step": state.global_step, "reasons": reasons})
+                    if cfg.stop_on_collapse:
+                        control.should_training_stop = True
+
+    common = dict(output_dir=str(root / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+                  per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+                  max_grad_norm=cfg.max_grad_norm, lr_scheduler_type="cosine", logging_steps=1, save_strategy="no",
+                  report_to=[], seed=cfg.seed, bf16=torch.cuda.is_available(), fp16=False, remove_unused_columns=False,
+                  disable_tqdm=True, max_length=cfg.max_length, beta=cfg.beta)
+    started = time.perf_counter()
+    trainer = _trainer(cfg, model, tokenizer, dataset, common, [Watch()])
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    seconds = time.perf_counter() - started
+    after = probe(trainer.model, tokenizer, cfg, probe_qs, probe_pools)
+    reasons = guard.check(after, step=trainer.state.global_step)
+    if reasons and not any(f["step"] == trainer.state.global_step for f in flags):
+        flags.append({"step": trainer.state.global_step, "reasons": reasons})
+    trainer.model.save_pretrained(root)
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(root)
+    ids = sorted(trained_question_ids(cfg.adapter) | {p["question_id"] for p in pairs})
+    summary = {"config": asdict(cfg), "pairs": len(pairs), "pairs_used": len(rows), "steps": trainer.state.global_step,
+               "seconds": seconds, "behaviour_before": before, "behaviour_after": after, "collapse": flags,
+               "stopped_on_collapse": bool(flags) and cfg.stop_on_collapse, "trained_question_ids": ids,
+               "base_adapter": cfg.adapter}
+    write_json(root / "training.json", summary)
+    write_json(root / "loss.json", losses)
+    write_json(root / "behaviour.json", guard.history)
+    return summary
+
+
+def _load_policy(cfg: PreferenceConfig, model, tokenizer):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hopsmith.models import resolve_model
+
+    if model is None:
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model))
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.adapter if (Path(cfg.adapter) / "tokenizer_config.json").exists()
+                                                  else resolve_model(cfg.model))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    policy = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=True)
+    return policy, tokenizer
+
+
+def _trainer(cfg: PreferenceConfig, model, tokenizer, dataset, common: dict, callbacks):
+    if cfg.loss == "simpo":
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        class PretokenizedCPO(CPOTrainer):
+            # Rows arrive tokenized with assistant-only labels; TRL's own tokenisation would also score tool results.
+            def tokenize_row(self, feature, model=None):
+                return feature
+
+        args = CPOConfig(loss_type="simpo", cpo_alpha=0.0, simpo_gamma=cfg.gamma, **common)
+        return PretokenizedCPO(model=model, args=args, train_dataset=_with_text(dataset), processing_class=tokenizer,
+                               callbacks=callbacks)
+    from trl import DPOConfig, DPOTrainer
+
+    # With a PeftModel that already holds a trained adapter, TRL loads a frozen copy of it as "ref":
+    # the reference is the SFT policy, not the bare base model.
+    class PretokenizedDPO(DPOTrainer):
+        # Rows arrive as prompt_ids / chosen_ids / rejected_ids rendered with our template. Unlike the SimPO
+        # path, DPO's collator scores the whole continuation, tool results included (TRL has no label mask here).
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            return dataset
+
+    args = DPOConfig(**{k: v for k, v in common.items()})
+    return PretokenizedDPO(model=model, ref_model=None, args=args, train_dataset=_dpo_rows(dataset),
+                      processing_class=tokenizer, callbacks=callbacks)
+
+
+def _with_text(dataset):
+    # CPOTrainer maps maybe_extract_prompt / maybe_apply_chat_template over the rows first; give it the
+    # string columns they look for (unused afterwards, since tokenize_row keeps the pre-tokenized ids).
+    return dataset.map(lambda r: {"prompt": "", "chosen": "", "rejected": ""})
+
+
+def _dpo_rows(dataset):
+    def to_dpo(r):
+        n = len(r["prompt_input_ids"])
+        return {"prompt_ids": r["prompt_input_ids"], "chosen_ids": r["chosen_input_ids"][n:],
+                "rejected_ids": r["rejected_input_ids"][n:]}
+    return dataset.map(to_dpo, remove_columns=dataset.column_names)
