@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pipeline", help="the ladder: base eval, traces, judge, LoRA SFT, tuned eval, comparison")
     add_config_flags(p, PipelineConfig)
+    p.add_argument("--with", dest="with_stages", default=None, help="stages after SFT, e.g. --with simpo")
     p.add_argument("--out", help="run root (default runs/ladder)")
     p.set_defaults(func=cmd_pipeline)
 

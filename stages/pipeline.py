@@ -2,11 +2,14 @@
 
     hopsmith pipeline --out runs/ladder                 # the local preset: minutes on a laptop CPU
     hopsmith pipeline --preset full --out runs/full     # seed 000's recipe, where the hardware allows
+    hopsmith pipeline --with simpo --out runs/ladder    # then own-failure pairs -> SimPO -> eval (seed 002)
 
 Every stage writes under the run root and resumes, so an interrupted ladder continues where it stopped:
 `eval-base/`, `traces/`, `judged/`, `kept.jsonl`, `train.jsonl` (the traces SFT used), `sft/` (the adapter),
 `eval-sft/`, and `comparison.json` / `comparison.txt` (base vs tuned, every metric with its CI, the failure
-taxonomy side by side). Training questions come from the `train` split and evaluation from `eval`; the
+taxonomy side by side). With `--with simpo`: `mine/` (the SFT adapter on train questions), `pairs/`
+(its failures against correct traces), `simpo/` (the adapter, its behaviour probes and collapse flags),
+`eval-simpo/` and `comparison-simpo.txt` / `.json` (SFT vs SimPO, with tool-use behaviour before and after). Training questions come from the `train` split and evaluation from `eval`; the
 leakage guard refuses any overlap.
 """
 from __future__ import annotations
@@ -21,9 +24,11 @@ from hopsmith.io import read_jsonl, write_json, write_jsonl
 # The local preset trades recipe size for minutes: few eval questions, few traces, shorter paragraphs.
 PRESETS = {
     "local": dict(eval_limit=12, train_limit=None, max_traces=24, epochs=2.0, learning_rate=1e-3,
-                  max_turns=6, max_new_tokens=96, max_chars=300, top_k=3, max_length=1536),
+                  max_turns=6, max_new_tokens=96, max_chars=300, top_k=3, max_length=1536, mine_limit=12,
+                  max_pairs=16),
     "full": dict(eval_limit=None, train_limit=None, max_traces=None, epochs=3.0, learning_rate=2e-4,
-                 max_turns=20, max_new_tokens=512, max_chars=None, top_k=5, max_length=4096),
+                 max_turns=20, max_new_tokens=512, max_chars=None, top_k=5, max_length=4096, mine_limit=None,
+                 max_pairs=None),
 }
 
 
@@ -47,12 +52,19 @@ class PipelineConfig:
     thinking: bool = False
     batch_size: int = 16
     seed: int = 0
+    with_stages: str = ""  # comma-separated stages after SFT: "simpo"
+    mine_limit: int | None = None  # train questions the SFT adapter is run on to find its failures
+    max_pairs: int | None = None
+    preference_preset: str = "seed002"  # seed002 (SimPO) | dpo
 
     def resolved(self) -> "PipelineConfig":
         from hopsmith.config import ConfigError
 
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown pipeline preset {self.preset!r}; known: {', '.join(PRESETS)}")
+        unknown = {s.strip() for s in self.with_stages.split(",") if s.strip()} - {"simpo"}
+        if unknown:
+            raise ConfigError(f"unknown --with stage(s) {', '.join(sorted(unknown))}; known: simpo")
         preset = PRESETS[self.preset]
         return replace(self, **{k: v for k, v in preset.items() if getattr(self, k) is None})
 
@@ -125,4 +137,43 @@ def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
               "judge": j_summary, "sft_training": s_summary}
     write_json(root / "comparison.json", result)
     log(text)
+    if "simpo" in cfg.with_stages:
+        result["simpo"] = _simpo(cfg, root, tuned, log)
     return result
+
+
+def _simpo(cfg: PipelineConfig, root: Path, sft_metrics: dict, log) -> dict:
+    """SFT adapter on train questions -> its failures vs correct traces -> SimPO -> eval, compared with SFT."""
+    from dataclasses import replace as _replace
+
+    from hopsmith.metrics import compare, format_comparison
+    from stages import evaluate, preference
+
+    log("[6/8] mining the SFT adapter's own failures on train questions")
+    mine_cfg = _replace(eval_config(cfg, adapter=str(root / "sft")), split="train", limit=cfg.mine_limit,
+                        allow_leakage=True, extraction_bench=False)  # these are its training questions, on purpose
+    evaluate.run(mine_cfg, root / "mine")
+    pairs = preference.mine(preference.MineConfig(results=str(root / "mine" / "results.jsonl"),
+                                                  chosen=str(root / "kept.jsonl"), max_pairs=cfg.max_pairs,
+                                                  seed=cfg.seed), root / "pairs")
+    log(f"      {pairs['pairs']} pairs {pairs['counts']} (skipped {pairs['skipped']})")
+    if not pairs["pairs"]:
+        log("      no pairs: every mined episode was correct or had no correct trace to pair with; SimPO skipped")
+        return {"pairs": pairs, "skipped": True}
+    log(f"[7/8] {cfg.preference_preset} preference training on the SFT adapter")
+    p_summary = preference.train(preference.PreferenceConfig(
+        pairs=str(root / "pairs" / "pairs.jsonl"), adapter=str(root / "sft"), model=cfg.model,
+        preset=cfg.preference_preset, max_length=cfg.max_length, probe_data=cfg.data, seed=cfg.seed), root / "simpo")
+    b, a = p_summary["behaviour_before"], p_summary["behaviour_after"]
+    log(f"      {p_summary['steps']} steps; tool use {b['tool_use_rate']:.0%} -> {a['tool_use_rate']:.0%}, "
+        f"query diversity {b['query_diversity']:.2f} -> {a['query_diversity']:.2f}"
+        + (f"; COLLAPSE: {p_summary['collapse']}" if p_summary["collapse"] else ""))
+    log("[8/8] SimPO eval")
+    simpo = evaluate.run(eval_config(cfg, adapter=str(root / "simpo")), root / "eval-simpo")
+    text = format_comparison(sft_metrics, simpo, names=("sft", "simpo"))
+    (root / "comparison-simpo.txt").write_text(text + "\n")
+    out = {"sft": sft_metrics, "simpo": simpo, "comparison": compare(sft_metrics, simpo), "pairs": pairs,
+           "training": {k: v for k, v in p_summary.items() if k != "trained_question_ids"}}
+    write_json(root / "comparison-simpo.json", out)
+    log(text)
+    return out

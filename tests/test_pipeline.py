@@ -35,3 +35,27 @@ def test_ladder_end_to_end_on_tiny_model(tiny_dir, tmp_path, capsys):
     before = (out / "eval-base" / "results.jsonl").read_text()
     assert cli.main(argv) == 0
     assert (out / "eval-base" / "results.jsonl").read_text() == before
+
+
+def test_ladder_with_simpo_on_tiny_model(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "ladder"
+    argv = ["pipeline", "--model", str(tiny_dir), "--eval-limit", "2", "--train-limit", "4", "--max-traces", "4",
+            "--epochs", "1", "--max-turns", "1", "--max-new-tokens", "6", "--max-length", "8192", "--mine-limit", "4",
+            "--max-pairs", "2", "--with", "simpo", "--out", str(out)]
+    assert cli.main(argv) == 0
+    for path in ("mine/results.jsonl", "pairs/pairs.jsonl", "simpo/adapter_config.json", "simpo/behaviour.json",
+                 "eval-simpo/metrics.json", "comparison-simpo.txt", "comparison-simpo.json"):
+        assert (out / path).exists(), path
+    result = json.loads((out / "comparison-simpo.json").read_text())
+    assert 0 < result["pairs"]["pairs"] <= 2 and result["simpo"]["n"] == 2
+    assert {"tool_use_rate", "query_diversity"} <= set(result["training"]["behaviour_after"])
+    # the mining run used train questions only, and the SimPO adapter's eval found no overlap
+    mined = {json.loads(line)["question_id"] for line in (out / "mine" / "results.jsonl").read_text().splitlines()}
+    evaluated = {json.loads(line)["question_id"] for line in (out / "eval-simpo" / "results.jsonl").read_text().splitlines()}
+    assert mined and not mined & evaluated and result["simpo"]["leakage"]["count"] == 0
+    assert "simpo" in capsys.readouterr().out
+
+
+def test_unknown_with_stage_is_a_clear_error(capsys):
+    assert cli.main(["pipeline", "--with", "reinforce"]) == 2
+    assert "unknown --with stage(s) reinforce" in capsys.readouterr().err

@@ -1,0 +1,38 @@
+"""Rejection fine-tuning: sampled episodes are filtered by the rules and must-search, then trained on."""
+import pytest
+from conftest import ScriptedBackend, call
+
+from hopsmith.config import ConfigError
+from hopsmith.data import hop_question, load_questions
+from hopsmith.io import read_jsonl
+from stages import rft
+
+
+def test_rft_keeps_correct_searched_samples_and_trains(tiny_dir, tmp_path):
+    qs = load_questions("musique", split="train", limit=3)
+    good, lucky, wrong = qs
+    scripts = {
+        good.question: [call("search", query=hop_question(good, 0)), f"FINAL({good.answer})"],
+        lucky.question: [f"FINAL({lucky.answer})"],  # right, but never searched: seed 001's ASP rejects it
+        wrong.question: [call("search", query="x"), "FINAL(nothing)"],
+    }
+    cfg = rft.RFTConfig(data="musique", model=str(tiny_dir), limit=3, samples=2, max_turns=3, epochs=1.0,
+                        max_length=8192)
+    summary = rft.run(cfg, tmp_path, backend=ScriptedBackend(scripts))
+    rows = read_jsonl(tmp_path / "samples.jsonl")
+    assert len(rows) == 6 and {r["sample"] for r in rows} == {0, 1}
+    kept = read_jsonl(tmp_path / "kept.jsonl")
+    assert {r["question_id"] for r in kept} == {good.id} and len(kept) == 2
+    assert summary["trained"] and (tmp_path / "adapter" / "adapter_config.json").exists()
+    assert summary["behaviour"]["answered_without_search_rate"] == pytest.approx(1 / 3)
+    # a rerun resumes: nothing is sampled again
+    backend = ScriptedBackend(scripts)
+    rft.run(cfg, tmp_path, backend=backend)
+    assert backend.batches == []
+
+
+def test_rft_config_errors():
+    with pytest.raises(ConfigError, match="temperature"):
+        rft.RFTConfig(temperature=0.0)
+    with pytest.raises(ConfigError, match="samples"):
+        rft.RFTConfig(samples=0)
