@@ -1,0 +1,306 @@
+"""GRPO with the search tools, multi-turn (seeds 003/004), on a LoRA adapter, through TRL's GRPOTrainer.
+
+    from stages import grpo; grpo.run(grpo.GRPOConfig(adapter="runs/ladder/sft", max_steps=20), "runs/ladder/grpo")
+
+Rollouts are our own agent loop (`rollout_func`): each train question is played `num_generations` times,
+rollout k of a group at its own temperature from `temperature_min`..`temperature_max` (seed 004: 20
+rollouts at 0.7-1.15). The whole episode (assistant turns and tool results) is the completion; tool
+results are masked out of the loss (`env_mask`). The reward is 0.75 x correctness + 0.25 x approach plus
+format terms (`reward`): correctness is the rule (gold contained in the answer) or, with a judge, the
+judge's correctness score; approach is the judge's search-approach score or a rule score (searched,
+valid calls, no repeated queries).
+
+TRL normalises rewards per group and so drops every group whose rewards have no variance. Seed 004 keeps
+their signal instead: when a group's std < 0.01, skip it if its mean < 0.1, else use r - 0.5 as the
+advantage. `HopsmithGRPOTrainer` replaces TRL's advantages with that rule after each generation step and
+counts the groups each branch took. Every step logs tool use, answered-without-search, query diversity
+and turns of its rollouts (`behaviour.json`); the collapse guard stops training when tool use collapses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from hopsmith.config import ConfigError
+from hopsmith.io import write_json
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    data: str = "musique"
+    model: str = "embedded"
+    adapter: str | None = None  # continue this adapter (the SFT one); None: a fresh LoRA on the base model
+    limit: int | None = None  # train questions
+    num_generations: int = 4  # group size (seed 004: 20)
+    questions_per_step: int = 1
+    temperature_min: float = 0.7
+    temperature_max: float = 1.15
+    max_turns: int = 4
+    max_new_tokens: int = 96
+    top_k: int = 3
+    max_chars: int | None = 300
+    judge: str | None = None  # backend spec; None: rule correctness and rule approach
+    correctness_weight: float = 0.75
+    approach_weight: float = 0.25
+    format_bonus: float = 0.05  # a final answer given with FINAL(...)
+    invalid_penalty: float = 0.05  # per invalid call, at most 0.2
+    learning_rate: float = 1e-5
+    max_steps: int = 20
+    lora_r: int = 16
+    min_tool_use: float = 0.3
+    stop_on_collapse: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.num_generations < 2:
+            raise ConfigError("GRPOConfig.num_generations must be >= 2: advantages compare rollouts of a group")
+        if not 0 < self.temperature_min <= self.temperature_max:
+            raise ConfigError("GRPOConfig: need 0 < temperature_min <= temperature_max")
+
+
+def temperatures(cfg: GRPOConfig) -> list[float]:
+    """One temperature per rollout of a group, evenly over the range."""
+    n = cfg.num_generations
+    step = (cfg.temperature_max - cfg.temperature_min) / (n - 1)
+    return [round(cfg.temperature_min + k * step, 4) for k in range(n)]
+
+
+def rule_approach(row: dict) -> float:
+    """Search approach without a judge: searched at all, every call valid, no query asked twice."""
+    calls = row.get("tool_calls") or []
+    searches = [c for c in calls if c.get("name") == "search" and c.get("valid")]
+    queries = [" ".join(str((c.get("arguments") or {}).get("query", "")).lower().split()) for c in searches]
+    score = 0.5 if searches else 0.0
+    score += 0.25 if calls and all(c.get("valid") for c in calls) else 0.0
+    score += 0.25 if searches and len(set(queries)) == len(queries) else 0.0
+    return score
+
+
+def reward(row: dict, cfg: GRPOConfig, judged: dict | None = None) -> dict:
+    """The reward of one episode and its parts. `judged`: the LLM judge's reply (correctness, search_approach: 1-5)."""
+    correct = float((row.get("metrics") or {}).get("acc", 0.0))
+    approach = rule_approach(row)
+    if judged and judged.get("verdict") not in (None, "judge_error"):
+        if "correctness" in judged:
+            correct = (float(judged["correctness"]) - 1) / 4
+        if "search_approach" in judged:
+            approach = (float(judged["search_approach"]) - 1) / 4
+    invalid = sum(1 for c in row.get("tool_calls") or [] if not c.get("valid"))
+    fmt = (cfg.format_bonus if row.get("finished") else 0.0) - min(0.2, cfg.invalid_penalty * invalid)
+    total = cfg.correctness_weight * correct + cfg.approach_weight * approach + fmt
+    return {"total": total, "correctness": correct, "approach": approach, "format": fmt}
+
+
+def group_advantages(rewards: list[float], group: int) -> tuple[list[float], dict]:
+    """Group-relative advantages with seed 004's zero-variance fallback; and how many groups took each branch."""
+    import statistics
+
+    if len(rewards) % group:
+        raise ValueError(f"{len(rewards)} rewards do not split into groups of {group}")
+    out, counts = [], {"normalised": 0, "skipped_low": 0, "fallback_r_minus_half": 0}
+    for i in range(0, len(rewards), group):
+        r = rewards[i:i + group]
+        mean, std = statistics.fmean(r), statistics.pstdev(r)
+        if std < 0.01:
+            if mean < 0.1:
+                out += [0.0] * group
+                counts["skipped_low"] += 1
+            else:
+                out += [x - 0.5 for x in r]
+                counts["fallback_r_minus_half"] += 1
+        else:
+            out += [(x - mean) / (std + 1e-4) for x in r]
+            counts["normalised"] += 1
+    return out, counts
+
+
+def episode_tokens(row: dict, tools: list[dict], tokenizer, template: str) -> dict:
+    """prompt_ids, completion_ids and env_mask (1 = the model's own token) of a finished episode."""
+    from stages.sft import tokenize_trace
+
+    prompt_text = tokenizer.apply_chat_template(row["messages"][:2], tools=tools, chat_template=template,
+                                                tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    full = tokenize_trace({"messages": row["messages"], "tools": tools, "id": row["question_id"]}, tokenizer,
+                          template, 10**9)
+    ids, labels = full["input_ids"], full["labels"]
+    if ids[:len(prompt_ids)] != prompt_ids:
+        raise ValueError("the rendered prompt is not a prefix of the rendered episode; check the chat template")
+    completion = ids[len(prompt_ids):]
+    mask = [1 if lab != -100 else 0 for lab in labels[len(prompt_ids):]]
+    return {"prompt_ids": prompt_ids, "completion_ids": completion, "env_mask": mask}
+
+
+class Rollouts:
+    """`rollout_func` for GRPOTrainer: plays the agent loop for every prompt TRL hands over."""
+
+    def __init__(self, cfg: GRPOConfig, questions, pools, tokenizer, template: str, judge=None):
+        from hopsmith.traces.synthetic import tool_schemas
+
+        self.cfg, self.pools, self.tokenizer, self.template, self.judge = cfg, pools, tokenizer, template, judge
+        self.by_text = {q.question: q for q in questions}
+        self.tools = tool_schemas(True)
+        self.rewards: list[float] = []
+        self.history: list[dict] = []
+
+    def __call__(self, prompts: list, trainer) -> dict:
+        from hopsmith.agent.loop import AgentConfig, run_episodes
+        from hopsmith.agent.prompts import USER_TEMPLATE
+        from hopsmith.backends.hf import HFBackend
+        from hopsmith.collapse import behaviour
+        from hopsmith.tools.extract import Extractor
+
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        was_training = model.training
+        backend = HFBackend(model_obj=model, tokenizer=self.tokenizer, batch_size=len(prompts))
+        prefix = USER_TEMPLATE.split("{question}")[0]
+        temps = temperatures(self.cfg)
+        jobs: dict[float, list] = {}
+        for i, prompt in enumerate(prompts):
+            user = next(m["content"] for m in prompt if m["role"] == "user")
+            text = user.removeprefix(prefix).split("\n", 1)[0]
+            q = self.by_text[text]
+            # Rollout i is member i % G of its group (TRL repeats each prompt G times in a row).
+            copy = dataclasses.replace(q, id=f"{q.id}#{i}")
+            self.pools[copy.id] = self.pools[q.id]
+            jobs.setdefault(temps[i % self.cfg.num_generations], []).append((i, copy))
+        rows: list[dict | None] = [None] * len(prompts)
+        for temp, items in sorted(jobs.items()):
+            agent = AgentConfig(max_turns=self.cfg.max_turns, max_new_tokens=self.cfg.max_new_tokens,
+                                temperature=temp, few_shot=False, top_k=self.cfg.top_k, max_chars=self.cfg.max_chars)
+            order = {c.id: i for i, c in items}
+            for row in run_episodes([c for _, c in items], self.pools, backend, agent, extractor=Extractor(backend)):
+                rows[order[row["question_id"]]] = {**row, "temperature": temp}
+        if was_training:
+            model.train()
+        tokens = [episode_tokens(r, self.tools, self.tokenizer, self.template) for r in rows]
+        judged = self._judge(rows)
+        parts = [reward(r, self.cfg, j) for r, j in zip(rows, judged)]
+        self.rewards = [p["total"] for p in parts]
+        stats = behaviour(rows)
+        stats["reward_mean"] = sum(self.rewards) / len(self.rewards)
+        stats["correct_rate"] = sum(p["correctness"] for p in parts) / len(parts)
+        self.history.append({"step": trainer.state.global_step, **stats})
+        return {"prompt_ids": [t["prompt_ids"] for t in tokens], "completion_ids": [t["completion_ids"] for t in tokens],
+                "logprobs": None, "env_mask": [t["env_mask"] for t in tokens], "reward_total": self.rewards}
+
+    def _judge(self, rows: list[dict]) -> list[dict | None]:
+        if self.judge is None:
+            return [None] * len(rows)
+        traces = [{"messages": r["messages"], "answers": r["answers"], "answer": r["prediction"], "tools": self.tools}
+                  for r in rows]
+        return self.judge.judge_many(traces)
+
+
+def _reward_from_rollout(prompts, completions, reward_total=None, **kw):
+    """TRL's reward hook: the reward was computed with the episode in the rollout; pass it through."""
+    return [float(r) for r in reward_total]
+
+
+def make_trainer(cfg: GRPOConfig, root: Path, model, tokenizer, dataset, rollouts: Rollouts):
+    import torch
+    from transformers import PrinterCallback, TrainerCallback
+    from trl import GRPOConfig as TRLConfig
+    from trl import GRPOTrainer
+
+    from hopsmith.collapse import CollapseGuard
+
+    guard = CollapseGuard(min_tool_use=cfg.min_tool_use)
+    flags: list[dict] = []
+
+    class HopsmithGRPOTrainer(GRPOTrainer):
+        """TRL's GRPO with seed 004's zero-variance fallback in place of its group normalisation."""
+
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            adv, counts = group_advantages(rollouts.rewards, cfg.num_generations)
+            for k, v in counts.items():
+                self.group_counts[k] += v
+            out["advantages"] = torch.tensor(adv, dtype=out["advantages"].dtype, device=out["advantages"].device)
+            return out
+
+    class Guard(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if not rollouts.history:
+                return
+            reasons = guard.check(rollouts.history[-1], state.global_step)
+            if reasons:
+                flags.append({"step": state.global_step, "reasons": reasons})
+                if cfg.stop_on_collapse:
+                    control.should_training_stop = True
+
+    args = TRLConfig(output_dir=str(root / "checkpoints"), learning_rate=cfg.learning_rate, max_steps=cfg.max_steps,
+                     per_device_train_batch_size=cfg.num_generations * cfg.questions_per_step,
+                     num_generations=cfg.num_generations, steps_per_generation=1, beta=0.0, logging_steps=1,
+                     save_strategy="no", report_to=[], seed=cfg.seed, bf16=torch.cuda.is_available(),
+                     activation_checkpointing=False, disable_tqdm=True, remove_unused_columns=False)
+    peft_config = None
+    if not cfg.adapter:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+    trainer = HopsmithGRPOTrainer(model=model, reward_funcs=_reward_from_rollout, args=args, train_dataset=dataset,
+                                  processing_class=tokenizer, rollout_func=rollouts, peft_config=peft_config,
+                                  callbacks=[Guard()])
+    trainer.remove_callback(PrinterCallback)
+    trainer.group_counts = {"normalised": 0, "skipped_low": 0, "fallback_r_minus_half": 0}
+    return trainer, flags
+
+
+def run(cfg: GRPOConfig, root: str | Path, *, model=None, tokenizer=None, judge_backend=None) -> dict:
+    import os
+
+    from datasets import Dataset
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hopsmith.agent.prompts import agent_system_prompt, agent_user_prompt
+    from hopsmith.backends.hf import pick_chat_template
+    from hopsmith.models import resolve_model
+    from stages.traces import TracesConfig, load_train_questions
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    questions, pools = load_train_questions(TracesConfig(data=cfg.data, split="train", limit=cfg.limit))
+    if model is None:
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model))
+    if tokenizer is None:
+        src = cfg.adapter if cfg.adapter and (Path(cfg.adapter) / "tokenizer_config.json").exists() else resolve_model(cfg.model)
+        tokenizer = AutoTokenizer.from_pretrained(src)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if cfg.adapter:
+        model = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=True)
+    template = pick_chat_template(tokenizer)
+    tokenizer.chat_template = template
+    system = agent_system_prompt(few_shot=False)
+    dataset = Dataset.from_list([{"prompt": [{"role": "system", "content": system},
+                                             {"role": "user", "content": agent_user_prompt(q.question)}],
+                                  "question_id": q.id} for q in questions])
+    judge = None
+    if judge_backend is not None or cfg.judge:
+        from hopsmith.judge import LLMJudge
+        from stages.judge import make_judge_backend
+
+        judge = LLMJudge(judge_backend or make_judge_backend(cfg.judge))
+    rollouts = Rollouts(cfg, questions, dict(pools), tokenizer, template, judge)
+    trainer, flags = make_trainer(cfg, root, model, tokenizer, dataset, rollouts)
+    started = time.perf_counter()
+    trainer.train()
+    trainer.model.save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    from stages.sft import trained_question_ids
+
+    ids = sorted((trained_question_ids(cfg.adapter) if cfg.adapter else set()) | {q.id for q in questions})
+    summary = {"config": asdict(cfg), "steps": trainer.state.global_step, "seconds": time.perf_counter() - started,
+               "groups": dict(trainer.group_counts), "collapse": flags, "behaviour": rollouts.history,
+               "trained_question_ids": ids}
+    write_json(root / "training.json", summary)
+    write_json(root / "behaviour.json", rollouts.history)
+    (root / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1, default=str))
+    return summary
