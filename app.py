@@ -4,6 +4,7 @@
     modal run app.py::train_sft --run ladder --traces runs/demo/train.jsonl
     modal run app.py::evaluate --run ladder --name eval-sft --adapter sft --shards 4
     modal deploy app.py                                             # the eval endpoint (`endpoint`)
+    modal run app.py::simpo --run ladder                            # own-failure pairs -> SimPO on L4 -> eval
 
 Every function's GPU, CPU, memory, timeout and retries are in FUNCTIONS; volumes and their paths are in
 volumes.md. Local entrypoints write the cost ledger to runs/<run>/cost.json on your machine. Keys for
@@ -44,6 +45,14 @@ FUNCTIONS = {
                            volumes=("runs", "adapters", "models"), secret=True),
     "merge_eval": dict(image="cpu", gpu=None, cpu=2.0, memory_gib=4, timeout=20 * 60, retries=2,
                        volumes=("runs",), secret=False),
+    "mine_pairs": dict(image="cpu", gpu=None, cpu=2.0, memory_gib=4, timeout=20 * 60, retries=2,
+                       volumes=("traces", "runs"), secret=False),
+    "train_simpo": dict(image="sft", gpu="L4", cpu=4.0, memory_gib=16, timeout=4 * 3600, retries=1,
+                        volumes=("traces", "adapters", "models"), secret=False),
+    "run_grpo": dict(image="sft", gpu="H100", cpu=8.0, memory_gib=32, timeout=6 * 3600, retries=1,
+                     volumes=("adapters", "models"), secret=True),
+    "run_rft": dict(image="sft", gpu="L4", cpu=4.0, memory_gib=16, timeout=4 * 3600, retries=1,
+                    volumes=("adapters", "models"), secret=True),
     "prepare_model": dict(image="sft", gpu=None, cpu=2.0, memory_gib=8, timeout=30 * 60, retries=1,
                           volumes=("models",), secret=False),
     "endpoint": dict(image="sft", gpu="L4", cpu=2.0, memory_gib=8, timeout=15 * 60, retries=0,
@@ -129,6 +138,32 @@ def merge_eval(run: str, name: str, cfg: dict, num_shards: int) -> dict:
                             commit=_sync("merge_eval", "commit"))
 
 
+@app.function(**options("mine_pairs"))
+def mine_pairs(run: str, eval_name: str, cfg: dict) -> dict:
+    _sync("mine_pairs", "reload")()
+    return cloud.mine_pairs_body(run, eval_name, cfg, layout=_layout(), resources=resources("mine_pairs"),
+                                 commit=_sync("mine_pairs", "commit"))
+
+
+@app.function(**options("train_simpo"))
+def train_simpo(run: str, cfg: dict) -> dict:
+    _sync("train_simpo", "reload")()
+    return cloud.simpo_body(run, cfg, layout=_layout(), resources=resources("train_simpo"),
+                            commit=_sync("train_simpo", "commit"))
+
+
+@app.function(**options("run_grpo"))
+def run_grpo(run: str, cfg: dict) -> dict:
+    _sync("run_grpo", "reload")()
+    return cloud.grpo_body(run, cfg, layout=_layout(), resources=resources("run_grpo"), commit=_sync("run_grpo", "commit"))
+
+
+@app.function(**options("run_rft"))
+def run_rft(run: str, cfg: dict) -> dict:
+    _sync("run_rft", "reload")()
+    return cloud.rft_body(run, cfg, layout=_layout(), resources=resources("run_rft"), commit=_sync("run_rft", "commit"))
+
+
 @app.function(**options("prepare_model"))
 def prepare_model(model: str = "embedded") -> str:
     """Convert the embedded GGUF (or fetch a hub model) once into the models volume."""
@@ -154,7 +189,8 @@ def endpoint():
 # -- how the ladder reaches the functions -----------------------------------------------------------------
 
 WRAPPERS = {"generate_traces": generate_traces, "judge": judge, "select_traces": select_traces,
-            "run_sft": run_sft, "evaluate_shard": evaluate_shard, "merge_eval": merge_eval}
+            "run_sft": run_sft, "evaluate_shard": evaluate_shard, "merge_eval": merge_eval,
+            "mine_pairs": mine_pairs, "train_simpo": train_simpo, "run_grpo": run_grpo, "run_rft": run_rft}
 
 
 class ModalInvoker:
@@ -259,4 +295,43 @@ def evaluate(run: str = "ladder", name: str = "eval-sft", adapter: str = "sft", 
     out = merge_eval.remote(run, name, cfg, shards)
     ledger.record(out["usage"])
     print(format_table(out["result"]))
+    print(format_ledger(ledger.summary()))
+
+
+@app.local_entrypoint()
+def simpo(run: str = "ladder", data: str = "musique", mine_limit: int = 200, shards: int = 2, limit: int = 200,
+          budget_usd: float = 0.0):
+    """The SFT adapter on train questions (sharded, B200) -> own-failure pairs -> SimPO (L4) -> eval (B200)."""
+    from hopsmith.cost import Budget, Ledger, estimate_stage, format_ledger
+    from hopsmith.fanout import run_shards
+    from hopsmith.metrics import format_comparison
+
+    base = Layout(Path(MOUNT))
+    ledger = Ledger.open(_cost_path(run))
+    budget = Budget(budget_usd or None, ledger)
+    inv = ModalInvoker()
+    cc = cloud.CloudConfig(run=run, data=data, eval_limit=limit, eval_shards=shards)
+    mine_cfg = {**cc.eval_cfg(str(base.adapter(run, "sft"))), "split": "train", "limit": mine_limit,
+                "allow_leakage": True, "extraction_bench": False}
+
+    def sharded(name, cfg, questions):
+        gpu, _ = inv.rate("evaluate_shard")
+        budget.check("evaluate", estimate_stage("eval", gpu=gpu, questions=questions, shards=shards)["usd"])
+        run_shards("evaluate", None, [(run, name, cfg, i, shards) for i in range(shards)],
+                   mapper=lambda _fn, args: inv.map("evaluate_shard", args), ledger=ledger, budget=budget, log=print)
+        out = merge_eval.remote(run, name, cfg, shards)
+        ledger.record(out["usage"])
+        return out["result"]
+
+    sharded("mine", mine_cfg, mine_limit)
+    pairs = mine_pairs.remote(run, "mine", {})
+    ledger.record(pairs["usage"])
+    print(f"pairs: {pairs['result']['pairs']} {pairs['result']['counts']}")
+    budget.check("simpo", estimate_stage("simpo", gpu=FUNCTIONS["train_simpo"]["gpu"], traces=pairs["result"]["pairs"] * 2,
+                                         epochs=2.0)["usd"])
+    trained = train_simpo.remote(run, {"probe_data": data})
+    ledger.record(trained["usage"])
+    tuned = sharded("eval-simpo", cc.eval_cfg(str(base.adapter(run, "simpo"))), limit)
+    sft_metrics = merge_eval.remote(run, "eval-sft", cc.eval_cfg(str(base.adapter(run, "sft"))), shards)["result"]
+    print(format_comparison(sft_metrics, tuned, names=("sft", "simpo")))
     print(format_ledger(ledger.summary()))

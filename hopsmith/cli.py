@@ -7,6 +7,7 @@
     hopsmith prepare-model                                        convert the embedded model once
     hopsmith cost --estimate | hopsmith cost runs/ladder          what seed 000's recipe / a cloud run costs
     hopsmith serve --adapter runs/ladder/sft                      the eval endpoint, locally (bearer token)
+    hopsmith mine-pairs | simpo | rft | grpo ...                  learning from the model's own behaviour
 
 Every flag of `eval` is also a key of a TOML file given with `--config`; flags win over the file.
 """
@@ -153,6 +154,21 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _stage_cmd(module: str, fn: str, cls: str, default_out: str):
+    def cmd(args) -> int:
+        import importlib
+
+        mod = importlib.import_module(f"stages.{module}")
+        cfg = config_from_args(getattr(mod, cls), args)
+        out = Path(args.out or default_out)
+        summary = getattr(mod, fn)(cfg, out)
+        keep = {k: v for k, v in summary.items() if k not in ("trained_question_ids", "config", "behaviour", "sft")}
+        print(json.dumps(keep, indent=1, default=str)[:4000])
+        print(f"wrote {out}")
+        return 0
+    return cmd
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hopsmith", description="Train and evaluate small search agents.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -219,6 +235,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p, ServeConfig)
     p.set_defaults(func=cmd_serve)
 
+    from stages.grpo import GRPOConfig
+    from stages.preference import MineConfig, PreferenceConfig
+    from stages.rft import RFTConfig
+
+    for name, module, fn, cls, config, default, text in (
+        ("mine-pairs", "preference", "mine", "MineConfig", MineConfig, "runs/pairs",
+         "preference pairs: the model's failures vs correct traces of the same questions"),
+        ("simpo", "preference", "train", "PreferenceConfig", PreferenceConfig, "runs/simpo",
+         "SimPO (or --preset dpo) on the pairs, continuing an SFT adapter"),
+        ("rft", "rft", "run", "RFTConfig", RFTConfig, "runs/rft", "rejection fine-tuning: sample, keep the judged-correct, SFT"),
+        ("grpo", "grpo", "run", "GRPOConfig", GRPOConfig, "runs/grpo", "GRPO with the search tools on a LoRA adapter"),
+    ):
+        p = sub.add_parser(name, help=text)
+        add_config_flags(p, config)
+        p.add_argument("--out", help=f"output directory (default {default})")
+        p.set_defaults(func=_stage_cmd(module, fn, cls, default))
+
     p = sub.add_parser("prepare-model", help="convert/locate a model and print its directory")
     p.add_argument("--model", default="embedded")
     p.set_defaults(func=cmd_prepare_model)
@@ -232,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     from .models import ModelError
     from stages.evaluate import LeakageError, RunDirError
     from stages.judge import JudgeRunError
+    from stages.preference import PreferenceError
 
     from .cost import BudgetExceeded, CostError
     from .volumes import LayoutError
@@ -239,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, DataError, ModelError, RunDirError, LeakageError, JudgeRunError, FileNotFoundError,
-            CostError, BudgetExceeded, LayoutError) as exc:
+            CostError, BudgetExceeded, LayoutError, PreferenceError) as exc:
         print(f"hopsmith: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

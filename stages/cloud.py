@@ -137,6 +137,55 @@ def merge_body(run: str, name: str, cfg: dict, num_shards: int, *, layout: Layou
     return {"result": metrics, "usage": m.usage.to_dict()}
 
 
+def mine_pairs_body(run: str, eval_name: str, cfg: dict, *, layout: Layout, resources: dict,
+                    commit: Callable[[], None] = _noop) -> dict:
+    """Own-failure pairs: `runs/<run>/<eval_name>/results.jsonl` (the SFT adapter on train questions) against
+    `traces/<run>/kept.jsonl`, into `traces/<run>/pairs/`."""
+    from stages import preference
+
+    mcfg = _from_dict(preference.MineConfig, {**cfg, "results": str(layout.eval(run, eval_name) / "results.jsonl"),
+                                              "chosen": str(layout.traces(run) / "kept.jsonl")})
+    with Meter("mine_pairs", **resources) as m:
+        summary = preference.mine(mcfg, layout.traces(run) / "pairs")
+        commit()
+    return {"result": summary, "usage": m.usage.to_dict()}
+
+
+def simpo_body(run: str, cfg: dict, *, layout: Layout, resources: dict, commit: Callable[[], None] = _noop) -> dict:
+    """SimPO/DPO on `traces/<run>/pairs/pairs.jsonl`, continuing `adapters/<run>/sft`, into `adapters/<run>/simpo`."""
+    from stages import preference
+
+    pcfg = _from_dict(preference.PreferenceConfig, {**cfg, "pairs": str(layout.traces(run) / "pairs" / "pairs.jsonl"),
+                                                    "adapter": str(layout.adapter(run, "sft"))})
+    with Meter("simpo", **resources) as m:
+        summary = preference.train(pcfg, layout.adapter(run, "simpo"))
+        commit()
+    m.usage.items = summary["pairs_used"]
+    return {"result": summary, "usage": m.usage.to_dict()}
+
+
+def grpo_body(run: str, cfg: dict, *, layout: Layout, resources: dict, commit: Callable[[], None] = _noop) -> dict:
+    """GRPO continuing `adapters/<run>/sft`, into `adapters/<run>/grpo`."""
+    from stages import grpo
+
+    gcfg = _from_dict(grpo.GRPOConfig, {**cfg, "adapter": str(layout.adapter(run, "sft"))})
+    with Meter("grpo", **resources) as m:
+        summary = grpo.run(gcfg, layout.adapter(run, "grpo"))
+        commit()
+    return {"result": summary, "usage": m.usage.to_dict()}
+
+
+def rft_body(run: str, cfg: dict, *, layout: Layout, resources: dict, commit: Callable[[], None] = _noop) -> dict:
+    """Rejection sampling with `adapters/<run>/sft`, SFT on the kept episodes, into `adapters/<run>/rft`."""
+    from stages import rft
+
+    rcfg = _from_dict(rft.RFTConfig, {**cfg, "adapter": str(layout.adapter(run, "sft"))})
+    with Meter("rft", **resources) as m:
+        summary = rft.run(rcfg, layout.adapter(run, "rft"))
+        commit()
+    return {"result": summary, "usage": m.usage.to_dict()}
+
+
 # -- the ladder ----------------------------------------------------------------------------------------
 
 class Invoker(Protocol):

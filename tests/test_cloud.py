@@ -29,6 +29,7 @@ def test_app_declares_l4_for_sft_b200_for_eval_and_the_volumes():
         assert app.options(name)["timeout"] == row["timeout"]
         if row["retries"]:
             assert app.options(name)["retries"].max_retries == row["retries"]
+    assert app.FUNCTIONS["train_simpo"]["gpu"] == "L4" and app.FUNCTIONS["run_grpo"]["gpu"]
     assert app.FUNCTIONS["run_sft"]["timeout"] >= 3600  # seed 000 trains for about an hour on an L4
     assert {"traces", "adapters", "runs", "models"} <= {v for r in app.FUNCTIONS.values() for v in r["volumes"]}
 
@@ -74,6 +75,18 @@ def test_ladder_runs_through_the_modal_wrappers_locally(tiny_dir, tmp_path, monk
     assert stages["sft"]["gpu"] == "L4" and stages["sft"]["tokens"] > 0
     expected = sum(e["seconds"] / 3600 * hourly_rate(e["gpu"], e["cpu"], e["memory_gib"]) for e in saved["entries"])
     assert saved["total_usd"] == pytest.approx(expected) and saved["total_usd"] > 0
+
+    # then the own-failure ladder through the same wrappers: mine on train questions, pairs, SimPO
+    inv = app.ModalInvoker(local=True, engine="hf")
+    mine_cfg = {**cfg.eval_cfg(str(layout.adapter("t1", "sft"))), "split": "train", "limit": 3,
+                "allow_leakage": True, "extraction_bench": False}
+    run_shards("evaluate", None, [("t1", "mine", mine_cfg, 0, 1)], mapper=lambda _f, a: inv.map("evaluate_shard", a))
+    inv.call("merge_eval", "t1", "mine", mine_cfg, 1)
+    pairs = inv.call("mine_pairs", "t1", "mine", {"max_pairs": 2})["result"]
+    assert pairs["pairs"] > 0 and (layout.traces("t1") / "pairs" / "pairs.jsonl").exists()
+    trained = inv.call("train_simpo", "t1", {"model": str(tiny_dir), "max_steps": 1, "max_length": 8192,
+                                             "probe_questions": 1, "probe_turns": 1, "min_tool_use": 0.0})
+    assert trained["usage"]["gpu"] == "L4" and (layout.adapter("t1", "simpo") / "adapter_config.json").exists()
 
 
 def test_sharded_eval_merges_to_the_single_run_metrics(musique_small, tmp_path):
