@@ -23,11 +23,12 @@ from hopsmith.io import read_jsonl, write_json, write_jsonl
 
 # The local preset trades recipe size for minutes: few eval questions, few traces, shorter paragraphs.
 PRESETS = {
-    # Measured on 2 CPU cores: a LoRA step on two ~1.2k-token traces takes ~28 s, so the local preset trains
-    # ten short traces (200-character paragraphs; those over 1,536 tokens are left out) for 2 epochs, and
-    # a tuned agent that loops spends at most 4 turns: 14 traces and 6 turns took 12 minutes.
-    "local": dict(eval_limit=20, train_limit=None, max_traces=10, epochs=2.0, learning_rate=1e-3,
-                  max_turns=4, max_new_tokens=96, max_chars=200, top_k=3, max_length=1536, mine_limit=12,
+    # Measured in fresh clones on 2 CPU cores (a LoRA step on two ~1.2k-token traces takes ~25 s):
+    # 12 sampled traces of which the 4 under 1,024 tokens train, 6 turns: the whole ladder in 6 min 10 s; 14 traces
+    # at 1,536 tokens: about 12 min; 10 traces at 1,536 tokens with 4 turns: 15 min (the tuned agent's
+    # turns were long). The local preset is the first; `--max-traces` / `--max-length` trade minutes for data.
+    "local": dict(eval_limit=20, train_limit=None, max_traces=12, epochs=2.0, learning_rate=1e-3,
+                  max_turns=6, max_new_tokens=96, max_chars=200, top_k=3, max_length=1024, mine_limit=12,
                   max_pairs=16),
     "full": dict(eval_limit=None, train_limit=None, max_traces=None, epochs=3.0, learning_rate=2e-4,
                  max_turns=20, max_new_tokens=512, max_chars=None, top_k=5, max_length=4096, mine_limit=None,
