@@ -41,11 +41,16 @@ def gpu_rate(gpu: str | None) -> float:
     """USD per hour of one GPU of this type (None: no GPU). Accepts Modal's spellings, e.g. "l4", "H100:2"."""
     if not gpu:
         return 0.0
-    name = gpu.split(":")[0].strip().upper()
-    name = {"A100": "A100-40GB", "A100-40G": "A100-40GB", "A100-80G": "A100-80GB"}.get(name, name)
+    name = gpu_name(gpu)
     if name not in GPU_USD_PER_HOUR:
         raise CostError(f"no price for GPU {gpu!r}; known: {', '.join(GPU_USD_PER_HOUR)} (hopsmith/cost.py)")
     return GPU_USD_PER_HOUR[name]
+
+
+def gpu_name(gpu: str) -> str:
+    """The rate table's name for a Modal GPU spelling: "l4" -> "L4", "A100-80G:2" -> "A100-80GB"."""
+    name = gpu.split(":")[0].strip().upper()
+    return {"A100": "A100-40GB", "A100-40G": "A100-40GB", "A100-80G": "A100-80GB"}.get(name, name)
 
 
 def gpu_count(gpu: str | None) -> int:
@@ -236,8 +241,7 @@ def estimate_stage(kind: str, *, gpu: str | None, priors: dict | None = None, **
 
 
 def _lookup(table: dict, gpu: str | None, what: str) -> float:
-    key = (gpu or "").split(":")[0].upper()
-    key = {"A100-80G": "A100-80GB"}.get(key, key)
+    key = gpu_name(gpu or "")
     if key not in table:
         raise CostError(f"no {what} throughput for GPU {gpu!r}; known: {', '.join(table)}")
     return table[key] * max(1, gpu_count(gpu))
@@ -248,7 +252,7 @@ def measured_priors(cost_json: str | Path) -> dict:
     data = json.loads(Path(cost_json).read_text())
     out: dict = {}
     for name, s in data.get("stages", {}).items():
-        rate, gpu = s.get("tokens_per_second"), (s.get("gpu") or "").split(":")[0].upper()
+        rate, gpu = s.get("tokens_per_second"), gpu_name(s.get("gpu") or "")
         if not rate or not gpu:
             continue
         key = {"train_sft": "sft_tokens_per_s", "sft": "sft_tokens_per_s",

@@ -109,10 +109,10 @@ def run(cfg: EvalConfig, root: str | Path, *, backend=None, extractor=None, prog
     started = time.perf_counter()
     cache = IndexCache()
     rows = _episodes(cfg, questions, pools, backend, extractor, root / "results.jsonl", cache, progress)
-    extraction = None
+    extraction_rows = None
     if cfg.extraction_bench and extractor is not None:
-        extraction = _extraction(root, questions, extractor, cfg)
-    metrics = _metrics(cfg, questions, pools, rows, extraction["rows"] if extraction else None, cache)
+        extraction_rows = _extraction(root, questions, extractor)
+    metrics = _metrics(cfg, questions, pools, rows, extraction_rows, cache)
     metrics["model"] = getattr(backend, "name", cfg.model)
     metrics["wall_seconds_this_run"] = time.perf_counter() - started
     metrics["leakage"] = leakage
@@ -244,9 +244,9 @@ def merge(cfg: EvalConfig, root: str | Path, num_shards: int) -> dict:
     return metrics
 
 
-def _extraction(root: Path, questions, extractor, cfg: EvalConfig):
+def _extraction(root: Path, questions, extractor) -> list[dict] | None:
+    """The extraction benchmark's rows, from `extraction.jsonl` when it holds every item, else run now."""
     from hopsmith.ceiling import extraction_benchmark, extraction_items
-    from hopsmith.metrics import mean_ci
 
     path = root / "extraction.jsonl"
     keys = {(it["question_id"], it["hop"]) for it in extraction_items(questions)}
@@ -254,12 +254,11 @@ def _extraction(root: Path, questions, extractor, cfg: EvalConfig):
         return None
     saved = read_jsonl(path, repair=True)
     if {(r["question_id"], r["hop"]) for r in saved} == keys:
-        rows = saved
-        summary = {k: mean_ci([r["metrics"][k] for r in rows], n_boot=cfg.bootstrap, seed=cfg.seed) for k in ("acc", "em", "f1")}
-        return {"summary": summary, "rows": rows}
-    result = extraction_benchmark(questions, extractor, n_boot=cfg.bootstrap, seed=cfg.seed)
-    write_jsonl(path, result["rows"])
-    return result
+        return saved
+    # Only the rows are kept: `_metrics` summarises them once, with the run's bootstrap settings.
+    rows = extraction_benchmark(questions, extractor, n_boot=10, seed=0)["rows"]
+    write_jsonl(path, rows)
+    return rows
 
 
 class _NoBar:

@@ -259,7 +259,7 @@ def run(cfg: GRPOConfig, root: str | Path, *, model=None, tokenizer=None, judge_
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hopsmith.agent.prompts import agent_system_prompt, agent_user_prompt
-    from hopsmith.backends.hf import pick_chat_template
+    from hopsmith.backends.hf import pick_chat_template, tokenizer_source
     from hopsmith.models import resolve_model
     from stages.traces import TracesConfig, load_train_questions
 
@@ -270,8 +270,7 @@ def run(cfg: GRPOConfig, root: str | Path, *, model=None, tokenizer=None, judge_
     if model is None:
         model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model))
     if tokenizer is None:
-        src = cfg.adapter if cfg.adapter and (Path(cfg.adapter) / "tokenizer_config.json").exists() else resolve_model(cfg.model)
-        tokenizer = AutoTokenizer.from_pretrained(src)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(resolve_model(cfg.model), cfg.adapter))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if cfg.adapter:

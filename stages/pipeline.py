@@ -151,13 +151,11 @@ def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
 
 def _simpo(cfg: PipelineConfig, root: Path, sft_metrics: dict, log) -> dict:
     """SFT adapter on train questions -> its failures vs correct traces -> SimPO -> eval, compared with SFT."""
-    from dataclasses import replace as _replace
-
     from hopsmith.metrics import compare, format_comparison
     from stages import evaluate, preference
 
     log("[6/8] mining the SFT adapter's own failures on train questions")
-    mine_cfg = _replace(eval_config(cfg, adapter=str(root / "sft")), split="train", limit=cfg.mine_limit,
+    mine_cfg = replace(eval_config(cfg, adapter=str(root / "sft")), split="train", limit=cfg.mine_limit,
                         allow_leakage=True, extraction_bench=False)  # these are its training questions, on purpose
     evaluate.run(mine_cfg, root / "mine")
     pairs = preference.mine(preference.MineConfig(results=str(root / "mine" / "results.jsonl"),

@@ -299,13 +299,13 @@ def _load_policy(cfg: PreferenceConfig, model, tokenizer):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from hopsmith.backends.hf import tokenizer_source
     from hopsmith.models import resolve_model
 
     if model is None:
         model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model))
     if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.adapter if (Path(cfg.adapter) / "tokenizer_config.json").exists()
-                                                  else resolve_model(cfg.model))
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(resolve_model(cfg.model), cfg.adapter))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     policy = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=True)

@@ -22,7 +22,7 @@ import hmac
 import json
 import tempfile
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from hopsmith.config import EvalConfig
@@ -221,7 +221,3 @@ def serve_forever(cfg: ServeConfig) -> None:
     with make_server(cfg.host, cfg.port, app, handler_class=Quiet) as server:
         print(f"serving {cfg.adapter or cfg.model} on http://{cfg.host}:{cfg.port} (token from ${cfg.token_env})")
         server.serve_forever()
-
-
-def with_overrides(cfg: ServeConfig, **kw) -> ServeConfig:
-    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})

@@ -32,6 +32,19 @@ def pick_chat_template(tokenizer) -> str:
     return CHATML_TOOLS_TEMPLATE
 
 
+def check_adapter(adapter: str | Path) -> None:
+    if not (Path(adapter) / "adapter_config.json").exists():
+        raise ValueError(f"--adapter {adapter}: no adapter_config.json there (not a LoRA adapter directory)")
+
+
+def tokenizer_source(model_path, adapter: str | Path | None):
+    """Where to load the tokenizer from: the adapter's own, when it saved one (it was trained with that
+    tokenizer's chat template, and inference must render the same), else the base model's."""
+    if adapter and (Path(adapter) / "tokenizer_config.json").exists():
+        return adapter
+    return model_path
+
+
 class HFBackend:
     """Generate with a local transformers model (optionally with a LoRA adapter on top)."""
 
@@ -67,8 +80,7 @@ class HFBackend:
             from peft import PeftModel
             from transformers import AutoTokenizer
 
-            if not (Path(adapter) / "adapter_config.json").exists():
-                raise ValueError(f"--adapter {adapter}: no adapter_config.json there (not a LoRA adapter directory)")
+            check_adapter(adapter)
             self.model = PeftModel.from_pretrained(self.model, adapter)
             self.name = f"{self.name}+{adapter}"
             if (Path(adapter) / "tokenizer_config.json").exists():

@@ -10,10 +10,8 @@ module costs nothing where vLLM is absent.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from . import Generation, cut_at_stop
-from .hf import pick_chat_template
+from .hf import check_adapter, pick_chat_template, tokenizer_source
 
 
 class VLLMBackend:
@@ -34,10 +32,9 @@ class VLLMBackend:
 
         path = resolve_model(model)
         self.name = model if not adapter else f"{model}+{adapter}"
-        if adapter and not (Path(adapter) / "adapter_config.json").exists():
-            raise ValueError(f"adapter {adapter}: no adapter_config.json there (not a LoRA adapter directory)")
-        tok_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else path
-        self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        if adapter:
+            check_adapter(adapter)
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(path, adapter))
         self.chat_template = pick_chat_template(self.tokenizer)
         if max_model_len is None:
             from transformers import AutoConfig
