@@ -10,7 +10,8 @@ evaluates it on the same eval questions. Prints the comparison and
 
     sft X% simpo Y% (CI ...); tool use A -> B
 
-Everything lands under RUN/preference-<preset>, so a rerun resumes.
+The mined pairs land under RUN/preference-pairs (shared by every preset and learning rate: mining is the
+slow part), each trained variant under RUN/preference-<preset>[-lr<LR>]; a rerun resumes.
 """
 from __future__ import annotations
 
@@ -38,20 +39,23 @@ def main() -> None:
     run = Path(args.run)
     sft_eval_cfg = json.loads((run / "eval-sft" / "config.json").read_text())
     sft_metrics = json.loads((run / "eval-sft" / "metrics.json").read_text())
+    shared = run / "preference-pairs"
     out = run / (f"preference-{args.preset}" + ("" if args.learning_rate is None else f"-lr{args.learning_rate:g}"))
     started = time.perf_counter()
 
     base = evaluate.EvalConfig(**{k: v for k, v in sft_eval_cfg.items() if k in evaluate.EvalConfig.__dataclass_fields__})
     mine_cfg = replace(base, data=args.data, split="train", limit=args.mine_limit, allow_leakage=True,
                        extraction_bench=False)
-    evaluate.run(mine_cfg, out / "mine")
+    evaluate.run(mine_cfg, shared / "mine")
     chosen = [t for p in sorted(run.glob("traces-*/kept.jsonl")) for t in read_jsonl(p)]
-    write_jsonl(out / "chosen.jsonl", chosen)
-    pairs = preference.mine(preference.MineConfig(results=str(out / "mine" / "results.jsonl"),
-                                                  chosen=str(out / "chosen.jsonl"), max_pairs=args.max_pairs), out / "pairs")
+    write_jsonl(shared / "chosen.jsonl", chosen)
+    pairs = preference.mine(preference.MineConfig(results=str(shared / "mine" / "results.jsonl"),
+                                                  chosen=str(shared / "chosen.jsonl"), max_pairs=args.max_pairs),
+                            shared / "pairs")
     print(f"pairs: {pairs['pairs']} {pairs['counts']} skipped {pairs['skipped']}", flush=True)
-    training = preference.train(preference.PreferenceConfig(
-        pairs=str(out / "pairs" / "pairs.jsonl"), adapter=str(run / "sft"), preset=args.preset,
+    trained = out / "adapter" / "training.json"
+    training = json.loads(trained.read_text()) if trained.exists() else preference.train(preference.PreferenceConfig(
+        pairs=str(shared / "pairs" / "pairs.jsonl"), adapter=str(run / "sft"), preset=args.preset,
         learning_rate=args.learning_rate, epochs=args.epochs, max_length=1536, probe_data=args.data), out / "adapter")
     tuned = evaluate.run(replace(base, adapter=str(out / "adapter")), out / "eval")
     total = time.perf_counter() - started

@@ -36,7 +36,8 @@ class PreferenceError(ValueError):
 
 
 def failure_tag(row: dict) -> str | None:
-    """Why an episode failed, for pair balancing; None when it is correct."""
+    """Why an episode failed, for pair balancing; None when it is correct. "out_of_turns" covers every
+    episode that ended without an answer (turn cap, context overflow, an empty reply)."""
     if (row.get("metrics") or {}).get("acc", 0.0) >= 1.0:
         return None
     if not row.get("finished"):

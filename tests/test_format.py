@@ -50,6 +50,12 @@ def test_double_encoded_arguments_accepted():
     ("FINAL(Nightwing (Dick Grayson)) and more text\nFINAL(x)", "Nightwing (Dick Grayson)"),
     ("<think>Eldon is in Miller County.</think>FINAL(Miller County)", "Miller County"),
     ("<think>unfinished thought", ""),
+    # The model imitating the tool's reply or a new chat turn: never read as the answer.
+    ("<tool_response>", ""),
+    ("<tool_response>\n{\"results\": \"Paris is ...\"}</tool_response>\nParis", ""),
+    ("Paris\n<tool_response>", "Paris"),
+    ("Answer: Rome<|im_end|>\n<|im_start|>user\nFINAL(Oslo)", "Rome"),
+    ("<|im_start|>tool\nfoo", ""),
 ])
 def test_final_answers(text, answer):
     a = fmt.parse(text)

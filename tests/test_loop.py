@@ -73,6 +73,18 @@ def test_malformed_and_unknown_calls_go_back_as_errors(musique_small):
     assert row["finished"] and row["prediction"] == "x"
 
 
+def test_imitated_tool_reply_is_no_answer(musique_small):
+    """Seen by hand on the embedded model: after a search it wrote "<tool_response>..." itself instead of
+    answering; that reply ends the episode with no prediction, not with the answer "<tool_response>"."""
+    questions, pools = musique_small
+    q = questions[0]
+    backend = ScriptedBackend({q.question: [call("search", query="x"), "<tool_response>\n{\"a\": 1}"]})
+    [row] = run_episodes([q], pools, backend, AgentConfig(max_turns=4))
+    assert row["stop"] == "empty_answer" and not row["finished"] and row["prediction"] is None
+    assert row["metrics"]["em"] == 0.0 and row["turns"] == 2
+    assert aggregate([row])["no_final_answer_rate"] == 1.0
+
+
 def test_turn_cap_ends_episode_without_answer(musique_small):
     questions, pools = musique_small
     backend = ScriptedBackend({}, default=[call("search", query="county")] * 50)
@@ -146,7 +158,7 @@ def test_tiny_random_model_batched_loop(musique_small, tiny_backend):
     assert sorted(r["question_id"] for r in rows) == sorted(q.id for q in questions[:5])
     for row in rows:
         assert 1 <= row["turns"] <= 2
-        assert row["stop"] in ("final", "max_turns")
+        assert row["stop"] in ("final", "max_turns", "empty_answer")
         assert row["tokens"]["completion"] > 0
         assert row["messages"][0]["role"] == "system" and row["messages"][1]["role"] == "user"
 

@@ -9,6 +9,10 @@ Final-answer convention: a reply with no tool call ends the episode. Its answer 
 `FINAL(...)` if present, else the first non-empty line after the last `Answer:` / `The answer is:`, else
 the reply's first non-empty line; `<think>` blocks are kept in the trace and stripped from the answer.
 Taking one line, not the whole reply, keeps a rambling reply from scoring on containment accuracy.
+A small model sometimes goes on to write the tool's reply itself (`<tool_response>...`) or a new chat
+turn (`<|im_start|>...`): the answer is read only from the text before such a marker, so an imitated
+tool reply is never taken for an answer; a reply with nothing before it has an empty answer, which the
+loop records as "empty_answer" (no prediction).
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.S)
 # Within one line, up to its last ")": answers may hold parentheses, "Nightwing (Dick Grayson)".
 FINAL_RE = re.compile(r"FINAL\((.*)\)")
 ANSWER_RE = re.compile(r"\b(?:final answer|answer)(?: is)?\s*[:：]", re.I)
+# Where a reply stops being the assistant's own words: an imitated tool reply or a new chat turn.
+IMITATION_RE = re.compile(r"<tool_response>|</tool_response>|<\|im_start\|>|<\|im_end\|>|<\|endoftext\|>")
 
 
 @dataclass
@@ -69,6 +75,9 @@ def thinking_of(text: str) -> str:
 def extract_answer(text: str) -> str:
     """The answer part of a final reply (see the module docstring for the convention)."""
     body = strip_thinking(text)
+    cut = IMITATION_RE.search(body)
+    if cut:
+        body = body[: cut.start()]
     final = FINAL_RE.search(body)
     if final:
         return final.group(1).strip().strip('"').strip()

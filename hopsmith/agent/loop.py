@@ -115,7 +115,8 @@ def run_episodes(
             action = fmt.parse(gen.text)
             ep.messages.append(fmt.assistant_message(gen.text, action))
             if action.is_final:
-                ep.prediction, ep.stop = action.answer, "final"
+                # An empty answer (nothing before an imitated tool reply, or a blank reply) is no answer.
+                ep.prediction, ep.stop = action.answer, "final" if action.answer else "empty_answer"
                 continue
             if ep.at_cap:
                 ep.stop = "max_turns"  # asked for the answer and called a tool instead
