@@ -20,16 +20,17 @@ import sys
 from pathlib import Path
 
 
-def add_config_flags(p: argparse.ArgumentParser, cls) -> None:
-    """One flag per config field (`max_turns` -> `--max-turns`), plus `--config FILE.toml`."""
+def add_config_flags(p: argparse.ArgumentParser, cls, aliases: dict[str, str] | None = None) -> None:
+    """One flag per config field (`max_turns` -> `--max-turns`), plus `--config FILE.toml`; `aliases`
+    gives a field a second, shorter flag (`{"with_stages": "--with"}`)."""
     p.add_argument("--config", help=f"TOML file with {cls.__name__} keys (flags win over it)")
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-")] + ([aliases[f.name]] if aliases and f.name in aliases else [])
         if f.type in ("bool", bool):
-            p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+            p.add_argument(*flags, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
                            help=f"(default {f.default})")
         else:
-            p.add_argument(flag, dest=f.name, default=None, help=f"(default {f.default})")
+            p.add_argument(*flags, dest=f.name, default=None, help=f"(default {f.default!r})")
 
 
 def config_from_args(cls, args):
@@ -186,8 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("pipeline", help="the ladder: base eval, traces, judge, LoRA SFT, tuned eval, comparison")
-    add_config_flags(p, PipelineConfig)
-    p.add_argument("--with", dest="with_stages", default=None, help="stages after SFT, e.g. --with simpo")
+    add_config_flags(p, PipelineConfig, aliases={"with_stages": "--with"})
     p.add_argument("--out", help="run root (default runs/ladder)")
     p.set_defaults(func=cmd_pipeline)
 

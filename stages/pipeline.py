@@ -29,10 +29,10 @@ PRESETS = {
     # turns were long). The local preset is the first; `--max-traces` / `--max-length` trade minutes for data.
     "local": dict(eval_limit=20, train_limit=None, max_traces=12, epochs=2.0, learning_rate=1e-3,
                   max_turns=6, max_new_tokens=96, max_chars=200, top_k=3, max_length=1024, mine_limit=12,
-                  max_pairs=16),
+                  max_pairs=16, preference_learning_rate=1e-4),
     "full": dict(eval_limit=None, train_limit=None, max_traces=None, epochs=3.0, learning_rate=2e-4,
                  max_turns=20, max_new_tokens=512, max_chars=None, top_k=5, max_length=4096, mine_limit=None,
-                 max_pairs=None),
+                 max_pairs=None, preference_learning_rate=None),
 }
 
 
@@ -60,6 +60,9 @@ class PipelineConfig:
     mine_limit: int | None = None  # train questions the SFT adapter is run on to find its failures
     max_pairs: int | None = None
     preference_preset: str = "seed002"  # seed002 (SimPO) | dpo
+    # None: the preference preset's own (seed 002: 5e-7). Seed 002 sets it "10x lower than SFT"; the local
+    # preset's SFT runs at 1e-3 on a few dozen steps, where 5e-7 would leave the adapter unchanged, so it uses 1e-4.
+    preference_learning_rate: float | None = None
 
     def resolved(self) -> "PipelineConfig":
         from hopsmith.config import ConfigError
@@ -168,7 +171,8 @@ def _simpo(cfg: PipelineConfig, root: Path, sft_metrics: dict, log) -> dict:
     log(f"[7/8] {cfg.preference_preset} preference training on the SFT adapter")
     p_summary = preference.train(preference.PreferenceConfig(
         pairs=str(root / "pairs" / "pairs.jsonl"), adapter=str(root / "sft"), model=cfg.model,
-        preset=cfg.preference_preset, max_length=cfg.max_length, probe_data=cfg.data, seed=cfg.seed), root / "simpo")
+        preset=cfg.preference_preset, learning_rate=cfg.preference_learning_rate, max_length=cfg.max_length,
+        probe_data=cfg.data, seed=cfg.seed), root / "simpo")
     b, a = p_summary["behaviour_before"], p_summary["behaviour_after"]
     log(f"      {p_summary['steps']} steps; tool use {b['tool_use_rate']:.0%} -> {a['tool_use_rate']:.0%}, "
         f"query diversity {b['query_diversity']:.2f} -> {a['query_diversity']:.2f}"
