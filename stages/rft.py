@@ -7,7 +7,8 @@ Each question gets `samples` episodes at `temperature` (sample i seeds the sampl
 episode is kept when it passes the same rule checks as any trace (`hopsmith.judge.rule_checks`: calls
 parse, final answer, answer matches gold, no repeated calls, length) and, like seed 001's ASP filter, it
 searched at least once; with `--judge SPEC` the LLM judge must pass it too. The kept episodes, plus the
-original SFT traces when `mix_traces` is given, train a new LoRA adapter with the SFT stage. Writes
+original SFT traces when `mix_traces` is given, train the sampled adapter further (seed 001 runs RFT as a
+final stage on the distilled model; `continue_adapter=False` trains a new adapter from the base). Writes
 `samples.jsonl` (every episode, with its verdict), `kept.jsonl`, `train.jsonl`, `behaviour.json`
 (tool use etc. of the samples) and the adapter under `adapter/`.
 """
@@ -35,6 +36,7 @@ class RFTConfig:
     max_chars: int | None = 300
     judge: str | None = None
     mix_traces: str | None = None  # also train on these traces (e.g. the SFT train.jsonl)
+    continue_adapter: bool = True  # train `adapter` further; False: a new adapter from the base model
     epochs: float = 2.0
     learning_rate: float = 1e-3
     max_length: int = 1536
@@ -118,7 +120,8 @@ def run(cfg: RFTConfig, root: str | Path, *, backend=None) -> dict:
         return summary
     write_jsonl(root / "train.jsonl", train)
     summary["sft"] = sft.run(sft.SFTConfig(traces=str(root / "train.jsonl"), model=cfg.model, epochs=cfg.epochs,
-                                           learning_rate=cfg.learning_rate, max_length=cfg.max_length, seed=cfg.seed),
+                                           learning_rate=cfg.learning_rate, max_length=cfg.max_length, seed=cfg.seed,
+                                           init_adapter=cfg.adapter if cfg.continue_adapter else None),
                              root / "adapter")
     summary["trained"] = True
     write_json(root / "rft_summary.json", {k: v for k, v in summary.items() if k != "sft"}

@@ -55,6 +55,9 @@ class SFTConfig:
     max_steps: int = -1
     save_steps: int = 25
     seed: int = 0
+    # Continue this LoRA adapter instead of starting a new one (its rank and targets are kept; the lora_*
+    # keys are then unused). Rejection fine-tuning uses it to train the sampled policy further.
+    init_adapter: str | None = None
 
     def resolved(self) -> "SFTConfig":
         """The preset's values for every key left unset."""
@@ -143,6 +146,13 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_sec
         model, tokenizer, template, use_qlora = load_model_for_training(cfg)
     else:
         template = pick_chat_template(tokenizer)
+    if cfg.init_adapter:
+        from peft import PeftModel
+
+        from hopsmith.backends.hf import check_adapter
+
+        check_adapter(cfg.init_adapter)
+        model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenized = [tokenize_trace(t, tokenizer, template, cfg.max_length) for t in traces]
@@ -199,7 +209,7 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_sec
     peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules=target_modules(cfg.target_modules), task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[LossLog(), Deadline()])
+                         peft_config=None if cfg.init_adapter else peft_config, callbacks=[LossLog(), Deadline()])
     # With tqdm off the Trainer prints every log dict; loss.json keeps the curve instead.
     trainer.remove_callback(PrinterCallback)
     checkpoints = sorted((root / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
@@ -209,7 +219,9 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_sec
     trainer.model.save_pretrained(root)
     tokenizer.chat_template = template
     tokenizer.save_pretrained(root)
-    question_ids = sorted({t.get("question_id") for t in traces if t.get("question_id")})
+    # An adapter continued from another has seen that one's questions too (the leakage guard reads this).
+    question_ids = sorted({t.get("question_id") for t in traces if t.get("question_id")}
+                          | (trained_question_ids(cfg.init_adapter) if cfg.init_adapter else set()))
     summary = {
         "config": asdict(cfg),
         "qlora": use_qlora,

@@ -31,6 +31,32 @@ def test_rft_keeps_correct_searched_samples_and_trains(tiny_dir, tmp_path):
     assert backend.batches == []
 
 
+def test_rft_continues_the_sampled_adapter(tiny_dir, tmp_path):
+    """Seed 001's RFT is a last stage on the distilled model: round 2 trains round 1's adapter further
+    (same LoRA weights at the start), and its record of trained questions includes round 1's."""
+    from safetensors.torch import load_file
+
+    qs = load_questions("musique", split="train", limit=2)
+    first = {q.question: [call("search", query=hop_question(q, 0)), f"FINAL({q.answer})"] for q in qs[:1]}
+    cfg = rft.RFTConfig(data="musique", model=str(tiny_dir), limit=1, samples=1, max_turns=3, epochs=1.0,
+                        max_length=8192)
+    rft.run(cfg, tmp_path / "r1", backend=ScriptedBackend(first))
+    second = {q.question: [call("search", query=hop_question(q, 0)), f"FINAL({q.answer})"] for q in qs}
+    cfg2 = rft.RFTConfig(data="musique", model=str(tiny_dir), adapter=str(tmp_path / "r1" / "adapter"), limit=2,
+                         samples=1, max_turns=3, epochs=1.0, max_length=8192, learning_rate=1e-12)
+    rft.run(cfg2, tmp_path / "r2", backend=ScriptedBackend(second))
+    w1 = load_file(tmp_path / "r1" / "adapter" / "adapter_model.safetensors")
+    w2 = load_file(tmp_path / "r2" / "adapter" / "adapter_model.safetensors")
+    assert w1.keys() == w2.keys()
+    # lr 1e-12: round 2 ends where round 1 did; a fresh adapter would have new random A and zero B.
+    assert all((w1[k] - w2[k]).abs().max() < 1e-6 for k in w1)
+    assert any(w1[k].abs().max() > 0 for k in w1 if "lora_B" in k)
+    import json
+
+    ids = json.loads((tmp_path / "r2" / "adapter" / "training.json").read_text())["trained_question_ids"]
+    assert set(ids) == {q.id for q in qs}
+
+
 def test_rft_config_errors():
     with pytest.raises(ConfigError, match="temperature"):
         rft.RFTConfig(temperature=0.0)
