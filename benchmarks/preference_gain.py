@@ -1,17 +1,25 @@
-"""SFT vs SimPO (seed 002's own-failure pairs) on a bundled eval split, continuing a learning-gain run.
+"""SFT vs SimPO (seed 002's own-failure pairs) or RFT (seed 001) on a bundled eval split, continuing a
+learning-gain run.
 
     python benchmarks/learning_gain.py --eval hotpotqa --eval-limit 40 --out runs/lg-hotpotqa     # first
-    python benchmarks/preference_gain.py --run runs/lg-hotpotqa --data hotpotqa --mine-limit 40
+    python benchmarks/preference_gain.py --run runs/lg-hotpotqa --data hotpotqa --mine-limit 40 --learning-rate 1e-4
+    python benchmarks/preference_gain.py --run runs/lg-hotpotqa --data hotpotqa --method rft --mine-limit 20
 
-Takes the SFT adapter (`RUN/sft`) and its eval (`RUN/eval-sft`) from the learning-gain run, runs the
-adapter on `--mine-limit` *train* questions, pairs every failure with a kept synthetic trace of the same
-question (`RUN/traces-*/kept.jsonl`), trains SimPO (preset seed002, or `--preset dpo`) on the adapter and
-evaluates it on the same eval questions. Prints the comparison and
+Takes the SFT adapter (`RUN/sft`) and its eval (`RUN/eval-sft`) from the learning-gain run.
 
-    sft X% simpo Y% (CI ...); tool use A -> B
+- `--method simpo` (default): runs the adapter on `--mine-limit` *train* questions, pairs every failure with
+  a kept synthetic trace of the same question (`RUN/traces-*/kept.jsonl`), trains SimPO (preset seed002,
+  or `--preset dpo`) on the adapter. The pairs land under RUN/preference-pairs (shared by every preset and
+  learning rate: mining is the slow part), the adapter under RUN/preference-<preset>[-lr<LR>].
+- `--method rft`: samples the adapter `--samples` times per train question at `--temperature`, keeps the
+  correct episodes that searched, and trains the adapter further on them (RUN/rft[-lr<LR>]).
 
-The mined pairs land under RUN/preference-pairs (shared by every preset and learning rate: mining is the
-slow part), each trained variant under RUN/preference-<preset>[-lr<LR>]; a rerun resumes.
+Either way the new adapter is evaluated on the same eval questions as the SFT adapter, and the script
+prints the comparison table and one line
+
+    sft X% simpo Y% (95% CI ...; EM, F1; n; pairs/steps; tool use A -> B; minutes)
+
+A rerun resumes (mined episodes, samples, a trained adapter and finished eval episodes are kept).
 """
 from __future__ import annotations
 
@@ -23,27 +31,12 @@ from pathlib import Path
 
 from hopsmith.io import read_jsonl, write_json, write_jsonl
 from hopsmith.metrics import format_comparison
-from stages import evaluate, preference
+from stages import evaluate, preference, rft
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", default="runs/lg-hotpotqa", help="a learning_gain.py output directory")
-    ap.add_argument("--data", default="hotpotqa", help="the bundled set the run evaluated on")
-    ap.add_argument("--mine-limit", type=int, default=40)
-    ap.add_argument("--max-pairs", type=int, default=None)
-    ap.add_argument("--preset", default="seed002", help="seed002 (SimPO) | dpo")
-    ap.add_argument("--learning-rate", type=float, default=None, help="override the preset's (seed 002: 5e-7)")
-    ap.add_argument("--epochs", type=float, default=None)
-    args = ap.parse_args()
-    run = Path(args.run)
-    sft_eval_cfg = json.loads((run / "eval-sft" / "config.json").read_text())
-    sft_metrics = json.loads((run / "eval-sft" / "metrics.json").read_text())
+def _simpo(args, run: Path, base: evaluate.EvalConfig) -> tuple[Path, dict, str]:
     shared = run / "preference-pairs"
     out = run / (f"preference-{args.preset}" + ("" if args.learning_rate is None else f"-lr{args.learning_rate:g}"))
-    started = time.perf_counter()
-
-    base = evaluate.EvalConfig(**{k: v for k, v in sft_eval_cfg.items() if k in evaluate.EvalConfig.__dataclass_fields__})
     mine_cfg = replace(base, data=args.data, split="train", limit=args.mine_limit, allow_leakage=True,
                        extraction_bench=False)
     evaluate.run(mine_cfg, shared / "mine")
@@ -57,20 +50,65 @@ def main() -> None:
     training = json.loads(trained.read_text()) if trained.exists() else preference.train(preference.PreferenceConfig(
         pairs=str(shared / "pairs" / "pairs.jsonl"), adapter=str(run / "sft"), preset=args.preset,
         learning_rate=args.learning_rate, epochs=args.epochs, max_length=1536, probe_data=args.data), out / "adapter")
+    b, a = training["behaviour_before"], training["behaviour_after"]
+    summary = (f"{pairs['pairs']} pairs, {training['steps']} steps; probe tool use {b['tool_use_rate']:.0%} -> "
+               f"{a['tool_use_rate']:.0%}, collapse flags {len(training['collapse'])}")
+    record = {"pairs": pairs, "training": {k: v for k, v in training.items() if k != "trained_question_ids"}}
+    return out, record, summary
+
+
+def _rft(args, run: Path, base: evaluate.EvalConfig) -> tuple[Path, dict, str]:
+    out = run / ("rft" + ("" if args.learning_rate is None else f"-lr{args.learning_rate:g}"))
+    cfg = rft.RFTConfig(data=args.data, model=base.model, adapter=str(run / "sft"), limit=args.mine_limit,
+                        samples=args.samples, temperature=args.temperature, max_turns=base.max_turns,
+                        max_new_tokens=base.max_new_tokens, top_k=base.top_k, max_chars=base.max_chars,
+                        epochs=args.epochs or 2.0, learning_rate=args.learning_rate or 1e-4, max_length=1536)
+    done = out / "rft_summary.json"
+    summary = json.loads(done.read_text()) if done.exists() else rft.run(cfg, out)
+    if not summary.get("trained"):
+        raise SystemExit(f"rft: no sample of {summary['samples']} passed the filters; nothing to compare")
+    steps = summary.get("sft_steps") or summary["sft"]["steps"]
+    b = summary["behaviour"]
+    line = (f"{summary['kept']} of {summary['samples']} samples kept ({summary['questions_with_a_kept_sample']} of "
+            f"{summary['questions']} questions), {steps} steps; sample tool use {b['tool_use_rate']:.0%}")
+    return out, {"rft": {k: v for k, v in summary.items() if k != "sft"}}, line
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", default="runs/lg-hotpotqa", help="a learning_gain.py output directory")
+    ap.add_argument("--data", default="hotpotqa", help="the bundled set the run evaluated on")
+    ap.add_argument("--method", default="simpo", choices=("simpo", "rft"))
+    ap.add_argument("--mine-limit", type=int, default=40, help="train questions the adapter is run (or sampled) on")
+    ap.add_argument("--max-pairs", type=int, default=None)
+    ap.add_argument("--preset", default="seed002", help="simpo: seed002 (SimPO) | dpo")
+    ap.add_argument("--learning-rate", type=float, default=None,
+                    help="simpo: override the preset's (seed 002: 5e-7); rft: default 1e-4")
+    ap.add_argument("--epochs", type=float, default=None)
+    ap.add_argument("--samples", type=int, default=2, help="rft: samples per question")
+    ap.add_argument("--temperature", type=float, default=0.8, help="rft: sampling temperature")
+    args = ap.parse_args()
+    run = Path(args.run)
+    for need in (run / "sft" / "adapter_config.json", run / "eval-sft" / "metrics.json"):
+        if not need.exists():
+            raise SystemExit(f"{need} is missing: run benchmarks/learning_gain.py --out {run} first")
+    sft_eval_cfg = json.loads((run / "eval-sft" / "config.json").read_text())
+    sft_metrics = json.loads((run / "eval-sft" / "metrics.json").read_text())
+    base = evaluate.EvalConfig(**{k: v for k, v in sft_eval_cfg.items() if k in evaluate.EvalConfig.__dataclass_fields__})
+    started = time.perf_counter()
+    out, record, summary = (_simpo if args.method == "simpo" else _rft)(args, run, base)
     tuned = evaluate.run(replace(base, adapter=str(out / "adapter")), out / "eval")
     total = time.perf_counter() - started
-    write_json(out / "preference_gain.json", {"sft": sft_metrics, "preference": tuned, "pairs": pairs,
-                                              "training": {k: v for k, v in training.items() if k != "trained_question_ids"},
-                                              "seconds": total, "args": vars(args)})
-    name = "simpo" if args.preset == "seed002" else args.preset
+    write_json(out / "preference_gain.json", {"sft": sft_metrics, "tuned": tuned, **record, "seconds": total,
+                                              "args": vars(args)})
+    name = "dpo" if args.method == "simpo" and args.preset == "dpo" else args.method
     print(format_comparison(sft_metrics, tuned, names=("sft", name)))
     s, t = sft_metrics["acc"], tuned["acc"]
-    b, a = training["behaviour_before"], training["behaviour_after"]
     print(f"sft {100 * s['mean']:.1f}% {name} {100 * t['mean']:.1f}% (95% CI sft [{100 * s['lo']:.1f}, {100 * s['hi']:.1f}], "
           f"{name} [{100 * t['lo']:.1f}, {100 * t['hi']:.1f}]; EM {100 * sft_metrics['em']['mean']:.1f} -> "
           f"{100 * tuned['em']['mean']:.1f}, F1 {100 * sft_metrics['f1']['mean']:.1f} -> {100 * tuned['f1']['mean']:.1f}; "
-          f"n={t['n']}; {pairs['pairs']} pairs, {training['steps']} steps; probe tool use {b['tool_use_rate']:.0%} -> "
-          f"{a['tool_use_rate']:.0%}, collapse flags {len(training['collapse'])}; {total / 60:.1f} min)")
+          f"tool use {sft_metrics['tool_use_rate']:.0%} -> {tuned['tool_use_rate']:.0%}; n={t['n']}; {summary}; "
+          f"{total / 60:.1f} min)")
 
 
 if __name__ == "__main__":
