@@ -330,14 +330,37 @@ def _trainer(cfg: PreferenceConfig, model, tokenizer, dataset, common: dict, cal
     # With a PeftModel that already holds a trained adapter, TRL loads a frozen copy of it as "ref":
     # the reference is the SFT policy, not the bare base model.
     class PretokenizedDPO(DPOTrainer):
-        # Rows arrive as prompt_ids / chosen_ids / rejected_ids rendered with our template. Unlike the SimPO
-        # path, DPO's collator scores the whole continuation, tool results included (TRL has no label mask here).
+        # Rows arrive as prompt_ids / chosen_ids / rejected_ids rendered with our template, plus which
+        # completion tokens the model wrote; the collator below scores only those, as the SimPO path does.
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             return dataset
 
     args = DPOConfig(**{k: v for k, v in common.items()})
-    return PretokenizedDPO(model=model, ref_model=None, args=args, train_dataset=_dpo_rows(dataset),
-                      processing_class=tokenizer, callbacks=callbacks)
+    trainer = PretokenizedDPO(model=model, ref_model=None, args=args, train_dataset=_dpo_rows(dataset),
+                              processing_class=tokenizer, callbacks=callbacks)
+    trainer.data_collator = assistant_only_collator(trainer.data_collator)
+    return trainer
+
+
+def assistant_only_collator(collator):
+    """TRL's DataCollatorForPreference marks every completion token for the loss, tool results included;
+    this wraps it so `completion_mask` keeps only the tokens the policy wrote (rows' `chosen_mask` /
+    `rejected_mask`, 1 where the SFT labels are not -100)."""
+    import torch
+
+    def collate(examples):
+        out = collator(examples)
+        masks = [[0] * len(e["prompt_ids"]) + list(e[side]) for side in ("chosen_mask", "rejected_mask")
+                 for e in examples]
+        width = out["completion_mask"].shape[1]
+        mask = torch.zeros_like(out["completion_mask"])
+        for i, m in enumerate(masks):
+            m = m[:width]  # TRL cuts at max_length keeping the start; rows here are already within it
+            mask[i, : len(m)] = torch.tensor(m, dtype=mask.dtype)
+        out["completion_mask"] = mask * out["completion_mask"]
+        return out
+
+    return collate
 
 
 def _with_text(dataset):
@@ -350,5 +373,7 @@ def _dpo_rows(dataset):
     def to_dpo(r):
         n = len(r["prompt_input_ids"])
         return {"prompt_ids": r["prompt_input_ids"], "chosen_ids": r["chosen_input_ids"][n:],
-                "rejected_ids": r["rejected_input_ids"][n:]}
+                "rejected_ids": r["rejected_input_ids"][n:],
+                "chosen_mask": [int(x != -100) for x in r["chosen_labels"][n:]],
+                "rejected_mask": [int(x != -100) for x in r["rejected_labels"][n:]]}
     return dataset.map(to_dpo, remove_columns=dataset.column_names)

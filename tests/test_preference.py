@@ -130,6 +130,29 @@ def test_simpo_loss_masks_tool_results(tiny_tokenizer, mined_inputs):
     assert "<tool_call>" in scored and "<tool_response>" not in scored
 
 
+def test_dpo_collator_scores_only_policy_tokens(tiny_tokenizer, mined_inputs):
+    """TRL's preference collator marks every completion token; ours keeps the policy's own (no tool results)."""
+    from datasets import Dataset
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    from hopsmith.backends.hf import pick_chat_template
+
+    _, results, kept = mined_inputs
+    pairs = preference.mine_pairs(results, kept)["pairs"][:2]
+    template = pick_chat_template(tiny_tokenizer)
+    rows = [preference._tokenized_pair(p, tiny_tokenizer, template, 100000) for p in pairs]
+    dpo_rows = list(preference._dpo_rows(Dataset.from_list(rows)))
+    plain = DataCollatorForPreference(pad_token_id=0)
+    batch = preference.assistant_only_collator(plain)(dpo_rows)
+    everything = plain(dpo_rows)["completion_mask"]
+    assert batch["completion_mask"].sum() < everything.sum()  # tool results dropped
+    for i, row in enumerate(rows):  # chosen i, then rejected i
+        for side, j in (("chosen", i), ("rejected", len(rows) + i)):
+            ids = batch["input_ids"][j][batch["completion_mask"][j].bool()].tolist()
+            assert ids == [t for t, l in zip(row[f"{side}_input_ids"], row[f"{side}_labels"]) if l != -100]
+            assert "<tool_response>" not in tiny_tokenizer.decode(ids)
+
+
 def test_collapse_guard_fires_on_a_collapsing_log():
     def ep(searches, query="county of eldon"):
         calls = [{"name": "search", "valid": True, "arguments": {"query": query}} for _ in range(searches)]
