@@ -276,6 +276,8 @@ def aggregate(rows: list[dict], *, extraction_accuracy: float | None = None,
     out["ceiling"] = {
         "retrieval": retrieval, "retrieval_source": r_src,
         "extraction": extraction, "extraction_source": e_src,
+        # how many rows the run's own extraction rate rests on (often few: those whose retrieval fully succeeded)
+        "extraction_n": len(full) if e_src == "run" else None,
         "ceiling": ceiling, "actual": actual,
         "share_of_ceiling": actual / ceiling if ceiling else None,
     }
@@ -351,7 +353,8 @@ def format_table(metrics: dict) -> str:
         lines.append(f"{'ceiling':<{_LABEL}}{_pct(c['ceiling'])}   = retrieval {_pct(c['retrieval']).strip()}"
                      f" ({c['retrieval_source']}) x extraction {_pct(c['extraction']).strip()}")
         lines.append(f"{'  actual / ceiling':<{_LABEL}}{_pct(c['share_of_ceiling'])}"
-                     f"   extraction from {c['extraction_source']}")
+                     f"   extraction from {c['extraction_source']}"
+                     + (f" ({c['extraction_n']} fully retrieved episodes)" if c.get("extraction_n") is not None else ""))
     else:
         lines.append(f"{'ceiling':<{_LABEL}}  n/a   (retrieval or extraction unknown)")
     return "\n".join(lines)

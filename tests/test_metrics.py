@@ -227,6 +227,7 @@ def test_aggregate_by_hand():
     c = m["ceiling"]
     assert (c["retrieval_source"], c["extraction_source"]) == ("run", "run")
     assert c["retrieval"] == pytest.approx(0.5) and c["extraction"] == pytest.approx(0.5)
+    assert c["extraction_n"] == 2  # the run's extraction rate rests on the two fully retrieved episodes
     assert c["ceiling"] == pytest.approx(0.25) and c["actual"] == pytest.approx(0.2)
     assert c["share_of_ceiling"] == pytest.approx(0.8)
     # the whole thing survives a strict JSON round trip
@@ -242,6 +243,7 @@ def test_ceiling_from_oracle_and_benchmark():
     assert c["ceiling"] == pytest.approx(0.855 * 0.61)  # seed write-up: 52.2%
     assert c["share_of_ceiling"] == pytest.approx(0.2 / (0.855 * 0.61))
     assert (c["retrieval_source"], c["extraction_source"]) == ("oracle", "benchmark")
+    assert c["extraction_n"] is None
 
 
 def test_ceiling_mixed_sources():
