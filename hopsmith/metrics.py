@@ -234,6 +234,10 @@ def aggregate(rows: list[dict], *, extraction_accuracy: float | None = None,
     out["tool_use_rate"] = sum(1 for r in rows if _valid_calls(r) > 0) / n
     out["no_final_answer_rate"] = sum(1 for r in rows if not _finished(r)) / n
     out["answered_at_cap_rate"] = sum(1 for r in rows if r.get("answered_at_cap")) / n
+    from .collapse import behaviour  # the collapse guard's query statistics, so comparisons show them too
+
+    b = behaviour(rows)
+    out["query_diversity"], out["query_wordiness"] = b["query_diversity"], b["query_wordiness"]
 
     episode_s = [float(r["seconds"]) for r in rows if r.get("seconds") is not None]
     per_tool: dict[str, list[float]] = {}
@@ -366,7 +370,7 @@ def _delta(b: float | None, t: float | None) -> float | None:
 
 _COMPARED_RATES = ("avg_tool_calls", "avg_turns", "tool_use_rate", "invalid_call_rate",
                    "answered_without_search_rate", "no_final_answer_rate", "answered_at_cap_rate",
-                   "supporting_recall", "retrieval_success")
+                   "supporting_recall", "retrieval_success", "query_diversity", "query_wordiness")
 
 
 def compare(base: dict, tuned: dict) -> dict[str, Any]:
@@ -412,7 +416,8 @@ def format_comparison(base: dict, tuned: dict, names: tuple[str, str] = ("base",
     for key, label in (("tool_use_rate", "tool use"), ("invalid_call_rate", "invalid calls"),
                        ("answered_without_search_rate", "answered w/o search"),
                        ("no_final_answer_rate", "no final answer"), ("answered_at_cap_rate", "answered at turn cap"),
-                       ("supporting_recall", "supporting recall")):
+                       ("supporting_recall", "supporting recall"), ("query_diversity", "distinct queries"),
+                       ("query_wordiness", "query words")):
         row = c[key]
         if row["base"] is None or row["tuned"] is None:
             continue

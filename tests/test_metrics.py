@@ -367,3 +367,21 @@ def test_format_comparison():
     assert "* the two 95% intervals do not overlap" in text
     assert max(len(line) for line in lines) <= 80
     assert "do not overlap" not in format_comparison(base, base)
+
+
+def test_query_statistics_reach_the_comparison():
+    """The collapse guard's query diversity and wordiness are eval metrics too, so SFT vs SimPO shows them."""
+    def searched(qid, *queries):
+        row = _row(qid, "x", calls=[("search", True, 0.1)] * len(queries))
+        for c, q in zip(row["tool_calls"], queries):
+            c["arguments"] = {"query": q}
+        return row
+
+    healthy = aggregate([searched("a", "county of eldon", "seat of miller county"), searched("b", "who wrote hamlet")],
+                        n_boot=20)
+    repeating = aggregate([searched("a", "eldon", "eldon"), searched("b", "eldon", "#$% ^&*")], n_boot=20)
+    assert healthy["query_diversity"] == 1.0 and repeating["query_diversity"] == pytest.approx(2 / 4)
+    assert healthy["query_wordiness"] == 1.0 and repeating["query_wordiness"] == pytest.approx(3 / 5)
+    c = compare(healthy, repeating)
+    assert c["query_diversity"]["delta"] == pytest.approx(-0.5)
+    assert "distinct queries" in format_comparison(healthy, repeating)
