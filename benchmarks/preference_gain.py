@@ -49,7 +49,8 @@ def _simpo(args, run: Path, base: evaluate.EvalConfig) -> tuple[Path, dict, str]
     trained = out / "adapter" / "training.json"
     training = json.loads(trained.read_text()) if trained.exists() else preference.train(preference.PreferenceConfig(
         pairs=str(shared / "pairs" / "pairs.jsonl"), adapter=str(run / "sft"), preset=args.preset,
-        learning_rate=args.learning_rate, epochs=args.epochs, max_length=1536, probe_data=args.data), out / "adapter")
+        learning_rate=args.learning_rate, epochs=args.epochs, max_length=1536, probe_data=args.data,
+        probe_every=args.probe_every), out / "adapter")
     b, a = training["behaviour_before"], training["behaviour_after"]
     summary = (f"{pairs['pairs']} pairs, {training['steps']} steps; probe tool use {b['tool_use_rate']:.0%} -> "
                f"{a['tool_use_rate']:.0%}, collapse flags {len(training['collapse'])}")
@@ -85,6 +86,8 @@ def main() -> None:
     ap.add_argument("--learning-rate", type=float, default=None,
                     help="simpo: override the preset's (seed 002: 5e-7); rft: default 1e-4")
     ap.add_argument("--epochs", type=float, default=None)
+    ap.add_argument("--probe-every", type=int, default=10,
+                    help="simpo: steps between collapse probes (the guard stops the run when tool use collapses)")
     ap.add_argument("--samples", type=int, default=2, help="rft: samples per question")
     ap.add_argument("--temperature", type=float, default=0.8, help="rft: sampling temperature")
     args = ap.parse_args()

@@ -48,10 +48,14 @@ class CollapseGuard:
     """Flags collapse against the first probe of a run.
 
     min_tool_use: absolute floor of the tool-use rate; max_drop: the largest allowed fall of tool use
-    from the first probe (0.5 = may halve); min_wordiness: share of query tokens that must be words."""
+    from the first probe, as a share of it (0.25: 100% may fall to 75%, not to 50%); max_no_search_rise:
+    the largest allowed rise of the answered-without-search rate (points); min_wordiness: share of query
+    tokens that must be words. The defaults were tightened after a SimPO run on the embedded model went
+    from 100% to 50% tool use on its probe unflagged, and to 5% on the eval split (seed 000's collapse)."""
 
     min_tool_use: float = 0.5
-    max_drop: float = 0.5
+    max_drop: float = 0.25
+    max_no_search_rise: float = 0.25
     min_wordiness: float = 0.5
     history: list[dict] = field(default_factory=list)
 
@@ -62,8 +66,12 @@ class CollapseGuard:
         reasons = []
         if stats["tool_use_rate"] < self.min_tool_use:
             reasons.append(f"tool use {stats['tool_use_rate']:.0%} is below the floor of {self.min_tool_use:.0%}")
-        if first["tool_use_rate"] > 0 and stats["tool_use_rate"] < first["tool_use_rate"] * (1 - self.max_drop):
+        if first["tool_use_rate"] > 0 and stats["tool_use_rate"] < first["tool_use_rate"] * (1 - self.max_drop) - 1e-9:
             reasons.append(f"tool use fell from {first['tool_use_rate']:.0%} to {stats['tool_use_rate']:.0%}")
+        rise = stats.get("answered_without_search_rate", 0.0) - first.get("answered_without_search_rate", 0.0)
+        if rise > self.max_no_search_rise + 1e-9:
+            reasons.append(f"answered without search rose from {first['answered_without_search_rate']:.0%} to "
+                           f"{stats['answered_without_search_rate']:.0%}")
         if stats.get("mean_searches", 0) > 0 and stats["query_wordiness"] < self.min_wordiness:
             reasons.append(f"only {stats['query_wordiness']:.0%} of query tokens are words (gibberish queries)")
         return reasons

@@ -172,7 +172,7 @@ def _simpo(cfg: PipelineConfig, root: Path, sft_metrics: dict, log) -> dict:
     p_summary = preference.train(preference.PreferenceConfig(
         pairs=str(root / "pairs" / "pairs.jsonl"), adapter=str(root / "sft"), model=cfg.model,
         preset=cfg.preference_preset, learning_rate=cfg.preference_learning_rate, max_length=cfg.max_length,
-        probe_data=cfg.data, seed=cfg.seed), root / "simpo")
+        probe_data=cfg.data, probe_every=5, seed=cfg.seed), root / "simpo")  # probes: stop on collapse mid-run
     b, a = p_summary["behaviour_before"], p_summary["behaviour_after"]
     log(f"      {p_summary['steps']} steps; tool use {b['tool_use_rate']:.0%} -> {a['tool_use_rate']:.0%}, "
         f"query diversity {b['query_diversity']:.2f} -> {a['query_diversity']:.2f}"

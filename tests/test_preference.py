@@ -168,3 +168,19 @@ def test_collapse_guard_fires_on_a_collapsing_log():
     gibberish = behaviour([ep(2, "%% ## 12"), ep(2, "@@ 77")])
     assert any("gibberish" in r for r in CollapseGuard().check(gibberish))
     assert behaviour([ep(3)])["query_diversity"] == pytest.approx(1 / 3)
+
+
+def test_collapse_guard_default_catches_the_measured_simpo_probe():
+    """The SimPO run on the embedded model (lr 1e-4, 58 steps) probed 100% -> 50% tool use and 0% -> 50%
+    answered without search, then used tools on 5% of eval questions. The defaults flag that probe; one
+    question of four turning away from search (75%, 25%) is still within them."""
+    def ep(searches):
+        calls = [{"name": "search", "valid": True, "arguments": {"query": "county of eldon"}}] * searches
+        return {"tool_calls": calls, "finished": True, "turns": searches + 1}
+
+    guard = CollapseGuard()
+    assert guard.check(behaviour([ep(2), ep(2), ep(2), ep(2)]), 0) == []
+    assert guard.check(behaviour([ep(2), ep(2), ep(2), ep(0)]), 10) == []
+    reasons = guard.check(behaviour([ep(2), ep(2), ep(0), ep(0)]), 20)
+    assert any("fell from 100% to 50%" in r for r in reasons)
+    assert any("answered without search rose from 0% to 50%" in r for r in reasons)
