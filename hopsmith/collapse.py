@@ -65,7 +65,10 @@ class CollapseGuard:
         first = self.history[0]
         reasons = []
         if stats["tool_use_rate"] < self.min_tool_use:
-            reasons.append(f"tool use {stats['tool_use_rate']:.0%} is below the floor of {self.min_tool_use:.0%}")
+            already = first["tool_use_rate"] < self.min_tool_use
+            reasons.append(f"tool use {stats['tool_use_rate']:.0%} is below the floor of {self.min_tool_use:.0%}"
+                           + (f" (and was at the first probe, {first['tool_use_rate']:.0%}: the starting adapter "
+                              "barely uses tools)" if already else ""))
         if first["tool_use_rate"] > 0 and stats["tool_use_rate"] < first["tool_use_rate"] * (1 - self.max_drop) - 1e-9:
             reasons.append(f"tool use fell from {first['tool_use_rate']:.0%} to {stats['tool_use_rate']:.0%}")
         rise = stats.get("answered_without_search_rate", 0.0) - first.get("answered_without_search_rate", 0.0)

@@ -184,3 +184,7 @@ def test_collapse_guard_default_catches_the_measured_simpo_probe():
     reasons = guard.check(behaviour([ep(2), ep(2), ep(0), ep(0)]), 20)
     assert any("fell from 100% to 50%" in r for r in reasons)
     assert any("answered without search rose from 0% to 50%" in r for r in reasons)
+    # a run that starts without tool use is flagged, and the flag says it started that way
+    weak = CollapseGuard()
+    weak.check(behaviour([ep(0), ep(0)]), 0)
+    assert any("was at the first probe, 0%" in r for r in weak.check(behaviour([ep(0), ep(0)]), 5))
