@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   - create .venv, install, run the training ladder on the embedded model (about 6 minutes)
+#   make demo   - create .venv, install, run the training ladder on the embedded model (about 7 minutes)
 #   make test   - create .venv, install, run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
