@@ -259,11 +259,13 @@ def run(cfg: GRPOConfig, root: str | Path, *, model=None, tokenizer=None, judge_
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hopsmith.agent.prompts import agent_system_prompt, agent_user_prompt
-    from hopsmith.backends.hf import pick_chat_template, tokenizer_source
+    from hopsmith.backends.hf import check_adapter, pick_chat_template, tokenizer_source
     from hopsmith.models import resolve_model
     from stages.traces import TracesConfig, load_train_questions
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    if cfg.adapter:
+        check_adapter(cfg.adapter)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     questions, pools = load_train_questions(TracesConfig(data=cfg.data, split="train", limit=cfg.limit))

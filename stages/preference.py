@@ -222,7 +222,7 @@ def train(cfg: PreferenceConfig, root: str | Path, *, model=None, tokenizer=None
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
 
-    from hopsmith.backends.hf import pick_chat_template
+    from hopsmith.backends.hf import check_adapter, pick_chat_template
     from hopsmith.collapse import CollapseGuard
     from stages.sft import trained_question_ids
 
@@ -234,8 +234,7 @@ def train(cfg: PreferenceConfig, root: str | Path, *, model=None, tokenizer=None
     pairs = read_jsonl(cfg.pairs)
     if not pairs:
         raise PreferenceError(f"{cfg.pairs} holds no pairs: nothing to train on")
-    if not (Path(cfg.adapter) / "adapter_config.json").exists():
-        raise FileNotFoundError(f"--adapter {cfg.adapter}: no adapter_config.json (train SFT first)")
+    check_adapter(cfg.adapter)
     model, tokenizer = _load_policy(cfg, model, tokenizer)
     template = pick_chat_template(tokenizer)
     rows = [r for r in (_tokenized_pair(p, tokenizer, template, cfg.max_length) for p in pairs) if r is not None]

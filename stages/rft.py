@@ -74,6 +74,10 @@ def run(cfg: RFTConfig, root: str | Path, *, backend=None) -> dict:
     from stages import sft
     from stages.traces import TracesConfig, load_train_questions
 
+    if cfg.adapter:
+        from hopsmith.backends.hf import check_adapter
+
+        check_adapter(cfg.adapter)  # before sampling, not after it when SFT would load the adapter
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "config.json", asdict(cfg))

@@ -1,6 +1,8 @@
 """The whole ladder on a tiny random model: every stage's files, resume, and the comparison."""
 import json
 
+import pytest
+
 from hopsmith import cli
 from stages import pipeline
 
@@ -59,3 +61,20 @@ def test_ladder_with_simpo_on_tiny_model(tiny_dir, tmp_path, capsys):
 def test_unknown_with_stage_is_a_clear_error(capsys):
     assert cli.main(["pipeline", "--with", "reinforce"]) == 2
     assert "unknown --with stage(s) reinforce" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "--limit", "1"],
+    ["rft", "--limit", "1"],
+    ["simpo", "--pairs", "{pairs}"],
+    ["grpo", "--limit", "1"],
+])
+def test_a_path_that_is_not_an_adapter_is_a_clear_error(argv, tiny_dir, tmp_path, capsys):
+    """Every stage that loads an adapter refuses a wrong path up front: one line, exit 2, nothing sampled."""
+    (tmp_path / "pairs.jsonl").write_text('{"prompt": [], "chosen": [], "rejected": []}\n')
+    argv = [a.replace("{pairs}", str(tmp_path / "pairs.jsonl")) for a in argv]
+    code = cli.main(argv + ["--model", str(tiny_dir), "--adapter", str(tmp_path / "nope"),
+                            "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--adapter {tmp_path / 'nope'}: no adapter_config.json" in err
+    assert not (tmp_path / "out" / "samples.jsonl").exists()

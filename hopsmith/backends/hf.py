@@ -33,13 +33,17 @@ def pick_chat_template(tokenizer) -> str:
 
 
 def check_adapter(adapter: str | Path) -> None:
+    """Refuse a path that is not a LoRA adapter directory, before any model is loaded (the CLI prints a
+    ModelError as a one-line error)."""
+    from ..models import ModelError
+
     if not (Path(adapter) / "adapter_config.json").exists():
-        raise ValueError(f"--adapter {adapter}: no adapter_config.json there (not a LoRA adapter directory)")
+        raise ModelError(f"--adapter {adapter}: no adapter_config.json there (not a LoRA adapter directory)")
 
 
 def tokenizer_source(model_path, adapter: str | Path | None):
     """Where to load the tokenizer from: the adapter's own, when it saved one (it was trained with that
-    tokenizer's chat template, and inference must render the same), else the base model's."""
+    tokenizer's chat template, and inference must render the same), else `model_path`."""
     if adapter and (Path(adapter) / "tokenizer_config.json").exists():
         return adapter
     return model_path
@@ -64,6 +68,8 @@ class HFBackend:
 
         from ..models import resolve_model
 
+        if adapter:
+            check_adapter(adapter)
         self.batch_size = max(1, int(batch_size))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if model_obj is not None:
@@ -80,12 +86,11 @@ class HFBackend:
             from peft import PeftModel
             from transformers import AutoTokenizer
 
-            check_adapter(adapter)
             self.model = PeftModel.from_pretrained(self.model, adapter)
             self.name = f"{self.name}+{adapter}"
-            if (Path(adapter) / "tokenizer_config.json").exists():
-                # The adapter was trained with this tokenizer's chat template; inference must render the same.
-                self.tokenizer = AutoTokenizer.from_pretrained(adapter)
+            own = tokenizer_source(None, adapter)  # the adapter's own tokenizer, or None: keep the base model's
+            if own:
+                self.tokenizer = AutoTokenizer.from_pretrained(own)
         self.model.eval()
         self.chat_template = pick_chat_template(self.tokenizer)
         if self.tokenizer.pad_token is None:
