@@ -278,8 +278,7 @@ def train_sft(run: str = "ladder", traces: str = "", preset: str = "seed000", ep
 def evaluate(run: str = "ladder", name: str = "eval-sft", adapter: str = "sft", data: str = "musique",
              limit: int = 200, shards: int = 4, budget_usd: float = 0.0):
     """Sharded vLLM eval on B200 of adapters/<run>/<adapter> ("none": the base model), merged with CIs."""
-    from hopsmith.cost import Budget, Ledger, estimate_stage, format_ledger
-    from hopsmith.fanout import run_shards
+    from hopsmith.cost import Budget, Ledger, format_ledger
     from hopsmith.metrics import format_table
 
     base = Layout(Path(MOUNT))
@@ -287,15 +286,23 @@ def evaluate(run: str = "ladder", name: str = "eval-sft", adapter: str = "sft", 
     cfg = cloud.CloudConfig(run=run, data=data, eval_limit=limit, eval_shards=shards).eval_cfg(adapter_path)
     ledger = Ledger.open(_cost_path(run))
     budget = Budget(budget_usd or None, ledger)
-    inv = ModalInvoker()
+    print(format_table(_sharded_eval(ModalInvoker(), run, name, cfg, limit, shards, ledger, budget)))
+    print(format_ledger(ledger.summary()))
+
+
+def _sharded_eval(inv: "ModalInvoker", run: str, name: str, cfg: dict, questions: int, shards: int, ledger,
+                  budget) -> dict:
+    """Budget check, `shards` eval shards on B200s, merge into runs/<run>/<name>; returns the metrics."""
+    from hopsmith.cost import estimate_stage
+    from hopsmith.fanout import run_shards
+
     gpu, _ = inv.rate("evaluate_shard")
-    budget.check("evaluate", estimate_stage("eval", gpu=gpu, questions=limit, shards=shards)["usd"])
+    budget.check("evaluate", estimate_stage("eval", gpu=gpu, questions=questions, shards=shards)["usd"])
     run_shards("evaluate", None, [(run, name, cfg, i, shards) for i in range(shards)],
                mapper=lambda _fn, args: inv.map("evaluate_shard", args), ledger=ledger, budget=budget, log=print)
-    out = merge_eval.remote(run, name, cfg, shards)
+    out = inv.call("merge_eval", run, name, cfg, shards)
     ledger.record(out["usage"])
-    print(format_table(out["result"]))
-    print(format_ledger(ledger.summary()))
+    return out["result"]
 
 
 @app.local_entrypoint()
@@ -303,7 +310,6 @@ def simpo(run: str = "ladder", data: str = "musique", mine_limit: int = 200, sha
           budget_usd: float = 0.0):
     """The SFT adapter on train questions (sharded, B200) -> own-failure pairs -> SimPO (L4) -> eval (B200)."""
     from hopsmith.cost import Budget, Ledger, estimate_stage, format_ledger
-    from hopsmith.fanout import run_shards
     from hopsmith.metrics import format_comparison
 
     base = Layout(Path(MOUNT))
@@ -314,16 +320,7 @@ def simpo(run: str = "ladder", data: str = "musique", mine_limit: int = 200, sha
     mine_cfg = {**cc.eval_cfg(str(base.adapter(run, "sft"))), "split": "train", "limit": mine_limit,
                 "allow_leakage": True, "extraction_bench": False}
 
-    def sharded(name, cfg, questions):
-        gpu, _ = inv.rate("evaluate_shard")
-        budget.check("evaluate", estimate_stage("eval", gpu=gpu, questions=questions, shards=shards)["usd"])
-        run_shards("evaluate", None, [(run, name, cfg, i, shards) for i in range(shards)],
-                   mapper=lambda _fn, args: inv.map("evaluate_shard", args), ledger=ledger, budget=budget, log=print)
-        out = merge_eval.remote(run, name, cfg, shards)
-        ledger.record(out["usage"])
-        return out["result"]
-
-    sharded("mine", mine_cfg, mine_limit)
+    _sharded_eval(inv, run, "mine", mine_cfg, mine_limit, shards, ledger, budget)
     pairs = mine_pairs.remote(run, "mine", {})
     ledger.record(pairs["usage"])
     print(f"pairs: {pairs['result']['pairs']} {pairs['result']['counts']}")
@@ -331,7 +328,8 @@ def simpo(run: str = "ladder", data: str = "musique", mine_limit: int = 200, sha
                                          epochs=2.0)["usd"])
     trained = train_simpo.remote(run, {"probe_data": data})
     ledger.record(trained["usage"])
-    tuned = sharded("eval-simpo", cc.eval_cfg(str(base.adapter(run, "simpo"))), limit)
-    sft_metrics = merge_eval.remote(run, "eval-sft", cc.eval_cfg(str(base.adapter(run, "sft"))), shards)["result"]
+    tuned = _sharded_eval(inv, run, "eval-simpo", cc.eval_cfg(str(base.adapter(run, "simpo"))), limit, shards, ledger,
+                          budget)
+    sft_metrics = inv.call("merge_eval", run, "eval-sft", cc.eval_cfg(str(base.adapter(run, "sft"))), shards)["result"]
     print(format_comparison(sft_metrics, tuned, names=("sft", "simpo")))
     print(format_ledger(ledger.summary()))

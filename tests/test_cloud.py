@@ -80,8 +80,9 @@ def test_ladder_runs_through_the_modal_wrappers_locally(tiny_dir, tmp_path, monk
     inv = app.ModalInvoker(local=True, engine="hf")
     mine_cfg = {**cfg.eval_cfg(str(layout.adapter("t1", "sft"))), "split": "train", "limit": 3,
                 "allow_leakage": True, "extraction_bench": False}
-    run_shards("evaluate", None, [("t1", "mine", mine_cfg, 0, 1)], mapper=lambda _f, a: inv.map("evaluate_shard", a))
-    inv.call("merge_eval", "t1", "mine", mine_cfg, 1)
+    mine_ledger = Ledger.open(tmp_path / "mine-cost.json")
+    app._sharded_eval(inv, "t1", "mine", mine_cfg, 3, 1, mine_ledger, Budget(None, mine_ledger))  # as `simpo` does
+    assert [e.stage for e in mine_ledger.entries] == ["evaluate", "merge"]  # the shard, then the merge
     pairs = inv.call("mine_pairs", "t1", "mine", {"max_pairs": 2})["result"]
     assert pairs["pairs"] > 0 and (layout.traces("t1") / "pairs" / "pairs.jsonl").exists()
     trained = inv.call("train_simpo", "t1", {"model": str(tiny_dir), "max_steps": 1, "max_length": 8192,
