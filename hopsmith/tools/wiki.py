@@ -67,8 +67,9 @@ class Page:
 
 def slug(text: str) -> str:
     """`"Caroline Polachek"` -> `"caroline_polachek"`: ASCII letters and digits, `_` between words."""
-    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    return re.sub(r"[^a-z0-9]+", "_", ascii_text.lower()).strip("_")
+    # Accents drop off ("é" -> "e"); any other non-ASCII character (a dash, a CJK letter) separates words.
+    chars = (c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return re.sub(r"[^a-z0-9]+", "_", "".join(chars).lower()).strip("_")
 
 
 class Wiki:
