@@ -260,7 +260,17 @@ ATTACKS = [
            lambda r, h, m: r.ok and "unknown primitive 'open'" in r.output or pytest.fail(r.text())),
     Attack("garbage_line", "import os\nos.write(3, b'x' * (2 << 20))\nprint('sent')",
            lambda r, h, m: _error(r, "ChannelError: the program wrote a line over 1 MiB")),
-    Attack("call_flood", "while True:\n    search_pages('singer')", lambda r, h, m: _error(r, "too many calls")),
+    Attack("call_flood", "while True:\n    try:\n        search_pages('singer')\n    except Exception:\n        pass",
+           lambda r, h, m: _error(r, "CallLimit: the program made more than 50 calls")),
+    # Requests written without ever reading the answers: stopped, never buffered without bound by the caller.
+    Attack("call_spam_unread", "import json, os\nline = json.dumps({{'op': 'call', 'name': 'read_section', "
+                               "'args': ['secret_page:full'], 'kwargs': {{}}}}).encode() + b'\\n'\n"
+                               "while True:\n    os.write(3, line * 100)",
+           lambda r, h, m: _error(r, "CallLimit")),
+    Attack("channel_garbage", "import os\nwhile True:\n    os.write(3, b'not json\\n' * 1000)",
+           lambda r, h, m: _error(r, "ChannelError: the program wrote something other than a call")),
+    Attack("huge_query", "search_pages('x ' * 100000)", lambda r, h, m: _error(r, "ValueError: search_pages: the query is "
+                                                                                "200000 characters long")),
 ]
 
 CASES = [pytest.param(a, mode, id=f"{a.name}-{mode}") for a in ATTACKS for mode in a.modes]

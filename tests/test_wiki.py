@@ -83,6 +83,7 @@ def test_search_pages_ranks_by_bm25(md_wiki):
     (lambda w: w.search_pages(["a"]), "needs a string query, got list"),
     (lambda w: w.search_pages("a", k=0), "k must be a whole number from 1 to 50, got 0"),
     (lambda w: w.search_pages("a", k=True), "got True"),
+    (lambda w: w.search_pages("word " * 500), "the query is 2500 characters long; keep it under 2000"),
 ])
 def test_bad_ids_and_arguments_give_clear_errors(md_wiki, call, message):
     with pytest.raises(WikiError) as info:

@@ -46,6 +46,7 @@ JSON channel over the exec'd process's stdin/stderr, for cloud rollouts.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import marshal
 import math
@@ -75,6 +76,7 @@ ISOLATIONS = ("auto", BUBBLEWRAP, RLIMITS_ONLY)
 STARTUP_SECONDS = 15.0  # a worker that has not said "ready" by then failed to start
 _MAX_LINE = 1 << 20  # longest request line the caller reads from a program
 _MAX_REPLY = 4 << 20  # longest answer the caller sends back to a program
+_MAX_PENDING = 16 << 20  # answers written but not yet read by the program
 _ERROR_CHARS = 2000
 _SAFE_PATH = "/usr/bin:/bin"
 
@@ -218,6 +220,7 @@ def _main():
         def fn(*args, **kwargs):
             return call(name, args, kwargs)
         fn.__name__ = fn.__qualname__ = name
+        fn.__doc__ = cfg["docs"].get(name)
         return fn
 
     def tasks_of(uid):
@@ -314,12 +317,14 @@ def frame(obj) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
-def worker_config(config: SandboxConfig, primitive_names) -> dict:
+def worker_config(config: SandboxConfig, primitives: Mapping[str, Callable]) -> dict:
     """The settings the worker reads first from its stdin (limits, guards, primitive names)."""
     return {
         "cpu_seconds": config.cpu_seconds, "memory_mb": config.memory_mb, "file_size_mb": config.file_size_mb,
         "max_open_files": config.max_open_files, "max_processes": config.max_processes, "guards": config.guards,
-        "primitives": list(primitive_names), "error_chars": _ERROR_CHARS,
+        "primitives": list(primitives), "error_chars": _ERROR_CHARS,
+        # The primitives' own docstrings, so print(search_pages.__doc__) inside says what the caller's says.
+        "docs": {n: inspect.getdoc(f) for n, f in primitives.items() if callable(f) and inspect.getdoc(f)},
     }
 
 
@@ -766,22 +771,36 @@ class LocalSandbox:
                             open_fds -= 1
                             continue
                         req += data
-                        while b"\n" in req and done is None:
+                        while b"\n" in req and done is None and stop is None:
                             line, _, rest = req.partition(b"\n")
                             req = bytearray(rest)
                             msg = _decode(line)
-                            if msg is None:
-                                noise.append(line.decode("utf-8", errors="replace"))
-                            elif msg.get("op") == "ready" and waiting_ready:
-                                waiting_ready = False
-                                deadline = time.perf_counter() + cfg.wall_seconds
-                            elif msg.get("op") == "call":
+                            op = msg.get("op") if msg is not None else None
+                            if waiting_ready:
+                                # Before "ready" only bubblewrap or Python can write here: keep it for the error.
+                                if op == "ready":
+                                    waiting_ready = False
+                                    deadline = time.perf_counter() + cfg.wall_seconds
+                                elif len(noise) < 20:
+                                    noise.append(line.decode("utf-8", errors="replace")[:500])
+                            elif op == "done":
+                                done = msg
+                            elif op != "call":
+                                stop = ("error", "ChannelError: the program wrote something other than a call to "
+                                                 "the sandbox's channel and was stopped")
+                            elif len(channel.calls) >= cfg.max_calls:
+                                stop = ("error", f"CallLimit: the program made more than {cfg.max_calls} calls to "
+                                                 f"{', '.join(self.primitives)} and was stopped")
+                            elif time.perf_counter() >= deadline:
+                                break  # the wall clock has run out; the check at the top of the loop says so
+                            else:
                                 pending += channel.answer(msg)
                                 if not writing:
                                     sel.register(in_fd, selectors.EVENT_WRITE)
                                     writing = True
-                            elif msg.get("op") == "done":
-                                done = msg
+                                if len(pending) > _MAX_PENDING:
+                                    stop = ("error", "ChannelError: the program did not read the answers to its "
+                                                     "calls and was stopped")
                         if len(req) > _MAX_LINE:
                             stop = ("error", "ChannelError: the program wrote a line over 1 MiB to the sandbox's channel")
         finally:
@@ -803,7 +822,7 @@ class LocalSandbox:
         seconds = time.perf_counter() - t0
         if done is not None:
             status = "ok" if done.get("ok") else {"cpu": "cpu_limit", "memory": "memory_limit"}.get(done.get("kind"), "error")
-            error = done.get("error") if not done.get("ok") else None
+            error = None if done.get("ok") else str(done.get("error"))[: 4 * _ERROR_CHARS]
         else:
             status, error = stop
             if noise and status == "sandbox_error":

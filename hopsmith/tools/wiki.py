@@ -33,6 +33,7 @@ from hopsmith.tools.search import BM25Index
 FULL = "full"  # read_section("<page_id>:full") returns the whole page
 INTRO = "intro"
 MAX_K = 50
+MAX_QUERY_CHARS = 2000
 SNIPPET_CHARS = 160
 PREVIEW_CHARS = 100
 
@@ -157,6 +158,9 @@ class Wiki:
         """
         if not isinstance(query, str):
             raise WikiError(f"search_pages(query) needs a string query, got {type(query).__name__}")
+        if len(query) > MAX_QUERY_CHARS:
+            raise WikiError(f"search_pages: the query is {len(query)} characters long; keep it under "
+                            f"{MAX_QUERY_CHARS} (a few keywords work best)")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise WikiError(f"search_pages(query, k): k must be a whole number from 1 to {MAX_K}, got {k!r}")
         hits = self._index.search(query, k=k)
