@@ -178,6 +178,17 @@ def test_refuses_to_start_without_bubblewrap_unless_allowed(monkeypatch, wiki):
         assert result.output == "True True\n", result.text()
 
 
+def test_a_bubblewrap_that_cannot_start_is_refused_with_its_message(monkeypatch, wiki):
+    local_sandbox({}, CONFIG, warm=0).close()  # skips where bubblewrap is missing altogether
+    monkeypatch.setattr(LocalSandbox, "_bubblewrap_args", lambda self: ["--no-such-option"])
+    with pytest.raises(SandboxUnavailable) as info:
+        LocalSandbox(wiki.primitives(), CONFIG)
+    message = str(info.value)
+    assert message.startswith("bubblewrap is installed but a test program failed in it (SandboxError: the sandbox "
+                              "failed to start (exit code 1): bwrap: Unknown option --no-such-option)")
+    assert "allow_weak_isolation=True" in message
+
+
 def test_rlimits_only_still_enforces_the_limits(wiki):
     with pytest.raises(SandboxUnavailable, match="rlimits-only isolation needs allow_weak_isolation=True"):
         LocalSandbox(wiki.primitives(), CONFIG, isolation=RLIMITS_ONLY)

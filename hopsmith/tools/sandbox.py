@@ -458,7 +458,11 @@ _uids = count()
 
 
 class LocalSandbox:
-    """Programs in fresh sandboxed processes on this machine (see the module docstring)."""
+    """Programs in fresh sandboxed processes on this machine (see the module docstring).
+
+    Safe to share between threads (each program gets its own worker). Close it, or use it in a `with`
+    block: its background thread keeps it, and its warm workers, alive until then.
+    """
 
     def __init__(
         self,
@@ -551,10 +555,13 @@ class LocalSandbox:
                     return False
             fds = [w.proc.stderr.fileno() for w in self._ready]
         for fd in fds:
-            with selectors.DefaultSelector() as sel:
-                sel.register(fd, selectors.EVENT_READ)
-                if not sel.select(max(0.0, deadline - time.perf_counter())):
-                    return False
+            try:
+                with selectors.DefaultSelector() as sel:
+                    sel.register(fd, selectors.EVENT_READ)
+                    if not sel.select(max(0.0, deadline - time.perf_counter())):
+                        return False
+            except (OSError, ValueError):
+                continue  # taken and closed by a concurrent execute meanwhile
         return True
 
     def describe(self) -> dict:
@@ -660,8 +667,11 @@ class LocalSandbox:
         worker = _Worker(proc, workdir, info_r)
         worker.uid = kwargs.get("user")
         # The settings are the first thing the worker reads; a few hundred bytes fit in the pipe at once.
-        proc.stdin.write(frame(worker_config(self.config, self.primitives)))
-        proc.stdin.flush()
+        try:
+            proc.stdin.write(frame(worker_config(self.config, self.primitives)))
+            proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died at once (bubblewrap refused to start): _drive reports what it said
         return worker
 
     def _bubblewrap_args(self) -> list[str]:
@@ -700,7 +710,8 @@ class LocalSandbox:
         except OSError as exc:
             return f"starting it failed ({exc})"
         if result.status != "ok" or result.output.strip() != "ok":
-            return f"a test program failed ({(result.error or result.output).strip().splitlines()[-1:]})"
+            last = (result.error or result.output or "no output").strip().splitlines()[-1]
+            return f"{self.isolation} is installed but a test program failed in it ({last})"
         return None
 
     def _spawn_probe(self) -> _Worker:
