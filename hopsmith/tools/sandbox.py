@@ -10,16 +10,16 @@ Isolation (`LocalSandbox`). Every program runs in a fresh process that never sha
 caller, under two layers:
 
 1. The OS. With bubblewrap (`apt-get install -y bubblewrap`), the process gets its own user, PID,
-   network, IPC, UTS and cgroup namespaces (no network at all, not even the host's loopback), a root
+   network, IPC, UTS and cgroup namespaces (no network: only a loopback of its own), a root
    that shows only a read-only /usr (with its Python site-packages directories hidden), a new /proc and a
    minimal read-only /dev, and a private size-capped tmpfs /tmp as its only writable place. No /etc, /home,
    /root, /work or other host path exists inside. When the caller is root the process first drops to an
    unprivileged uid of its own. Inside, the worker lowers its own rlimits before the program runs: CPU
    seconds, address space, file size, open files, no core files, and RLIMIT_NPROC at the number of tasks
    it already has plus `max_processes` (0: no new process or thread). The caller enforces the wall clock
-   (SIGKILL to the sandbox's process group; bubblewrap's --die-with-parent and the PID namespace take every
-   descendant down with it) and the output size. The environment is built from scratch (PATH, HOME, LANG),
-   so no key in the caller's environment reaches the program.
+   (SIGKILL to the sandbox's PID 1, which takes its whole PID namespace down, then to bubblewrap's process
+   group) and the output size. The environment is built from scratch (PATH, HOME, LANG), so no key in the
+   caller's environment reaches the program.
 2. Clear refusals. An audit hook (PEP 578) turns process creation, signals, sockets and ctypes into a
    `PermissionError` that says what is not allowed, so the model reads one line instead of an obscure
    errno. This layer only words the error; the OS layer is the boundary (`guards=False` turns the hook off,
