@@ -5,18 +5,24 @@
 Runs on 2 CPU cores (the process pins itself and its children to two, so the figure means the same on a
 bigger machine) and measures, side by side in one run:
 - warm: `LocalSandbox.execute` with its worker already started and ready (the agent's case: the model
-  generates for a while between two programs), as the caller sees it, replacement worker start included;
+  generates for a while between two programs), as the caller sees it (the replacement worker starts in
+  a background thread);
 - cold: a sandbox with no pre-started worker, so each program pays for bubblewrap and Python starting;
 - baseline: `subprocess.run([python, "-c", program])`, a plain unsandboxed interpreter, same program;
-- throughput: programs per second back to back, 1 caller thread with 1 warm worker, 2 threads with 2.
+- throughput: programs per second back to back: 1 caller thread with 1 or 2 warm workers, 2 threads
+  with 2 (each program still gets a fresh worker, so this is bounded by how fast workers start);
+- CPU per program, caller and sandbox processes together: unlike programs/s it does not depend on how
+  busy the machine is, so 2 cores / CPU per program is what 2 otherwise idle cores could run.
 The programs: `print(1)`, and seed 004's search loop (search_pages, then read_section per hit) on the
-bundled MuSiQue wiki. Prints medians and 90th percentiles, the ratio of warm latency to the 50 ms goal
-and to the baseline, and one summary line. Needs bubblewrap (`apt-get install -y bubblewrap`).
+bundled MuSiQue wiki. Prints medians and 90th percentiles, the ratios of warm latency to the 50 ms goal
+and to the baseline, and one summary line with the machine's load average. Needs bubblewrap
+(`apt-get install -y bubblewrap`).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import threading
@@ -76,7 +82,17 @@ def baseline_latency(python: str, code: str, n: int) -> list[float]:
     return out
 
 
-def throughput(box: LocalSandbox, code: str, threads: int, seconds: float) -> float:
+def cpu_seconds() -> float:
+    """CPU time of this process and of its reaped descendants. bubblewrap runs the sandboxed interpreter
+    as its direct child (--as-pid-1) and reaps it, so the sandbox's CPU time is counted here."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def throughput(prims, cfg: SandboxConfig, code: str, threads: int, warm: int, seconds: float) -> tuple[float, float]:
+    """Programs per second back to back, and CPU milliseconds per program (caller and sandboxes together,
+    counted until the sandbox is closed and every worker it started is reaped)."""
+    box = LocalSandbox(prims, cfg, warm=warm)
     box.wait_warm(15)
     done = [0] * threads
     stop = time.perf_counter() + seconds
@@ -86,13 +102,16 @@ def throughput(box: LocalSandbox, code: str, threads: int, seconds: float) -> fl
             assert box.execute(code).ok
             done[i] += 1
 
-    t0 = time.perf_counter()
     workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    cpu0 = cpu_seconds()
+    t0 = time.perf_counter()
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    return sum(done) / (time.perf_counter() - t0)
+    rate = sum(done) / (time.perf_counter() - t0)
+    box.close()
+    return rate, (cpu_seconds() - cpu0) * 1000 / sum(done)
 
 
 def main() -> None:
@@ -124,12 +143,17 @@ def main() -> None:
             print(f"{name:12s} cold  {fmt(r['cold'])}")
         print(f"{'print(1)':12s} plain subprocess.run baseline  {fmt(base)}")
 
-    with LocalSandbox(prims, cfg, warm=1) as one, LocalSandbox(prims, cfg, warm=2) as two:
-        tput1 = throughput(one, TRIVIAL, 1, args.seconds)
-        tput2 = throughput(two, TRIVIAL, 2, args.seconds)
-        tput2_search = throughput(two, SEARCH, 2, args.seconds)
-    print(f"throughput, print(1):    {tput1:5.1f} programs/s (1 thread), {tput2:5.1f} programs/s (2 threads)")
-    print(f"throughput, search loop: {tput2_search:5.1f} programs/s (2 threads)")
+    tput1, _ = throughput(prims, cfg, TRIVIAL, 1, 1, args.seconds)
+    tput1_pool, _ = throughput(prims, cfg, TRIVIAL, 1, 2, args.seconds)
+    tput2, cpu2 = throughput(prims, cfg, TRIVIAL, 2, 2, args.seconds)
+    tput2_search, cpu2_search = throughput(prims, cfg, SEARCH, 2, 2, args.seconds)
+    print(f"throughput, print(1):    {tput1:5.1f} programs/s (1 thread, 1 warm worker), {tput1_pool:5.1f} "
+          f"(1 thread, 2 warm), {tput2:5.1f} (2 threads, 2 warm)")
+    print(f"throughput, search loop: {tput2_search:5.1f} programs/s (2 threads, 2 warm)")
+    # programs/s depend on what else runs on the machine; the CPU each program costs does not, and
+    # 2 cores / that cost is what 2 otherwise idle cores could run.
+    print(f"CPU per program (caller + sandbox): print(1) {cpu2:.1f} ms, search loop {cpu2_search:.1f} ms -> "
+          f"2 idle cores: {2000 / cpu2:.0f} and {2000 / cpu2_search:.0f} programs/s")
 
     warm = statistics.median(rows["print(1)"]["warm"])
     cold = statistics.median(rows["print(1)"]["cold"])
@@ -137,7 +161,8 @@ def main() -> None:
     print(f"warm / 50 ms goal = {warm / GOAL_MS:.2f}   warm / plain subprocess = {warm / plain:.2f}   "
           f"cold / plain subprocess = {cold / plain:.2f}")
     print(f"SUMMARY sandbox warm {warm:.1f} ms ({warm / GOAL_MS:.2f}x the 50 ms goal, {warm / plain:.2f}x a plain "
-          f"subprocess.run at {plain:.1f} ms), cold {cold:.1f} ms, {tput2:.0f} programs/s on 2 cores")
+          f"subprocess.run at {plain:.1f} ms), cold {cold:.1f} ms; {tput2:.0f} programs/s measured on 2 cores at "
+          f"load average {os.getloadavg()[0]:.1f}, {2000 / cpu2:.0f}/s by CPU cost ({cpu2:.1f} ms each)")
 
 
 if __name__ == "__main__":

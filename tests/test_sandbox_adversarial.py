@@ -168,7 +168,7 @@ ATTACKS = [
     Attack("memory_bomb", "x = bytearray(8 << 30)", lambda r, h, m: (
         _status("memory_limit")(r, h, m), _error(r, "MemoryError: the program went over the sandbox's memory limit of 256 MiB"))),
     # Untouched pages cost nothing to map, so this reaches the address-space limit fast on any machine.
-    Attack("memory_growth", "chunks = []\nwhile True:\n    chunks.append(bytearray(1 << 24))", _status("memory_limit")),
+    Attack("memory_growth", "chunks = []\nwhile True:\n    chunks.append(bytearray(1 << 26))", _status("memory_limit")),
     Attack("infinite_loop", "while True:\n    pass", lambda r, h, m: _error(r, "Timeout: the program ran past its 1 s")),
     Attack("loop_swallowing_exceptions", "while True:\n    try:\n        while True:\n            pass\n"
                                          "    except BaseException:\n        pass", _status("timeout")),
@@ -237,8 +237,11 @@ ATTACKS = [
            lambda r, h, m: _refused_or()(r, h, m) if m == "guarded" else (r.ok or pytest.fail(r.text()))),
     Attack("kill_host_pid", "import os\nos.kill({pid}, 9)", _refused_or("ProcessLookupError")),
     Attack("kill_everything", "import os\nos.kill(-1, 9)", _refused_or("ProcessLookupError")),
-    Attack("kill_own_group", "import os\nos.killpg(0, 9)",
-           lambda r, h, m: _refused_or()(r, h, m) if m == "guarded" else _error(r, "Crash: the program was killed by SIGKILL")),
+    # The program is PID 1 of its namespace, which ignores signals sent from inside it: nothing dies.
+    Attack("kill_own_group", "import os\nos.killpg(0, 9)\nos.kill(os.getpid(), 9)\nprint('alive')",
+           lambda r, h, m: _refused_or()(r, h, m) if m == "guarded" else (r.output == "alive\n" or pytest.fail(r.text()))),
+    Attack("abort", "import os\nos.abort()", lambda r, h, m: _refused_or()(r, h, m) if m == "guarded" and
+           "PermissionError" in (r.error or "") else _status("crashed")(r, h, m)),
     # -- environment --
     Attack("environment", "import os\nprint(sorted(os.environ))\nprint(os.environ)",
            lambda r, h, m: r.ok and r.output.splitlines()[0] == "['HOME', 'LANG', 'LC_ALL', 'PATH', 'PWD', 'TMPDIR']"

@@ -16,9 +16,11 @@ caller, under two layers:
    /root, /work or other host path exists inside. When the caller is root the process first drops to an
    unprivileged uid of its own. Inside, the worker lowers its own rlimits before the program runs: CPU
    seconds, address space, file size, open files, no core files, and RLIMIT_NPROC at the number of tasks
-   it already has plus `max_processes` (0: no new process or thread). The caller enforces the wall clock
-   (SIGKILL to the sandbox's PID 1, which takes its whole PID namespace down, then to bubblewrap's process
-   group) and the output size. The environment is built from scratch (PATH, HOME, LANG), so no key in the
+   it already has plus `max_processes` (0: no new process or thread). The program's interpreter is PID 1
+   of its namespace (`--as-pid-1`), so signals it sends itself or its group are ignored, and bubblewrap
+   reaps it like any child (no orphan left to the host's init, its CPU time counted). The caller enforces
+   the wall clock (SIGKILL to that PID 1, which takes the whole PID namespace down, then to bubblewrap's
+   process group) and the output size. The environment is built from scratch (PATH, HOME, LANG), so no key in the
    caller's environment reaches the program.
 2. Clear refusals. An audit hook (PEP 578) turns process creation, signals, sockets and ctypes into a
    `PermissionError` that says what is not allowed, so the model reads one line instead of an obscure
@@ -403,10 +405,11 @@ class _Worker:
     def stop(self) -> None:
         """Kill everything the worker started and reap it.
 
-        Under bubblewrap the sandbox's PID 1 is killed first: the kernel then kills every process in its PID
-        namespace, and bubblewrap reaps it and exits. Killing bubblewrap itself would leave its child to
-        the host's init to reap, and a container whose init never reaps would collect one zombie per
-        program. SIGKILL to the whole process group is the fallback, and the way in rlimits-only mode.
+        Under bubblewrap the sandbox's PID 1 (the worker) is killed first: the kernel then kills every
+        process in its PID namespace, and bubblewrap reaps it and exits. Killing bubblewrap first would
+        leave its child to the host's init to reap, and a container whose init never reaps would collect
+        one zombie per program. SIGKILL to the whole process group is the fallback, and the way in
+        rlimits-only mode.
         """
         if self.proc.poll() is None:
             pid = self._sandbox_pid()
@@ -433,6 +436,15 @@ class _Worker:
             return int(json.loads(data)["child-pid"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+    def retire(self, grace: float = 1.0) -> None:
+        """After "done" the worker exits by itself, and bubblewrap after it: let them (their exit is then
+        an ordinary one, CPU time accounted to the caller as a child's), and kill only what is left."""
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
 
     def kill(self) -> None:
         self.stop()
@@ -611,8 +623,7 @@ class LocalSandbox:
             used, replace = job
             worker = None
             try:
-                if used is not None:
-                    used.kill()
+                # The replacement first: a caller may be waiting for it, and nobody waits for the kill.
                 if replace:
                     worker = self._spawn()
             except Exception:
@@ -626,6 +637,8 @@ class LocalSandbox:
                     self._cond.notify_all()
                 if worker is not None:
                     worker.kill()
+                if used is not None:
+                    used.retire()
         # Closed: finish the kills still queued, start nothing new.
         while True:
             try:
@@ -676,7 +689,7 @@ class LocalSandbox:
 
     def _bubblewrap_args(self) -> list[str]:
         features = _bwrap_features(self._bwrap)
-        args = ["--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--hostname", "sandbox"]
+        args = ["--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--as-pid-1", "--hostname", "sandbox"]
         if "--disable-userns" in features:  # bubblewrap >= 0.8: no nested user namespaces
             args.append("--disable-userns")
         args += ["--ro-bind", "/usr", "/usr"]
@@ -852,8 +865,8 @@ class LocalSandbox:
             return "sandbox_error", f"SandboxError: the sandbox failed to start (exit code {rc})"
         sig = -rc if rc < 0 else rc - 128 if rc > 128 else 0
         if sig == signal.SIGSEGV:
-            return "crashed", ("Crash: the program crashed the interpreter (segmentation fault), most likely "
-                               "recursion deeper than the C stack allows")
+            return "crashed", ("Crash: the program crashed the interpreter (segmentation fault, e.g. from "
+                               "recursion deeper than the C stack allows)")
         if sig == signal.SIGXCPU or (sig == signal.SIGKILL and elapsed >= self.config.cpu_seconds):
             # SIGKILL is the hard CPU limit (one second past the soft one) when the program ignored SIGXCPU.
             return "cpu_limit", (f"CPUTimeLimit: the program was killed after using its "
