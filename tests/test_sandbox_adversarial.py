@@ -3,9 +3,10 @@ harm), and leave the session able to run the next program.
 
 Each attack runs under the full sandbox ("guarded": bubblewrap + rlimits + the audit-hook refusals) and,
 where the audit hook would stop it first, also with the hook off ("raw"), so the operating-system layer is
-shown to hold on its own. What the sandbox exposes: a read-only /usr (site-packages hidden), /bin /lib
-/lib64 /sbin as the host has them, a new /proc for its own PID namespace, a minimal read-only /dev and a
-private 16 MiB /tmp; no /etc, /home, /root, /work, no network, no host processes.
+shown to hold on its own. What the sandbox exposes: read-only /usr/bin, /usr/lib, /usr/share and their kin
+(site-packages hidden), /bin /lib /lib64 /sbin as the host has them, a new /proc for its own PID
+namespace, a minimal read-only /dev and a private 16 MiB /tmp; no /etc, /home, /root, /work, /usr/src,
+no network, no host processes.
 """
 from __future__ import annotations
 

@@ -10,10 +10,11 @@ Isolation (`LocalSandbox`). Every program runs in a fresh process that never sha
 caller, under two layers:
 
 1. The OS. With bubblewrap (`apt-get install -y bubblewrap`), the process gets its own user, PID,
-   network, IPC, UTS and cgroup namespaces (no network: only a loopback of its own), a root
-   that shows only a read-only /usr (with its Python site-packages directories hidden), a new /proc and a
-   minimal read-only /dev, and a private size-capped tmpfs /tmp as its only writable place. No /etc, /home,
-   /root, /work or other host path exists inside. When the caller is root the process first drops to an
+   network, IPC, UTS and cgroup namespaces (no network: only a loopback of its own), a root that shows
+   only the system's programs and libraries read-only (/usr/bin, /usr/lib, /usr/share and their kin, the
+   interpreter's own bin/ and lib/, with every Python site-packages directory hidden), a new /proc, a
+   minimal read-only /dev, and a private size-capped tmpfs /tmp as its only writable place. No /etc,
+   /home, /root, /work, /usr/src, /usr/local/src or other host path exists inside. When the caller is root the process first drops to an
    unprivileged uid of its own. Inside, the worker lowers its own rlimits before the program runs: CPU
    seconds, address space, file size, open files, no core files, and RLIMIT_NPROC at the number of tasks
    it already has plus `max_processes` (0: no new process or thread). The program's interpreter is PID 1
@@ -66,7 +67,6 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from itertools import count
-from pathlib import Path
 
 from hopsmith.config import ConfigError
 
@@ -692,23 +692,25 @@ class LocalSandbox:
         args = ["--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--as-pid-1", "--hostname", "sandbox"]
         if "--disable-userns" in features:  # bubblewrap >= 0.8: no nested user namespaces
             args.append("--disable-userns")
-        args += ["--ro-bind", "/usr", "/usr"]
+        # The system's programs and libraries, not all of /usr: a deployment may keep code in /usr/src or
+        # /usr/local/src, and the interpreter's own prefix comes in below.
+        roots = [d for d in _SYSTEM_DIRS if os.path.isdir(d)]
+        prefix = os.path.dirname(os.path.dirname(os.path.realpath(self.python)))
+        roots += [d for d in (os.path.join(prefix, "bin"), os.path.join(prefix, "lib"))
+                  if os.path.isdir(d) and not any((d + "/").startswith(r + "/") for r in roots)]
+        for d in roots:
+            args += ["--ro-bind", d, d]
         for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
             if os.path.islink(top):
                 args += ["--symlink", os.readlink(top), top]
             elif os.path.isdir(top):
                 args += ["--ro-bind", top, top]
-        prefix = str(Path(os.path.realpath(self.python)).parent.parent)
-        roots = ["/usr/"]
-        if not (prefix + "/").startswith("/usr/"):
-            args += ["--ro-bind", prefix, prefix]
-            roots.append(prefix + "/")
         args += ["--proc", "/proc", "--dev", "/dev"]
         if "--size" in features:  # bubblewrap >= 0.7; older ones leave /tmp to RLIMIT_FSIZE alone
             args += ["--size", str(self.config.tmp_size_mb << 20)]
         args += ["--tmpfs", "/tmp"]
         # Installed packages (the project, if installed system-wide) stay out of sight: empty, read-only.
-        hidden = [d for d in _site_dirs(self.python) if any((d + "/").startswith(r) for r in roots)]
+        hidden = [d for d in _site_dirs(self.python) if any((d + "/").startswith(r + "/") for r in roots)]
         for d in hidden:
             args += ["--tmpfs", d]
         args += ["--remount-ro", "/", "--remount-ro", "/dev"]
@@ -933,6 +935,9 @@ def _default_python() -> str:
             return candidate
     return sys.executable
 
+
+_SYSTEM_DIRS = ("/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libx32", "/usr/libexec",
+                "/usr/share")
 
 _FEATURES: dict[str, str] = {}
 
