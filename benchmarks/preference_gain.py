@@ -54,7 +54,7 @@ def _simpo(args, run: Path, base: evaluate.EvalConfig) -> tuple[Path, dict, str]
     b, a = training["behaviour_before"], training["behaviour_after"]
     summary = (f"{pairs['pairs']} pairs, {training['steps']} steps; probe tool use {b['tool_use_rate']:.0%} -> "
                f"{a['tool_use_rate']:.0%}, collapse flags {len(training['collapse'])}")
-    record = {"pairs": pairs, "training": {k: v for k, v in training.items() if k != "trained_question_ids"}}
+    record = {"pairs": pairs, "training": {k: v for k, v in training.items() if k not in TRAINED_KEYS}}
     return out, record, summary
 
 
