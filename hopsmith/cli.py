@@ -82,6 +82,8 @@ def cmd_check_leakage(args) -> int:
     from .data import BUNDLED, load_questions
     from .leakage import format_split_report, guard, leaks, split_report
 
+    if args.adapter and not (Path(args.adapter) / "training.json").is_file():
+        raise FileNotFoundError(f"--adapter {args.adapter}: no training.json there (not an adapter hopsmith trained)")
     names = [n.strip() for n in (args.data or ",".join(BUNDLED)).split(",") if n.strip()]
     sets = {name: load_questions(name) for name in names}
     found = False
@@ -94,11 +96,13 @@ def cmd_check_leakage(args) -> int:
         found |= leaks(report)
         print(format_split_report(" + ".join(sets), report))
     if args.adapter:
-        evals = [q for qs in sets.values() for q in qs if q.meta["split"] == "eval"]
+        # what `hopsmith eval` would evaluate: a bundled set's eval split, a file whole
+        evals = [q for name, qs in sets.items() for q in qs if name not in BUNDLED or q.meta["split"] == "eval"]
         _, report = guard(evals, args.adapter, allow=True)
         found |= bool(report["count"])
         reasons = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in report["by_reason"].items())
-        print(f"{args.adapter}: {report['count']} of {len(evals)} eval questions overlap its training set ({reasons})")
+        print(f"{args.adapter}: {report['count']} of {len(evals)} questions to evaluate overlap its training set "
+              f"({reasons})")
     print("leakage found" if found else "no leakage found")
     return 1 if found else 0
 

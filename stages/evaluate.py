@@ -150,6 +150,12 @@ def _episodes(cfg: EvalConfig, questions, pools, backend, extractor, results_pat
     return [done[q.id] for q in questions if q.id in done]
 
 
+def prompt_setup(cfg: EvalConfig) -> dict:
+    """What a comparison must show beside the numbers: how the run prompted the model (`metrics["setup"]`)."""
+    return {"few_shot": cfg.few_shot, "thinking": cfg.thinking, "max_turns": cfg.max_turns,
+            "temperature": cfg.temperature, "split": cfg.split, "limit": cfg.limit}
+
+
 def _metrics(cfg: EvalConfig, questions, pools, rows, extraction_rows, cache=None) -> dict:
     """Everything `metrics.json` holds that depends on the results alone (no timing of this process)."""
     from hopsmith.ceiling import oracle_retrieval
@@ -168,9 +174,7 @@ def _metrics(cfg: EvalConfig, questions, pools, rows, extraction_rows, cache=Non
     metrics["extraction_benchmark"] = extraction
     metrics["model"] = cfg.model if not cfg.adapter else f"{cfg.model}+{cfg.adapter}"
     metrics["data"] = cfg.data
-    # What a comparison must show beside the numbers: how each side was prompted.
-    metrics["setup"] = {"few_shot": cfg.few_shot, "thinking": cfg.thinking, "max_turns": cfg.max_turns,
-                        "temperature": cfg.temperature, "split": cfg.split, "limit": cfg.limit}
+    metrics["setup"] = prompt_setup(cfg)
     metrics["questions_not_in_results"] = sorted({q.id for q in questions} - {r["question_id"] for r in rows})
     return metrics
 

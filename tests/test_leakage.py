@@ -84,6 +84,11 @@ def test_a_leaking_file_is_refused(tmp_path, adapter, capsys):
     err = capsys.readouterr().err
     assert "hopsmith: error: 3 of 4 questions overlap" in err and "--drop-leakage" in err and "Traceback" not in err
     assert not (out / "config.json").exists()
+    # check-leakage says the same, and exits 1
+    assert cli.main(["check-leakage", "--data", str(path), "--adapter", str(adapter_dir), "--pool-size", "40"]) == 1
+    out = capsys.readouterr().out
+    assert (f"{adapter_dir}: 3 of 4 questions to evaluate overlap its training set "
+            "(id 0, single-hop-id 1, answer 1, question 1)") in out and out.rstrip().endswith("leakage found")
 
 
 def test_drop_leakage_leaves_the_overlap_out_and_counts_it(tmp_path, adapter):
