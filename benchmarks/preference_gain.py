@@ -33,7 +33,7 @@ from pathlib import Path
 
 from hopsmith.io import read_jsonl, write_json, write_jsonl
 from hopsmith.leakage import TRAINED_KEYS
-from hopsmith.metrics import format_comparison, headline, per_question
+from hopsmith.metrics import aggregate, format_comparison, headline
 from stages import evaluate, preference, rft
 
 
@@ -88,11 +88,14 @@ def report(record: dict, name: str) -> str:
 
 
 def sft_eval_metrics(run: Path) -> dict:
-    """RUN/eval-sft/metrics.json, completed for a pairing: a run older than per-question scores and prompt
-    setups gets them from its results.jsonl and config.json."""
+    """RUN/eval-sft/metrics.json, completed for a pairing: a run older than per-question scores is rescored
+    from its results.jsonl under the current (official, per-dataset) rules, and one older than prompt
+    setups gets its setup from its config.json."""
     metrics = json.loads((run / "eval-sft" / "metrics.json").read_text())
     if "per_question" not in metrics:
-        metrics["per_question"] = per_question(read_jsonl(run / "eval-sft" / "results.jsonl"))
+        fresh = aggregate(read_jsonl(run / "eval-sft" / "results.jsonl"))
+        metrics.update({k: fresh[k] for k in ("acc", "em", "f1", "by_hops", "by_type", "by_dataset", "scoring",
+                                              "rate_ci", "per_question")})
     if "setup" not in metrics:
         saved = json.loads((run / "eval-sft" / "config.json").read_text())
         metrics["setup"] = evaluate.prompt_setup(evaluate.EvalConfig(

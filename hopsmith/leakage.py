@@ -75,9 +75,6 @@ class Fingerprint:
         return Fingerprint(self.ids | other.ids, self.single_hop_ids | other.single_hop_ids,
                            self.answers | other.answers, self.questions | other.questions)
 
-    def __bool__(self) -> bool:
-        return bool(self.ids or self.answers or self.questions)
-
     def reasons(self, q: Question) -> list[str]:
         """Why `q` overlaps this fingerprint (a subset of REASONS, in that order); [] when it does not.
         `answer` means one of q's gold answers (or aliases) is among the fingerprint's answers."""

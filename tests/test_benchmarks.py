@@ -65,12 +65,14 @@ def test_preference_gain_pairs_an_older_sft_eval_and_prints_the_test(tmp_path, m
     run = tmp_path / "lg"
     rows = _rows({0, 1, 2})
     old = {k: v for k, v in aggregate(rows, n_boot=100).items() if k not in ("per_question", "setup")}
+    old["em"] = {"mean": 0.99, "lo": 0.9, "hi": 1.0, "n": 12}  # scored under older rules: rescored on load
     write_json(run / "eval-sft" / "metrics.json", old)
     write_jsonl(run / "eval-sft" / "results.jsonl", rows)
     write_json(run / "eval-sft" / "config.json", {"kind": "EvalConfig", "data": "hotpotqa", "few_shot": False,
                                                  "max_turns": 6, "thinking": False})
     sft = pg.sft_eval_metrics(run)
     assert set(sft["per_question"]) == {f"q{i}" for i in range(12)} and sft["setup"]["few_shot"] is False
+    assert sft["em"]["mean"] == 0.25 and sft["em"]["interval"] == "wilson"
 
     tuned = _run({0, 1, 2, 3, 4}, False)
     record = {"sft": sft, "tuned": tuned, "summary": "30 pairs, 8 steps", "seconds": 120}

@@ -480,6 +480,14 @@ def test_bamboogle_as_json_and_as_toolkit_jsonl(tmp_path):
     assert q.id == "test_7" and q.answers == ("Michelangelo", "Michelangelo Buonarroti")
 
 
+def test_bamboogle_csv_saved_in_the_windows_code_page(tmp_path):
+    path = tmp_path / "b.csv"
+    path.write_bytes("Question,,,,Answer,Answer 2\nWho painted the ceiling of the chapel in Rome?,,,,Michelangelo Buonarroti \u2013 painter,\n"
+                     .encode("cp1252"))
+    (q,) = load_questions(path)
+    assert q.answers == ("Michelangelo Buonarroti \u2013 painter",)
+
+
 def test_bamboogle_errors_name_the_line(tmp_path):
     path = tmp_path / "b.csv"
     path.write_text("Question,,,,Answer,Answer 2\nWho?,,,,,\n", encoding="utf-8")

@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from hopsmith.data.split import assign_splits, split_of
+from hopsmith.data.split import assign_splits
 from hopsmith.records import Hop, Paragraph, Question
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
@@ -129,11 +129,19 @@ def _read_rows(path: Path) -> Iterator[tuple[str, dict]]:
     A file whose text starts with `[` is read as one JSON list whatever its suffix, a `.csv` file as CSV
     with a header row ("FILE:LINE"), anything else as JSONL.
     """
+    csv_file = path.suffix.lower() == ".csv"
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if path.suffix.lower() == ".csv":
+        text = None
+        if csv_file:  # a spreadsheet export (Bamboogle's circulates so) may be in the Windows code page
+            try:
+                text = path.read_text(encoding="cp1252")
+            except UnicodeDecodeError:
+                pass
+        if text is None:
+            raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if csv_file:
         yield from _read_csv(path, text)
         return
     if text.lstrip().startswith("["):
