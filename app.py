@@ -79,7 +79,8 @@ FUNCTIONS = {
                      volumes=("adapters", "models"), keys=True),
     "run_rft": dict(image="sft", gpu="L4", cpu=4.0, memory_gib=16, timeout=4 * 3600, retries=1,
                     volumes=("adapters", "models"), keys=True),
-    "prepare_model": dict(image="sft", gpu=None, cpu=2.0, memory_gib=8, timeout=60 * 60, retries=1,
+    # The eval image writes model directories: its transformers is the older one, and the newer reads them.
+    "prepare_model": dict(image="eval", gpu=None, cpu=2.0, memory_gib=8, timeout=60 * 60, retries=1,
                           volumes=("models",), keys=True),
     # The endpoint's /evaluate jobs (at most ServeConfig.max_eval questions): one container each, via .spawn.
     "evaluate_job": dict(image="eval", gpu="L4", cpu=4.0, memory_gib=16, timeout=60 * 60, retries=0,

@@ -257,10 +257,11 @@ def run(cfg: GRPOConfig, root: str | Path, *, model=None, tokenizer=None, judge_
 
     from datasets import Dataset
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from hopsmith.agent.prompts import agent_system_prompt, agent_user_prompt
-    from hopsmith.backends.hf import check_adapter, default_device, tokenizer_source
+    from hopsmith.backends.hf import check_adapter, default_device
+    from hopsmith.backends.templates import load_tokenizer
     from hopsmith.backends.templates import chat_templates
     from hopsmith.models import resolve_model
     from stages.traces import TracesConfig, load_train_questions
@@ -278,7 +279,7 @@ def run(cfg: GRPOConfig, root: str | Path, *, model=None, tokenizer=None, judge_
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), dtype=dtype).to(device)
     if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(resolve_model(cfg.model), cfg.adapter))
+        tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.adapter)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if cfg.adapter:

@@ -303,9 +303,10 @@ def train(cfg: PreferenceConfig, root: str | Path, *, model=None, tokenizer=None
 
 def _load_policy(cfg: PreferenceConfig, model, tokenizer):
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from hopsmith.backends.hf import default_device, tokenizer_source
+    from hopsmith.backends.hf import default_device
+    from hopsmith.backends.templates import load_tokenizer
     from hopsmith.models import resolve_model
 
     if model is None:
@@ -317,7 +318,7 @@ def _load_policy(cfg: PreferenceConfig, model, tokenizer):
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), dtype=dtype).to(device)
     if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(resolve_model(cfg.model), cfg.adapter))
+        tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.adapter)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     policy = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=True)

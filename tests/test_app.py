@@ -276,3 +276,85 @@ def test_smoke_config_runs_through_the_wrappers_and_the_endpoint_answers(tiny_di
     status, body = _asgi(served, "POST", "/answer", {"question": "Who?", "paragraphs": [{"text": "Someone."}],
                                                      "max_turns": 1})
     assert status == 200 and body["turns"] >= 1
+
+
+# -- the two images' transformers (training 5.23, vLLM's < 5.21) -----------------------------------------------
+
+def _adapter_with_template(tmp_path, tiny_dir, template: str):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = tmp_path / "adapter"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir), LoraConfig(r=2, target_modules=["q_proj"])
+                   ).save_pretrained(adapter)
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    tok.chat_template = template
+    tok.save_pretrained(adapter)  # what SFT saves: the tokenizer in this version's format, and the template
+    return adapter
+
+
+def test_the_eval_image_reads_no_tokenizer_file_the_training_image_wrote(monkeypatch, tmp_path, tiny_dir):
+    """The vLLM image's transformers is older than the training image's: it must not parse the tokenizer files
+    saved beside an adapter. It reads the model directory's tokenizer and only the adapter's template file;
+    model directories are written on the eval image (the older version writes, the newer reads)."""
+    import types
+
+    import transformers
+
+    from hopsmith.backends.templates import CHATML_TOOLS_TEMPLATE
+
+    adapter = _adapter_with_template(tmp_path, tiny_dir, CHATML_TOOLS_TEMPLATE + "{#- trained -#}")
+    vllm = types.ModuleType("vllm")
+    vllm.LLM = lambda **kw: None
+    lora = types.ModuleType("vllm.lora.request")
+    lora.LoRARequest = lambda *a: a
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.lora", types.ModuleType("vllm.lora"))
+    monkeypatch.setitem(sys.modules, "vllm.lora.request", lora)
+    read = []
+    real = transformers.AutoTokenizer.from_pretrained
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                        lambda path, *a, **kw: read.append(str(path)) or real(path, *a, **kw))
+    from hopsmith.backends.vllm_engine import VLLMBackend
+
+    backend = VLLMBackend(str(tiny_dir), adapter=str(adapter), max_model_len=4096)
+    assert read == [str(tiny_dir)]  # never the adapter's tokenizer files
+    assert backend.chat_template.endswith("{#- trained -#}")  # but its training template
+    assert app.FUNCTIONS["prepare_model"]["image"] == "eval"
+
+
+@pytest.mark.skipif(not os.environ.get("HOPSMITH_OLD_TRANSFORMERS"),
+                    reason="set HOPSMITH_OLD_TRANSFORMERS to a directory holding the vLLM image's transformers "
+                           "(pip install --no-deps --target DIR 'transformers==5.20.2')")
+def test_across_the_two_transformers_versions(tmp_path, tiny_dir, tiny_tokenizer):
+    """With the older transformers importable from $HOPSMITH_OLD_TRANSFORMERS: a model directory it writes loads
+    here, and an adapter's prompts render to the same tokens in both versions."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    from hopsmith.backends.templates import CHATML_TOOLS_TEMPLATE, load_tokenizer
+
+    old = os.environ["HOPSMITH_OLD_TRANSFORMERS"]
+    adapter = _adapter_with_template(tmp_path, tiny_dir, CHATML_TOOLS_TEMPLATE)
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Question: who?"}]
+    script = f"""
+import json, sys, transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from hopsmith.backends.templates import load_tokenizer
+model = AutoModelForCausalLM.from_pretrained({str(tiny_dir)!r})
+model.save_pretrained({str(tmp_path / 'written-by-old')!r})
+AutoTokenizer.from_pretrained({str(tiny_dir)!r}).save_pretrained({str(tmp_path / 'written-by-old')!r})
+tok = load_tokenizer({str(tiny_dir)!r}, {str(adapter)!r})
+ids = tok.apply_chat_template({messages!r}, add_generation_prompt=True, tokenize=True, return_dict=False)
+print(json.dumps({{"version": transformers.__version__, "ids": ids}}))
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([old, str(ROOT)])}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    theirs = json.loads(out.stdout.strip().splitlines()[-1])
+    assert theirs["version"] != transformers.__version__
+    ours = load_tokenizer(str(tiny_dir), str(adapter)).apply_chat_template(messages, add_generation_prompt=True,
+                                                                            tokenize=True, return_dict=False)
+    assert theirs["ids"] == ours
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "written-by-old")
+    assert model.config.vocab_size == len(tiny_tokenizer)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import Generation, cut_at_stop
-from .templates import CHATML_TOOLS_TEMPLATE, inference_template  # noqa: F401 - CHATML_TOOLS_TEMPLATE re-exported
+from .templates import CHATML_TOOLS_TEMPLATE, adapter_chat_template, inference_template  # noqa: F401 - re-exported
 
 
 def pick_chat_template(tokenizer) -> str:
@@ -60,14 +60,6 @@ def check_adapter(adapter: str | Path) -> None:
         raise ModelError(f"--adapter {adapter}: no adapter_config.json there (not a LoRA adapter directory)")
 
 
-def tokenizer_source(model_path, adapter: str | Path | None):
-    """Where to load the tokenizer from: the adapter's own, when it saved one (it was trained with that
-    tokenizer's chat template, and inference must render the same), else `model_path`."""
-    if adapter and (Path(adapter) / "tokenizer_config.json").exists():
-        return adapter
-    return model_path
-
-
 class HFBackend:
     """Generate with a local transformers model (optionally with a LoRA adapter on top)."""
 
@@ -106,13 +98,13 @@ class HFBackend:
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device)
         if adapter:
             from peft import PeftModel
-            from transformers import AutoTokenizer
 
             self.model = PeftModel.from_pretrained(self.model, adapter)
             self.name = f"{self.name}+{adapter}"
-            own = tokenizer_source(None, adapter)  # the adapter's own tokenizer, or None: keep the base model's
+            # The adapter's training template on the model's tokenizer (see templates.load_tokenizer).
+            own = adapter_chat_template(adapter)
             if own:
-                self.tokenizer = AutoTokenizer.from_pretrained(own)
+                self.tokenizer.chat_template = own
         self.model.eval()
         # A training stage passes the template it trains with, so its probes and rollouts are prompted as trained.
         self.chat_template = chat_template or pick_chat_template(self.tokenizer)

@@ -110,6 +110,37 @@ def chat_templates(tokenizer) -> ChatTemplates:
     return ChatTemplates(inference, training, "trl")
 
 
+def adapter_chat_template(adapter) -> str | None:
+    """The chat template an adapter was trained with, as it saved it: `chat_template.jinja` (older saves
+    kept it in `tokenizer_config.json`); None when it saved none."""
+    import json
+    from pathlib import Path
+
+    path = Path(adapter)
+    if (path / "chat_template.jinja").exists():
+        return (path / "chat_template.jinja").read_text()
+    config = path / "tokenizer_config.json"
+    if config.exists():
+        template = json.loads(config.read_text()).get("chat_template")
+        return template if isinstance(template, str) else None
+    return None
+
+
+def load_tokenizer(model_path, adapter=None):
+    """The model directory's tokenizer, with the adapter's training template when it saved one.
+
+    Only the template (a text file) comes from the adapter; the tokenizer files are the model's. So the
+    vLLM image (whose transformers is older than the training image's) never reads tokenizer files the
+    training image wrote, and both images render an adapter's prompts with the template it trained with."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    template = adapter_chat_template(adapter) if adapter else None
+    if template:
+        tokenizer.chat_template = template
+    return tokenizer
+
+
 def render(tokenizer, template: str, messages: list[dict], tools=None, *, add_generation_prompt: bool = True,
            thinking: bool | None = None) -> str:
     kw = {} if thinking is None else {"enable_thinking": thinking}
