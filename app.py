@@ -211,8 +211,10 @@ def prepare_model(model: str = "embedded") -> dict:
 
 
 @app.function(**options("evaluate_job"))
-def evaluate_job(run: str, job: str, cfg=None, engine: str = "vllm") -> dict:
+def evaluate_job(run: str, cfg=None, engine: str = "vllm", job: str = "") -> dict:
+    """One /evaluate job into runs/<run>/job-<id>/, the id being this call's (what the endpoint handed out)."""
     _sync("evaluate_job", "reload")()
+    job = job or modal.current_function_call_id() or "local"
     return cloud.eval_job_body(run, job, cfg, layout=_layout(), engine=engine, resources=resources("evaluate_job"),
                                commit=_sync("evaluate_job", "commit"))
 
@@ -227,11 +229,8 @@ class SpawnedJobs:
 
     def submit(self, ecfg) -> str:
         import dataclasses
-        import uuid
 
-        job = uuid.uuid4().hex[:12]
-        call = self.fn.spawn(self.run, job, dataclasses.asdict(ecfg))
-        return call.object_id
+        return self.fn.spawn(self.run, dataclasses.asdict(ecfg)).object_id
 
     def status(self, job: str) -> dict | None:
         from modal.exception import NotFoundError, OutputExpiredError

@@ -167,13 +167,27 @@ def test_evaluate_jobs_are_spawned_and_polled(monkeypatch):
     from stages import serve
 
     job = jobs.submit(serve.eval_config(serve.ServeConfig(adapter="/vol/adapters/ladder/sft"), data="musique", limit=3))
-    assert job == "fc-123" and spawned[0][0] == "ladder" and spawned[0][2]["limit"] == 3
+    assert job == "fc-123" and spawned[0][0] == "ladder" and spawned[0][1]["limit"] == 3
     call = FakeCall([TimeoutError(), {"result": {"n": 3}, "usage": {}}])
     monkeypatch.setattr(modal.FunctionCall, "from_id", staticmethod(lambda i: call))
     assert jobs.status(job) == {"job": job, "status": "running"}
     assert jobs.status(job) == {"job": job, "status": "done", "result": {"n": 3}}
     call.outcomes = [ValueError("shard exploded")]
     assert jobs.status(job)["status"] == "failed" and "shard exploded" in jobs.status(job)["error"]
+
+
+def test_an_evaluate_job_writes_its_results_on_the_runs_volume(tiny_dir, tmp_path, monkeypatch):
+    from stages import serve
+
+    monkeypatch.setenv("HOPSMITH_VOLUMES", str(tmp_path / "vol"))
+    ecfg = serve.eval_config(serve.ServeConfig(model=str(tiny_dir), max_turns=1, max_new_tokens=4), data="musique",
+                             limit=2, pool_size=40)
+    import dataclasses
+
+    out = app.evaluate_job.local("ladder", dataclasses.asdict(ecfg), engine="hf", job="fc-1")
+    assert out["result"]["n"] == 2 and out["usage"]["gpu"] == "L4"
+    saved = json.loads((tmp_path / "vol" / "runs" / "ladder" / "job-fc-1" / "metrics.json").read_text())
+    assert saved["n"] == 2 and saved["acc"] == out["result"]["acc"]
 
 
 def test_gather_calls_times_each_arrival_and_gives_up_on_a_hung_one():
