@@ -124,8 +124,8 @@ def fit_traces(traces: list[dict], tokenizer, chat_template: str, max_length: in
 
 
 def load_model_for_training(cfg: SFTConfig):
-    """(model, tokenizer, its ChatTemplates, whether QLoRA is on). The tokenizer's chat_template is set to the
-    training template, so whatever renders with it (probes, the saved adapter) renders as training does."""
+    """(model, tokenizer, its ChatTemplates, whether QLoRA is on). The model loads on the CPU (or 4-bit on
+    the GPU); the Trainer moves it to the device it trains on."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

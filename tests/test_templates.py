@@ -65,6 +65,10 @@ def test_inference_prompts_are_prefixes_of_the_training_sequence(family):
     trace = _traces(1)[0]
     turns = sum(1 for m in trace["messages"] if m["role"] == "assistant")
     assert check_prompts_are_prefixes(tok, trace["messages"], trace["tools"], templates) == turns >= 2
+    # a thinking agent's turns (Qwen3 opens them differently when thinking is on) are prefixes too
+    thinking = [dict(m, content="<think>\nsearch first\n</think>\n\n" + (m["content"] or ""))
+                if m["role"] == "assistant" else m for m in trace["messages"]]
+    assert check_prompts_are_prefixes(tok, thinking, trace["tools"], templates) == turns
 
 
 def test_a_template_that_rewrites_earlier_turns_cannot_mask_by_prefixes():

@@ -193,10 +193,14 @@ def tokenize_conversation(tokenizer, messages: list[dict], tools, template: str)
 
 
 def check_prompts_are_prefixes(tokenizer, messages: list[dict], tools, templates: ChatTemplates,
-                               *, thinking: bool = False) -> int:
+                               *, thinking: bool | None = None) -> int:
     """Every prompt the agent would be given mid-conversation, rendered with the template inference uses after
     training (the training template), is a token prefix of the training sequence, and the first prompt is the
-    same under the base model's inference template. Returns the number of prompts checked; raises TemplateError."""
+    same under the base model's inference template. `thinking` (default: whether the assistant's turns think)
+    is the agent's setting, which decides how a template like Qwen3's opens the assistant's turn. Returns the
+    number of prompts checked; raises TemplateError."""
+    if thinking is None:
+        thinking = any("<think>" in (m.get("content") or "") for m in messages if m["role"] == "assistant")
     full = tokenize_conversation(tokenizer, messages, tools, templates.training)["input_ids"]
     checked = 0
     for k, message in enumerate(messages):
