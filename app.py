@@ -365,7 +365,8 @@ def pipeline(run: str = "ladder", data: str = "musique", model: str = "embedded"
 def smoke(run: str = "smoke", model: str = "embedded", questions: int = 4, sft_steps: int = 4):
     """The cheapest end-to-end check, before the real recipe: the embedded model, traces for 3 train questions,
     a few SFT steps on an L4, a 4-question eval in 2 shards on L4s (vLLM with the adapter), one /answer of the
-    endpoint, and the ledger. A few cents, a few minutes."""
+    endpoint (this run's URL; the adapter just trained with HOPSMITH_SERVE_RUN=smoke, else the base model),
+    and the ledger. Meant to cost cents and take minutes."""
     from hopsmith.cost import format_ledger
 
     cfg = cloud.CloudConfig(run=run, model=model, train_limit=3, trace_shards=1, max_traces=4,

@@ -3,10 +3,13 @@
 `app.py` wraps each `*_body` below in an `@app.function` (image, GPU, timeout, retries, volumes) and
 nothing more. Each body works on the volume tree of `hopsmith.volumes.Layout` (the mounted volumes in
 the cloud, a directory locally), times itself with a `Meter`, and returns `{"result", "usage"}` so the
-caller's ledger can price the container. `run_ladder` is the whole ladder as calls through an
-`Invoker` (Modal's `.remote`/`.map` in the cloud, `.local()` or the bodies themselves here): trace shards
-fanned out -> judge shards fanned out -> gather -> SFT -> eval shards fanned out -> merge, each stage
-reading the previous one's volume output, each estimated against the budget before it starts.
+caller's ledger can price the container; the invoker adds the wall time the caller waited
+(`caller_seconds`), and a call that raised carries the usage of its failed attempt (`exc.usage`).
+`run_ladder` is the whole ladder as calls through an `Invoker` (Modal's `.remote`/`.spawn` in the cloud,
+`.local()` or the bodies themselves here): the model into the models volume -> trace shards fanned out ->
+judge shards fanned out -> gather -> the traces that fit (`select_traces`) -> SFT -> eval shards fanned
+out -> merge, each stage reading the previous one's volume output, each estimated against the budget
+before it starts. `endpoint_app` builds the deployed endpoint for a run's adapter.
 """
 from __future__ import annotations
 
@@ -492,6 +495,7 @@ def failed_usage(name: str, resources: dict, seconds: float, exc: BaseException)
     from hopsmith.cost import Usage
 
     stage = {"generate_traces": "traces", "run_sft": "sft", "evaluate_shard": "evaluate", "merge_eval": "merge",
-             "train_simpo": "simpo", "run_grpo": "grpo", "run_rft": "rft", "select_traces": "select"}.get(name, name)
+             "train_simpo": "simpo", "run_grpo": "grpo", "run_rft": "rft", "select_traces": "select",
+             "evaluate_job": "endpoint-evaluate"}.get(name, name)
     return Usage(stage, 0.0, caller_seconds=seconds, failed=True, note=f"{type(exc).__name__}: {exc}"[:200],
                  **resources).to_dict()
