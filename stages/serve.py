@@ -28,6 +28,7 @@ import asyncio
 import concurrent.futures
 import hashlib
 import hmac
+import itertools
 import json
 import queue
 import tempfile
@@ -167,7 +168,7 @@ class AgentService:
         self.cfg, self.backend, self.extractor = cfg, backend, extractor
         self.identity = identity if identity is not None else (adapter_identity(cfg.adapter) if cfg.adapter else None)
         self._bundled_sets: dict[str, list] = {}
-        self._ids = iter(range(1, 1 << 62))
+        self._ids = itertools.count(1)
         self._ids_lock = threading.Lock()
 
     # /answer

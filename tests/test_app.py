@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ScriptedBackend
 
 import app
 from hopsmith.cost import Ledger, format_ledger
