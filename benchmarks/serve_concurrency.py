@@ -64,7 +64,10 @@ def main() -> None:
     ask(base, bodies[0])  # warm-up: first-call costs (BM25 stemmer, kernels) out of both timings
 
     t0 = time.perf_counter()
-    sequential = [ask(base, b) for b in bodies]
+    sequential = []
+    for i, b in enumerate(bodies):
+        sequential.append(ask(base, b))
+        print(f"  sequential {i + 1}/{len(bodies)} at {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     seq_s = time.perf_counter() - t0
 
     concurrent: list = [None] * len(bodies)
