@@ -116,8 +116,9 @@ def download_model(name: str, *, token: str | None = None) -> Path:
         try:
             snapshot_download(repo_id=name, local_dir=tmp, token=token or None, allow_patterns=_MODEL_FILES)
         except Exception as exc:  # gated, missing, no network: the hub's error types vary
-            hint = "" if token else "; a gated model needs HF_TOKEN"
-            raise ModelError(f"could not download {name!r}: {type(exc).__name__}: {exc}{hint}") from exc
+            hint = "" if token else " (a gated model also needs HF_TOKEN)"
+            detail = " ".join(str(exc).split())[:300]  # the hub's messages run over several lines
+            raise ModelError(f"could not download {name!r}: {type(exc).__name__}: {detail}{hint}") from exc
         if not (tmp / "config.json").exists():
             raise ModelError(f"{name!r} downloaded without a config.json: not a transformers model")
         if target.exists():
