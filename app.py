@@ -1,21 +1,32 @@
 """hopsmith on Modal: where each stage runs. The stages themselves are plain Python (stages/cloud.py).
 
-    modal run app.py::pipeline --run ladder --budget-usd 3          # the whole ladder, seed 000's recipe
+    modal run app.py::smoke                                          # first: the cheapest end-to-end check
+    modal run app.py::prepare_model --model Qwen/Qwen3-1.7B          # once per model: into the models volume
+    modal run app.py::pipeline --run ladder --budget-usd 3           # the whole ladder, seed 000's recipe
     modal run app.py::train_sft --run ladder --traces runs/demo/train.jsonl
     modal run app.py::evaluate --run ladder --name eval-sft --adapter sft --shards 4
-    modal deploy app.py                                             # the eval endpoint (`endpoint`)
-    modal run app.py::simpo --run ladder                            # own-failure pairs -> SimPO on L4 -> eval
+    modal run app.py::simpo --run ladder                             # own-failure pairs -> SimPO on L4 -> eval
+    modal run app.py::grpo --run ladder --max-steps 50               # GRPO on the SFT adapter (H100)
+    modal run app.py::rft --run ladder --samples 4                   # rejection fine-tuning of the SFT adapter
+    HOPSMITH_SERVE_RUN=ladder modal deploy app.py                    # the endpoint, serving adapters/ladder/sft
 
-Every function's GPU, CPU, memory, timeout and retries are in FUNCTIONS; volumes and their paths are in
-volumes.md. Local entrypoints write the cost ledger to runs/<run>/cost.json on your machine. Keys for
-judges and teachers (GEMINI_API_KEY, OPENAI_API_KEY) and the endpoint's HOPSMITH_API_TOKEN come from the
-Modal secret named by $HOPSMITH_SECRET (default "hopsmith"):
+Every function's GPU, CPU, memory, timeout, retries and whether it gets keys are in FUNCTIONS; volumes and
+their paths are in volumes.md. Each function can also be run on its own, its config as JSON:
 
-    modal secret create hopsmith GEMINI_API_KEY=... HOPSMITH_API_TOKEN=$(openssl rand -hex 16)
+    modal run app.py::run_grpo --run ladder --cfg '{"max_steps": 50}'
+
+Local entrypoints write the cost ledger to runs/<run>/cost.json on your machine: per call the seconds its
+body ran and the seconds you waited for it.
+
+Keys (GEMINI_API_KEY, OPENAI_API_KEY, HF_TOKEN, HOPSMITH_API_TOKEN) go only to the functions that use them
+(FUNCTIONS' `keys`): those set in the shell you run `modal` from, plus, with HOPSMITH_SECRET=<name>, a Modal
+secret of that name (`modal secret create hopsmith GEMINI_API_KEY=... HOPSMITH_API_TOKEN=...`). A container sees
+only its image's environment and its secrets, so what a deployment needs is read here, at import, and baked in.
 """
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import modal
@@ -29,35 +40,56 @@ app = modal.App("hopsmith")
 
 IMAGES = {"cpu": cpu_image(), "sft": sft_image(), "eval": eval_image()}
 VOLS = {name: modal.Volume.from_name(vol, create_if_missing=True) for name, vol in VOLUMES.items()}
-SECRET = modal.Secret.from_name(os.environ.get("HOPSMITH_SECRET", "hopsmith"))
 
-# The one table: where each function runs. cpu in cores, memory_gib in GiB, timeout in seconds.
+# -- what the containers need from this shell, read once at import (a container re-imports this module with
+# the values these secrets gave it, so it attaches the same secrets and Modal matches the functions) ----------
+API_KEYS = ("GEMINI_API_KEY", "OPENAI_API_KEY", "HF_TOKEN", "HOPSMITH_API_TOKEN")
+SECRET_NAME = os.environ.get("HOPSMITH_SECRET", "")  # a Modal secret with the keys; none unless named
+KEYS = modal.Secret.from_dict({k: os.environ.get(k) or None for k in API_KEYS})
+# Every function gets CONTEXT, so every container re-imports this module with the same choices: which named
+# secret to attach, and the deployment's adapter (`HOPSMITH_SERVE_RUN=ladder modal deploy app.py` serves
+# adapters/ladder/sft, on the base model its training.json names unless HOPSMITH_SERVE_MODEL says otherwise).
+CONTEXT_ENV = {"HOPSMITH_SECRET": SECRET_NAME or None,
+               "HOPSMITH_SERVE_RUN": os.environ.get("HOPSMITH_SERVE_RUN") or None,
+               "HOPSMITH_SERVE_STAGE": os.environ.get("HOPSMITH_SERVE_STAGE") or "sft",
+               "HOPSMITH_SERVE_MODEL": os.environ.get("HOPSMITH_SERVE_MODEL") or None}
+CONTEXT = modal.Secret.from_dict(CONTEXT_ENV)
+
+# The one table: where each function runs. cpu in cores, memory_gib in GiB, timeout in seconds; keys: it gets
+# the API keys (a teacher, an LLM judge, a gated download, the endpoint's token).
 FUNCTIONS = {
     "generate_traces": dict(image="cpu", gpu=None, cpu=2.0, memory_gib=4, timeout=30 * 60, retries=2,
-                            volumes=("traces",), secret=True),
+                            volumes=("traces",), keys=True),
     "judge": dict(image="cpu", gpu=None, cpu=2.0, memory_gib=4, timeout=60 * 60, retries=2,
-                  volumes=("traces",), secret=True),
-    "select_traces": dict(image="cpu", gpu=None, cpu=1.0, memory_gib=2, timeout=10 * 60, retries=2,
-                          volumes=("traces",), secret=False),
+                  volumes=("traces",), keys=True),
+    # The training image: it tokenises with the model's training template to leave out what SFT would.
+    "select_traces": dict(image="sft", gpu=None, cpu=2.0, memory_gib=4, timeout=20 * 60, retries=2,
+                          volumes=("traces", "models"), keys=False),
     "run_sft": dict(image="sft", gpu="L4", cpu=4.0, memory_gib=16, timeout=4 * 3600, retries=1,
-                    volumes=("traces", "adapters", "models"), secret=False),
+                    volumes=("traces", "adapters", "models"), keys=False),
     "evaluate_shard": dict(image="eval", gpu="B200", cpu=8.0, memory_gib=32, timeout=2 * 3600, retries=2,
-                           volumes=("runs", "adapters", "models"), secret=True),
+                           volumes=("runs", "adapters", "models"), keys=False),
     "merge_eval": dict(image="cpu", gpu=None, cpu=2.0, memory_gib=4, timeout=20 * 60, retries=2,
-                       volumes=("runs",), secret=False),
+                       volumes=("runs",), keys=False),
     "mine_pairs": dict(image="cpu", gpu=None, cpu=2.0, memory_gib=4, timeout=20 * 60, retries=2,
-                       volumes=("traces", "runs"), secret=False),
+                       volumes=("traces", "runs"), keys=False),
     "train_simpo": dict(image="sft", gpu="L4", cpu=4.0, memory_gib=16, timeout=4 * 3600, retries=1,
-                        volumes=("traces", "adapters", "models"), secret=False),
+                        volumes=("traces", "adapters", "models"), keys=False),
     "run_grpo": dict(image="sft", gpu="H100", cpu=8.0, memory_gib=32, timeout=6 * 3600, retries=1,
-                     volumes=("adapters", "models"), secret=True),
+                     volumes=("adapters", "models"), keys=True),
     "run_rft": dict(image="sft", gpu="L4", cpu=4.0, memory_gib=16, timeout=4 * 3600, retries=1,
-                    volumes=("adapters", "models"), secret=True),
-    "prepare_model": dict(image="sft", gpu=None, cpu=2.0, memory_gib=8, timeout=30 * 60, retries=1,
-                          volumes=("models",), secret=False),
-    "endpoint": dict(image="sft", gpu="L4", cpu=2.0, memory_gib=8, timeout=15 * 60, retries=0,
-                     volumes=("adapters", "models"), secret=True, scaledown_window=300),
+                    volumes=("adapters", "models"), keys=True),
+    # The eval image writes model directories: its transformers is the older one, and the newer reads them.
+    "prepare_model": dict(image="eval", gpu=None, cpu=2.0, memory_gib=8, timeout=60 * 60, retries=1,
+                          volumes=("models",), keys=True),
+    # The endpoint's /evaluate jobs (at most ServeConfig.max_eval questions): one container each, via .spawn.
+    "evaluate_job": dict(image="eval", gpu="L4", cpu=4.0, memory_gib=16, timeout=60 * 60, retries=0,
+                         volumes=("runs", "adapters", "models"), keys=False),
+    "endpoint": dict(image="sft", gpu="L4", cpu=4.0, memory_gib=16, timeout=15 * 60, retries=0,
+                     volumes=("adapters", "models"), keys=True, scaledown_window=300),
 }
+# `modal run app.py::smoke`: the same functions on a cheap GPU (Function.with_options).
+SMOKE_GPU = {"run_sft": "L4", "evaluate_shard": "L4"}
 
 
 def options(name: str) -> dict:
@@ -69,8 +101,11 @@ def options(name: str) -> dict:
         kw["gpu"] = t["gpu"]
     if t["retries"]:
         kw["retries"] = modal.Retries(max_retries=t["retries"], backoff_coefficient=2.0, initial_delay=5.0)
-    if t.get("secret"):
-        kw["secrets"] = [SECRET]
+    kw["secrets"] = [CONTEXT]
+    if t.get("keys"):
+        kw["secrets"].append(KEYS)
+        if SECRET_NAME:
+            kw["secrets"].append(modal.Secret.from_name(SECRET_NAME))
     if t.get("scaledown_window"):
         kw["scaledown_window"] = t["scaledown_window"]
     return kw
@@ -95,137 +130,213 @@ def _layout() -> Layout:
     return Layout.from_env()
 
 
-# -- functions: thin wrappers ---------------------------------------------------------------------------
+# -- functions: thin wrappers. `cfg`: a dict from the entrypoints, or JSON text from the command line ---------
 
 @app.function(**options("generate_traces"))
-def generate_traces(run: str, cfg: dict, shard: int, num_shards: int) -> dict:
+def generate_traces(run: str, cfg=None, shard: int = 0, num_shards: int = 1) -> dict:
     _sync("generate_traces", "reload")()
     return cloud.traces_body(run, cfg, shard, num_shards, layout=_layout(), resources=resources("generate_traces"),
                              commit=_sync("generate_traces", "commit"))
 
 
 @app.function(**options("judge"))
-def judge(run: str, cfg: dict, shard: int, num_shards: int) -> dict:
+def judge(run: str, cfg=None, shard: int = 0, num_shards: int = 1) -> dict:
     _sync("judge", "reload")()
     return cloud.judge_body(run, cfg, shard, num_shards, layout=_layout(), resources=resources("judge"),
                             commit=_sync("judge", "commit"))
 
 
 @app.function(**options("select_traces"))
-def select_traces(run: str, max_traces: int | None, seed: int) -> int:
+def select_traces(run: str, cfg=None) -> dict:
     _sync("select_traces", "reload")()
-    return cloud.select_body(run, max_traces, seed, layout=_layout(), commit=_sync("select_traces", "commit"))
+    return cloud.select_body(run, cfg, layout=_layout(), resources=resources("select_traces"),
+                             commit=_sync("select_traces", "commit"))
 
 
 @app.function(**options("run_sft"))
-def run_sft(run: str, cfg: dict, max_seconds: float | None = None) -> dict:
+def run_sft(run: str, cfg=None, max_seconds: float | None = None) -> dict:
     _sync("run_sft", "reload")()
     return cloud.sft_body(run, cfg, layout=_layout(), resources=resources("run_sft"), max_seconds=max_seconds,
                           commit=_sync("run_sft", "commit"))
 
 
 @app.function(**options("evaluate_shard"))
-def evaluate_shard(run: str, name: str, cfg: dict, shard: int, num_shards: int, engine: str = "vllm") -> dict:
+def evaluate_shard(run: str, name: str, cfg=None, shard: int = 0, num_shards: int = 1, engine: str = "vllm") -> dict:
     _sync("evaluate_shard", "reload")()
     return cloud.eval_shard_body(run, name, cfg, shard, num_shards, layout=_layout(), engine=engine,
                                  resources=resources("evaluate_shard"), commit=_sync("evaluate_shard", "commit"))
 
 
 @app.function(**options("merge_eval"))
-def merge_eval(run: str, name: str, cfg: dict, num_shards: int) -> dict:
+def merge_eval(run: str, name: str, cfg=None, num_shards: int = 1) -> dict:
     _sync("merge_eval", "reload")()
     return cloud.merge_body(run, name, cfg, num_shards, layout=_layout(), resources=resources("merge_eval"),
                             commit=_sync("merge_eval", "commit"))
 
 
 @app.function(**options("mine_pairs"))
-def mine_pairs(run: str, eval_name: str, cfg: dict) -> dict:
+def mine_pairs(run: str, eval_name: str = "mine", cfg=None) -> dict:
     _sync("mine_pairs", "reload")()
     return cloud.mine_pairs_body(run, eval_name, cfg, layout=_layout(), resources=resources("mine_pairs"),
                                  commit=_sync("mine_pairs", "commit"))
 
 
 @app.function(**options("train_simpo"))
-def train_simpo(run: str, cfg: dict) -> dict:
+def train_simpo(run: str, cfg=None) -> dict:
     _sync("train_simpo", "reload")()
     return cloud.simpo_body(run, cfg, layout=_layout(), resources=resources("train_simpo"),
                             commit=_sync("train_simpo", "commit"))
 
 
 @app.function(**options("run_grpo"))
-def run_grpo(run: str, cfg: dict) -> dict:
+def run_grpo(run: str, cfg=None) -> dict:
     _sync("run_grpo", "reload")()
     return cloud.grpo_body(run, cfg, layout=_layout(), resources=resources("run_grpo"), commit=_sync("run_grpo", "commit"))
 
 
 @app.function(**options("run_rft"))
-def run_rft(run: str, cfg: dict) -> dict:
+def run_rft(run: str, cfg=None) -> dict:
     _sync("run_rft", "reload")()
     return cloud.rft_body(run, cfg, layout=_layout(), resources=resources("run_rft"), commit=_sync("run_rft", "commit"))
 
 
 @app.function(**options("prepare_model"))
-def prepare_model(model: str = "embedded") -> str:
-    """Convert the embedded GGUF (or fetch a hub model) once into the models volume."""
-    from hopsmith.models import resolve_model
+def prepare_model(model: str = "embedded") -> dict:
+    """Put a model into the models volume once: the embedded GGUF converted, or a hub model downloaded (with
+    HF_TOKEN when the shell or the named secret sets it). Every stage then reads it from there."""
+    _sync("prepare_model", "reload")()
+    out = cloud.prepare_model_body(model, resources=resources("prepare_model"), commit=_sync("prepare_model", "commit"))
+    print(f"model {model}: {out['result']}")
+    return out
 
-    path = str(resolve_model(model))
-    _sync("prepare_model", "commit")()
-    return path
+
+@app.function(**options("evaluate_job"))
+def evaluate_job(run: str, cfg=None, engine: str = "vllm", job: str = "") -> dict:
+    """One /evaluate job into runs/<run>/job-<id>/, the id being this call's (what the endpoint handed out)."""
+    _sync("evaluate_job", "reload")()
+    job = job or modal.current_function_call_id() or "local"
+    return cloud.eval_job_body(run, job, cfg, layout=_layout(), engine=engine, resources=resources("evaluate_job"),
+                               commit=_sync("evaluate_job", "commit"))
+
+
+class SpawnedJobs:
+    """The endpoint's /evaluate jobs in the cloud: each one an `evaluate_job` container started with .spawn
+    (a request returns at once, well inside Modal's 150 s web limit); the job id is the FunctionCall id,
+    polled by /jobs/<id>; results also land on the runs volume, under runs/<run>/job-<id>/."""
+
+    def __init__(self, run: str, fn=None):
+        self.run, self.fn = run, fn or evaluate_job
+
+    def submit(self, ecfg) -> str:
+        import dataclasses
+
+        return self.fn.spawn(self.run, dataclasses.asdict(ecfg)).object_id
+
+    def status(self, job: str) -> dict | None:
+        from modal.exception import NotFoundError, OutputExpiredError
+
+        try:
+            call = modal.FunctionCall.from_id(job)
+            out = call.get(timeout=0)
+        except (NotFoundError, OutputExpiredError):
+            return None
+        except TimeoutError:
+            return {"job": job, "status": "running"}
+        except Exception as exc:  # noqa: BLE001 - the job's own failure, reported to the poller
+            return {"job": job, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        return {"job": job, "status": "done", "result": out["result"]}
 
 
 @app.function(**options("endpoint"))
-@modal.concurrent(max_inputs=4)
-@modal.wsgi_app()
+@modal.concurrent(max_inputs=32)  # requests share a container: its worker answers them in batches
+@modal.asgi_app()
 def endpoint():
-    """`modal deploy app.py`: the adapter of run $HOPSMITH_SERVE_RUN (base model when unset) behind a bearer token."""
-    from stages import serve
-
-    run = os.environ.get("HOPSMITH_SERVE_RUN")
-    cfg = serve.ServeConfig(adapter=str(_layout().adapter(run, "sft")) if run else None)
-    return serve.make_app(serve.build_service(cfg), os.environ.get(cfg.token_env))
+    """`modal deploy app.py`: the agent behind a bearer token; with HOPSMITH_SERVE_RUN=<run> at deploy time,
+    the adapter adapters/<run>/$HOPSMITH_SERVE_STAGE (default sft), and it refuses to start without it."""
+    _sync("endpoint", "reload")()
+    run = os.environ.get("HOPSMITH_SERVE_RUN") or None
+    return cloud.endpoint_app(run, os.environ.get("HOPSMITH_SERVE_STAGE", "sft"), layout=_layout(),
+                              token=os.environ.get("HOPSMITH_API_TOKEN"), model=os.environ.get("HOPSMITH_SERVE_MODEL"),
+                              jobs=SpawnedJobs(run or "endpoint"))
 
 
 # -- how the ladder reaches the functions -----------------------------------------------------------------
 
 WRAPPERS = {"generate_traces": generate_traces, "judge": judge, "select_traces": select_traces,
             "run_sft": run_sft, "evaluate_shard": evaluate_shard, "merge_eval": merge_eval,
-            "mine_pairs": mine_pairs, "train_simpo": train_simpo, "run_grpo": run_grpo, "run_rft": run_rft}
+            "mine_pairs": mine_pairs, "train_simpo": train_simpo, "run_grpo": run_grpo, "run_rft": run_rft,
+            "evaluate_job": evaluate_job, "prepare_model": prepare_model}
 
 
 class ModalInvoker:
-    """cloud.Invoker over these functions: `.remote` and `.map` in the cloud, `.local()` with local=True
-    (the same wrappers run in-process on a directory tree: set HOPSMITH_VOLUMES to it)."""
+    """cloud.Invoker over these functions: `.remote` and `.spawn` in the cloud, `.local()` with local=True
+    (the same wrappers run in-process on a directory tree: set HOPSMITH_VOLUMES to it).
 
-    def __init__(self, *, local: bool = False, engine: str = "vllm"):
-        self.local, self.engine = local, engine
+    Every call is timed where it is made: `caller_seconds` (cold start, image pull, Modal's retries,
+    queueing) goes into its usage beside the body's own seconds; a call that fails still reports its
+    caller time (`exc.usage`). A fan-out waits at most the function's timeout times its attempts, plus
+    ten minutes. `gpus` overrides a function's GPU (the smoke run's L4s)."""
+
+    def __init__(self, *, local: bool = False, engine: str = "vllm", gpus: dict | None = None):
+        self.local, self.engine, self.gpus = local, engine, dict(gpus or {})
 
     def _fn(self, name: str):
-        return WRAPPERS[name]
+        fn = WRAPPERS[name]
+        if name in self.gpus and not self.local:
+            fn = fn.with_options(gpu=self.gpus[name])
+        return fn
+
+    def resources(self, name: str) -> dict:
+        return {**resources(name), **({"gpu": self.gpus[name]} if name in self.gpus else {})}
 
     def rate(self, name: str):
-        r = resources(name)
+        r = self.resources(name)
         return r["gpu"], hourly_rate(r["gpu"], r["cpu"], r["memory_gib"])
 
+    def _timed(self, name: str, out, seconds: float):
+        out = cloud.with_caller_seconds(out, seconds)
+        if name in self.gpus and isinstance(out, dict) and isinstance(out.get("usage"), dict):
+            out["usage"]["gpu"] = self.gpus[name]  # the body reports its table row; it ran on the override
+        return out
+
     def call(self, name: str, *args, **kwargs):
-        if name == "evaluate_shard":
+        if name in ("evaluate_shard", "evaluate_job"):
             kwargs.setdefault("engine", self.engine)
         fn = self._fn(name)
-        return fn.local(*args, **kwargs) if self.local else fn.remote(*args, **kwargs)
+        started = time.perf_counter()
+        try:
+            out = fn.local(*args, **kwargs) if self.local else fn.remote(*args, **kwargs)
+        except Exception as exc:
+            exc.usage = cloud.failed_usage(name, self.resources(name), time.perf_counter() - started, exc)
+            raise
+        return self._timed(name, out, time.perf_counter() - started)
 
     def map(self, name: str, args) -> list:
+        from hopsmith.fanout import gather_calls
+
+        if self.local:
+            out = []
+            for a in args:
+                try:
+                    out.append(self.call(name, *a))
+                except Exception as exc:  # noqa: BLE001 - as Modal's return_exceptions=True
+                    out.append(exc)
+            return out
         if name == "evaluate_shard":
-            args = [tuple(a) + (self.engine,) for a in args]  # .starmap passes no keyword arguments
+            args = [tuple(a) + (self.engine,) for a in args]
         fn = self._fn(name)
-        if not self.local:
-            return list(fn.starmap(args, return_exceptions=True))
-        out = []
-        for a in args:
-            try:
-                out.append(fn.local(*a))
-            except Exception as exc:  # noqa: BLE001 - as Modal's return_exceptions=True
-                out.append(exc)
-        return out
+        t = FUNCTIONS[name]
+        calls = [fn.spawn(*a) for a in args]
+        done = gather_calls(calls, lambda c: c.get(timeout=0), not_ready=(TimeoutError,),
+                            timeout_s=t["timeout"] * (1 + t["retries"]) + 600)
+        results = []
+        for out, seconds in done:
+            if isinstance(out, BaseException):
+                out.usage = cloud.failed_usage(name, self.resources(name), seconds, out)
+                results.append(out)
+            else:
+                results.append(self._timed(name, out, seconds))
+        return results
 
 
 # -- local entrypoints ----------------------------------------------------------------------------------
@@ -245,45 +356,92 @@ def pipeline(run: str = "ladder", data: str = "musique", model: str = "embedded"
     cfg = cloud.CloudConfig(run=run, data=data, model=model, eval_limit=eval_limit, eval_shards=eval_shards,
                             trace_shards=trace_shards, judge=judge_model or None, max_traces=max_traces or None,
                             budget_usd=budget_usd or None)
-    prepare_model.remote(model)
     out = cloud.run_ladder(cfg, ModalInvoker(), layout=Layout(Path(MOUNT)), cost_path=_cost_path(run))
     print(format_comparison(out["base"], out["sft"], names=("base", "sft")))
     print(format_ledger(out["cost"]))
 
 
 @app.local_entrypoint()
-def train_sft(run: str = "ladder", traces: str = "", preset: str = "seed000", epochs: float = 0.0,
-              budget_usd: float = 0.0):
-    """LoRA SFT on L4 from traces/<run>/train.jsonl (uploaded first from --traces when given)."""
-    from hopsmith.cost import Budget, Ledger, estimate_stage, format_ledger
-    from hopsmith.io import read_jsonl
+def smoke(run: str = "smoke", model: str = "embedded", questions: int = 4, sft_steps: int = 4):
+    """The cheapest end-to-end check, before the real recipe: the embedded model, traces for 3 train questions,
+    a few SFT steps on an L4, a 4-question eval in 2 shards on L4s (vLLM with the adapter), one /answer of the
+    endpoint (this run's URL; the adapter just trained with HOPSMITH_SERVE_RUN=smoke, else the base model),
+    and the ledger. Meant to cost cents and take minutes."""
+    from hopsmith.cost import format_ledger
 
+    cfg = cloud.CloudConfig(run=run, model=model, train_limit=3, trace_shards=1, max_traces=4,
+                            sft_max_steps=sft_steps, eval_limit=questions, eval_shards=2, max_turns=4,
+                            max_new_tokens=128, base_eval=False)
+    out = cloud.run_ladder(cfg, ModalInvoker(gpus=SMOKE_GPU), layout=Layout(Path(MOUNT)), cost_path=_cost_path(run))
+    print(f"smoke: SFT {out['sft_training']['steps']} steps; eval n={out['sft']['n']}, "
+          f"accuracy {100 * out['sft']['acc']['mean']:.0f}% (a smoke check, not a result)")
+    print(_smoke_endpoint())
+    print(format_ledger(out["cost"]))
+
+
+def _smoke_endpoint() -> str:
+    """One /health and one /answer of this app's endpoint (the one `modal deploy` serves; here, this run's
+    ephemeral URL), with the token from the shell."""
+    import json
+    import urllib.request
+
+    token = os.environ.get("HOPSMITH_API_TOKEN")
+    if not token:
+        return "endpoint: skipped (export HOPSMITH_API_TOKEN=... before `modal run` to check it too)"
+    url = endpoint.get_web_url()
+    with urllib.request.urlopen(url + "/health", timeout=600) as resp:
+        health = json.loads(resp.read())
+    body = json.dumps({"data": "musique", "question_id": _first_eval_question(), "max_turns": 2}).encode()
+    req = urllib.request.Request(url + "/answer", data=body, method="POST", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        answer = json.loads(resp.read())
+    return f"endpoint {url}: serving {health['model']} (adapter {health['adapter']}); /answer -> {answer['answer']!r}"
+
+
+def _first_eval_question() -> str:
+    from hopsmith.data import load_questions
+
+    return load_questions("musique", split="eval", limit=1)[0].id
+
+
+@app.local_entrypoint()
+def train_sft(run: str = "ladder", traces: str = "", preset: str = "seed000", epochs: float = 0.0,
+              model: str = "embedded", max_length: int = 4096, budget_usd: float = 0.0):
+    """LoRA SFT on L4 from traces/<run>/kept.jsonl, or from --traces (uploaded first); traces longer than
+    --max-length are left out before the estimate and counted."""
+    from hopsmith.cost import Budget, Ledger, estimate_stage, format_ledger
+
+    source = "kept.jsonl"
     if traces:
+        source = "upload.jsonl"
         with VOLS["traces"].batch_upload(force=True) as up:
-            up.put_file(traces, f"/{run}/train.jsonl")
+            up.put_file(traces, f"/{run}/{source}")
     ledger = Ledger.open(_cost_path(run))
     budget = Budget(budget_usd or None, ledger)
-    _, rate = ModalInvoker().rate("run_sft")
-    cfg = {"preset": preset, **({"epochs": epochs} if epochs else {})}
-    n = len(read_jsonl(traces)) if traces else 1100
-    budget.check("sft", estimate_stage("sft", gpu=FUNCTIONS["run_sft"]["gpu"], traces=n, epochs=epochs or 3.0)["usd"])
-    out = run_sft.remote(run, cfg, max_seconds=budget.seconds_left(rate))
-    ledger.record(out["usage"])
-    print(f"adapter: volume {VOLUMES['adapters']} /{run}/sft ({out['result']['steps']} steps, "
-          f"loss {out['result']['train_loss']:.3f})")
+    inv = ModalInvoker()
+    selected = cloud.call_recorded(inv, ledger, "select_traces", run,
+                                   {"source": source, "model": model, "max_length": max_length})
+    print(f"training on {selected['traces']} of {selected['given']} traces ({selected['tokens']} tokens; "
+          f"{selected['left_out']} longer than {max_length} tokens left out)")
+    gpu, rate = inv.rate("run_sft")
+    budget.check("sft", estimate_stage("sft", gpu=gpu, traces=selected["traces"], tokens=selected["tokens"],
+                                       epochs=epochs or 3.0)["usd"])
+    cfg = {"preset": preset, "model": model, "max_length": max_length, **({"epochs": epochs} if epochs else {})}
+    out = cloud.call_recorded(inv, ledger, "run_sft", run, cfg, max_seconds=budget.seconds_left(rate))
+    print(f"adapter: volume {VOLUMES['adapters']} /{run}/sft ({out['steps']} steps, loss {out['train_loss']:.3f})")
     print(format_ledger(ledger.summary()))
 
 
 @app.local_entrypoint()
 def evaluate(run: str = "ladder", name: str = "eval-sft", adapter: str = "sft", data: str = "musique",
-             limit: int = 200, shards: int = 4, budget_usd: float = 0.0):
+             model: str = "embedded", limit: int = 200, shards: int = 4, budget_usd: float = 0.0):
     """Sharded vLLM eval on B200 of adapters/<run>/<adapter> ("none": the base model), merged with CIs."""
     from hopsmith.cost import Budget, Ledger, format_ledger
     from hopsmith.metrics import format_table
 
     base = Layout(Path(MOUNT))
     adapter_path = None if adapter == "none" else str(base.adapter(run, adapter))
-    cfg = cloud.CloudConfig(run=run, data=data, eval_limit=limit, eval_shards=shards).eval_cfg(adapter_path)
+    cfg = cloud.CloudConfig(run=run, data=data, model=model, eval_limit=limit, eval_shards=shards).eval_cfg(adapter_path)
     ledger = Ledger.open(_cost_path(run))
     budget = Budget(budget_usd or None, ledger)
     print(format_table(_sharded_eval(ModalInvoker(), run, name, cfg, limit, shards, ledger, budget)))
@@ -300,14 +458,12 @@ def _sharded_eval(inv: "ModalInvoker", run: str, name: str, cfg: dict, questions
     budget.check("evaluate", estimate_stage("eval", gpu=gpu, questions=questions, shards=shards)["usd"])
     run_shards("evaluate", None, [(run, name, cfg, i, shards) for i in range(shards)],
                mapper=lambda _fn, args: inv.map("evaluate_shard", args), ledger=ledger, budget=budget, log=print)
-    out = inv.call("merge_eval", run, name, cfg, shards)
-    ledger.record(out["usage"])
-    return out["result"]
+    return cloud.call_recorded(inv, ledger, "merge_eval", run, name, cfg, shards)
 
 
 @app.local_entrypoint()
-def simpo(run: str = "ladder", data: str = "musique", mine_limit: int = 200, shards: int = 2, limit: int = 200,
-          budget_usd: float = 0.0):
+def simpo(run: str = "ladder", data: str = "musique", model: str = "embedded", mine_limit: int = 200, shards: int = 2,
+          limit: int = 200, budget_usd: float = 0.0):
     """The SFT adapter on train questions (sharded, B200) -> own-failure pairs -> SimPO (L4) -> eval (B200)."""
     from hopsmith.cost import Budget, Ledger, estimate_stage, format_ledger
     from hopsmith.metrics import format_comparison
@@ -316,20 +472,46 @@ def simpo(run: str = "ladder", data: str = "musique", mine_limit: int = 200, sha
     ledger = Ledger.open(_cost_path(run))
     budget = Budget(budget_usd or None, ledger)
     inv = ModalInvoker()
-    cc = cloud.CloudConfig(run=run, data=data, eval_limit=limit, eval_shards=shards)
+    cc = cloud.CloudConfig(run=run, data=data, model=model, eval_limit=limit, eval_shards=shards)
     mine_cfg = {**cc.eval_cfg(str(base.adapter(run, "sft"))), "split": "train", "limit": mine_limit,
                 "allow_leakage": True, "extraction_bench": False}
 
     _sharded_eval(inv, run, "mine", mine_cfg, mine_limit, shards, ledger, budget)
-    pairs = mine_pairs.remote(run, "mine", {})
-    ledger.record(pairs["usage"])
-    print(f"pairs: {pairs['result']['pairs']} {pairs['result']['counts']}")
-    budget.check("simpo", estimate_stage("simpo", gpu=FUNCTIONS["train_simpo"]["gpu"], traces=pairs["result"]["pairs"] * 2,
+    pairs = cloud.call_recorded(inv, ledger, "mine_pairs", run, "mine", {})
+    print(f"pairs: {pairs['pairs']} {pairs['counts']}")
+    budget.check("simpo", estimate_stage("simpo", gpu=FUNCTIONS["train_simpo"]["gpu"], traces=pairs["pairs"] * 2,
                                          epochs=2.0)["usd"])
-    trained = train_simpo.remote(run, {"probe_data": data})
-    ledger.record(trained["usage"])
+    cloud.call_recorded(inv, ledger, "train_simpo", run, {"probe_data": data, "model": model})
     tuned = _sharded_eval(inv, run, "eval-simpo", cc.eval_cfg(str(base.adapter(run, "simpo"))), limit, shards, ledger,
                           budget)
-    sft_metrics = inv.call("merge_eval", run, "eval-sft", cc.eval_cfg(str(base.adapter(run, "sft"))), shards)["result"]
+    sft_metrics = cloud.call_recorded(inv, ledger, "merge_eval", run, "eval-sft",
+                                      cc.eval_cfg(str(base.adapter(run, "sft"))), shards)
     print(format_comparison(sft_metrics, tuned, names=("sft", "simpo")))
+    print(format_ledger(ledger.summary()))
+
+
+@app.local_entrypoint()
+def grpo(run: str = "ladder", data: str = "musique", model: str = "embedded", limit: int = 0,
+         num_generations: int = 8, max_steps: int = 50, judge_model: str = ""):
+    """GRPO (TRL, multi-turn rollouts with the search tools) continuing adapters/<run>/sft, into adapters/<run>/grpo."""
+    from hopsmith.cost import Ledger, format_ledger
+
+    ledger = Ledger.open(_cost_path(run))
+    cfg = {"data": data, "model": model, "limit": limit or None, "num_generations": num_generations,
+           "max_steps": max_steps, "judge": judge_model or None}
+    out = cloud.call_recorded(ModalInvoker(), ledger, "run_grpo", run, cfg)
+    print(f"grpo: {out['steps']} steps, groups {out['groups']}" + (f"; COLLAPSE {out['collapse']}" if out["collapse"] else ""))
+    print(format_ledger(ledger.summary()))
+
+
+@app.local_entrypoint()
+def rft(run: str = "ladder", data: str = "musique", model: str = "embedded", limit: int = 0, samples: int = 4,
+        judge_model: str = ""):
+    """Rejection fine-tuning: adapters/<run>/sft samples train questions, the kept episodes train it further."""
+    from hopsmith.cost import Ledger, format_ledger
+
+    ledger = Ledger.open(_cost_path(run))
+    cfg = {"data": data, "model": model, "limit": limit or None, "samples": samples, "judge": judge_model or None}
+    out = cloud.call_recorded(ModalInvoker(), ledger, "run_rft", run, cfg)
+    print({k: v for k, v in out.items() if k not in ("sft", "trained_question_ids", "config")})
     print(format_ledger(ledger.summary()))

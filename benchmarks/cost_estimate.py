@@ -25,12 +25,12 @@ def main() -> None:
     args = ap.parse_args()
     from transformers import AutoTokenizer
 
-    from hopsmith.backends.hf import pick_chat_template
+    from hopsmith.backends.templates import chat_templates
     from hopsmith.models import resolve_model
     from stages import traces
 
     tok = AutoTokenizer.from_pretrained(resolve_model("embedded"))
-    template = pick_chat_template(tok)
+    template = chat_templates(tok).training  # what SFT renders and trains on
     with tempfile.TemporaryDirectory() as d:
         traces.run(traces.TracesConfig(data=args.data, split="train", top_k=5, max_chars=None), d)
         rows = read_jsonl(f"{d}/traces/shard-0.jsonl")

@@ -143,9 +143,11 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_prepare_model(args) -> int:
-    from .models import resolve_model
+    import os
 
-    print(resolve_model(args.model))
+    from .models import download_model, resolve_model
+
+    print(download_model(args.model, token=os.environ.get("HF_TOKEN")) if args.download else resolve_model(args.model))
     return 0
 
 
@@ -290,8 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", help=f"output directory (default {default})")
         p.set_defaults(func=_stage_cmd(module, fn, cls, default))
 
-    p = sub.add_parser("prepare-model", help="convert/locate a model and print its directory")
+    p = sub.add_parser("prepare-model", help="convert/locate (or --download) a model and print its directory")
     p.add_argument("--model", default="embedded")
+    p.add_argument("--download", action="store_true",
+                   help="fetch a hub model once into the model cache (HF_TOKEN from the environment for gated ones)")
     p.set_defaults(func=cmd_prepare_model)
     return parser
 

@@ -6,9 +6,12 @@ and an estimate of a recipe before it runs.
     hopsmith cost --estimate --from runs/x     # the same, with the throughputs a real run measured
 
 Every remote stage reports one `Usage` per container: GPU type and count, CPU cores and memory it
-reserved, and the wall seconds its body ran. The ledger prices them with `RATES` (change prices in that
-one place) and writes `runs/<run>/cost.json`. The budget guard refuses a stage whose estimate would pass
-the cap and tells fan-outs to stop launching shards once the ledger has passed it.
+reserved, the wall seconds its body ran, and the wall seconds the caller waited for the call
+(`caller_seconds`: cold start, image pull, model download and Modal's own retries included, and queueing,
+which is not billed). The body time is a lower bound of what a call cost and the caller's an upper bound;
+the ledger prices both with `RATES` (change prices in that one place), records failed attempts at their
+caller time, and writes `runs/<run>/cost.json`. The budget guard refuses a stage whose estimate would pass
+the cap and tells fan-outs to stop launching shards once the ledger (at the upper bound) has passed it.
 """
 from __future__ import annotations
 
@@ -77,13 +80,21 @@ class Usage:
     tokens: int | None = None  # tokens processed (trained or generated+read), for measured throughputs
     items: int | None = None  # traces, questions...
     note: str = ""
+    caller_seconds: float | None = None  # what the caller waited for this call; None when not measured
+    failed: bool = False  # an attempt that raised: its body time is unknown (0), its caller time is not
 
     @property
     def usd(self) -> float:
         return self.seconds / 3600.0 * hourly_rate(self.gpu, self.cpu, self.memory_gib)
 
+    @property
+    def usd_caller(self) -> float:
+        """Priced at the caller's wall time (the body's when that was not measured): the upper bound."""
+        seconds = max(self.seconds, self.caller_seconds or 0.0)
+        return seconds / 3600.0 * hourly_rate(self.gpu, self.cpu, self.memory_gib)
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "gpu_count": gpu_count(self.gpu), "usd": self.usd}
+        return {**asdict(self), "gpu_count": gpu_count(self.gpu), "usd": self.usd, "usd_caller": self.usd_caller}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Usage":
@@ -136,22 +147,31 @@ class Ledger:
     def total_usd(self) -> float:
         return sum(e.usd for e in self.entries)
 
+    @property
+    def total_usd_caller(self) -> float:
+        return sum(e.usd_caller for e in self.entries)
+
     def stage_usd(self, stage: str) -> float:
         return sum(e.usd for e in self.entries if e.stage == stage)
 
     def summary(self) -> dict:
         stages: dict[str, dict] = {}
         for e in self.entries:
-            s = stages.setdefault(e.stage, {"usd": 0.0, "seconds": 0.0, "containers": 0, "gpu": e.gpu, "tokens": 0})
+            s = stages.setdefault(e.stage, {"usd": 0.0, "seconds": 0.0, "containers": 0, "gpu": e.gpu, "tokens": 0,
+                                            "usd_caller": 0.0, "caller_seconds": 0.0, "failed_attempts": 0})
             s["usd"] += e.usd
             s["seconds"] += e.seconds
-            s["containers"] += 1
+            s["usd_caller"] += e.usd_caller
+            s["caller_seconds"] += max(e.seconds, e.caller_seconds or 0.0)
+            s["failed_attempts"] += int(e.failed)
+            s["containers"] += 0 if e.failed else 1
             s["tokens"] += e.tokens or 0
         for s in stages.values():
             s["tokens_per_second"] = s["tokens"] / s["seconds"] if s["tokens"] and s["seconds"] else None
         total = self.total_usd
         per_correct = total / self.correct_answers if self.correct_answers else None
-        return {"rates": rate_table(), "stages": stages, "total_usd": total, "correct_answers": self.correct_answers,
+        return {"rates": rate_table(), "stages": stages, "total_usd": total, "total_usd_caller": self.total_usd_caller,
+                "correct_answers": self.correct_answers,
                 "usd_per_correct_answer": per_correct, "entries": [e.to_dict() for e in self.entries]}
 
     def save(self) -> None:
@@ -174,16 +194,17 @@ class Budget:
     def check(self, stage: str, estimate_usd: float) -> None:
         if self.cap_usd is None:
             return
-        spent = self.ledger.total_usd
+        spent = self.ledger.total_usd_caller
         if spent + estimate_usd > self.cap_usd:
             raise BudgetExceeded(f"stage {stage!r} is estimated at ${estimate_usd:.2f}; with ${spent:.2f} spent it "
                                  f"would pass the budget of ${self.cap_usd:.2f}. Raise --budget-usd or shrink the stage")
 
+    # The guard counts the caller's wall time (the upper bound): a budget is a cap, not a best case.
     def over(self) -> bool:
-        return self.cap_usd is not None and self.ledger.total_usd > self.cap_usd
+        return self.cap_usd is not None and self.ledger.total_usd_caller > self.cap_usd
 
     def remaining_usd(self) -> float | None:
-        return None if self.cap_usd is None else self.cap_usd - self.ledger.total_usd
+        return None if self.cap_usd is None else self.cap_usd - self.ledger.total_usd_caller
 
     def seconds_left(self, usd_per_hour: float) -> float | None:
         """How long a container at this rate may run before the budget is spent (None: no cap)."""
@@ -220,7 +241,7 @@ RESOURCES = {"sft": (4.0, 16.0), "eval": (8.0, 32.0), "cpu": (2.0, 4.0)}
 def estimate_stage(kind: str, *, gpu: str | None, priors: dict | None = None, **size) -> dict:
     """Seconds and USD of one stage from its size and the throughput priors.
 
-    kind: "traces" / "judge" (size: traces, shards), "sft" (traces, epochs), "eval" (questions, shards)."""
+    kind: "traces" / "judge" (size: traces, shards), "sft" (traces or tokens, epochs), "eval" (questions, shards)."""
     p = {**PRIORS, **(priors or {})}
     role = {"traces": "cpu", "judge": "cpu", "sft": "sft", "eval": "eval", "simpo": "sft"}.get(kind)
     if role is None:
@@ -230,7 +251,9 @@ def estimate_stage(kind: str, *, gpu: str | None, priors: dict | None = None, **
     if kind in ("traces", "judge"):
         work = size.get("traces", 0) * p["cpu_seconds_per_trace"]
     elif kind in ("sft", "simpo"):
-        tokens = size.get("traces", 0) * p["tokens_per_trace"] * size.get("epochs", 1.0)
+        # `tokens`: what the selected traces measured (one epoch); else traces x the prior tokens per trace.
+        per_epoch = size["tokens"] if size.get("tokens") is not None else size.get("traces", 0) * p["tokens_per_trace"]
+        tokens = per_epoch * size.get("epochs", 1.0)
         work = tokens / _lookup(p["sft_tokens_per_s"], gpu, "SFT")
     else:
         tokens = size.get("questions", 0) * p["tokens_per_episode"]
@@ -288,10 +311,17 @@ def format_estimate(est: dict) -> str:
 
 
 def format_ledger(summary: dict) -> str:
-    lines = [f"{'stage':<16}{'gpu':<8}{'containers':>11}{'seconds':>10}{'USD':>9}"]
+    """Per stage: containers (failed attempts), body seconds and the caller's wall seconds, USD at each."""
+    lines = [f"{'stage':<16}{'gpu':<8}{'containers':>11}{'body s':>9}{'caller s':>10}{'USD body':>10}{'USD caller':>11}"]
     for name, s in summary["stages"].items():
-        lines.append(f"{name:<16}{(s['gpu'] or 'CPU'):<8}{s['containers']:>11}{s['seconds']:>10.0f}{s['usd']:>9.3f}")
-    lines.append(f"{'total':<45}{summary['total_usd']:>9.3f}")
+        failed = s.get("failed_attempts") or 0
+        count = f"{s['containers']}" + (f" (+{failed} failed)" if failed else "")
+        caller, usd_caller = s.get("caller_seconds", s["seconds"]), s.get("usd_caller", s["usd"])
+        lines.append(f"{name:<16}{(s['gpu'] or 'CPU'):<8}{count:>11}{s['seconds']:>9.0f}{caller:>10.0f}"
+                     f"{s['usd']:>10.3f}{usd_caller:>11.3f}")
+    lines.append(f"{'total':<54}{summary['total_usd']:>10.3f}{summary.get('total_usd_caller', summary['total_usd']):>11.3f}")
+    lines.append("body: what the stage's code ran; caller: what the caller waited (cold starts, image pulls, retries "
+                 "and queueing included)")
     if summary.get("usd_per_correct_answer") is not None:
         lines.append(f"per correct answer ({summary['correct_answers']}): ${summary['usd_per_correct_answer']:.4f}")
     return "\n".join(lines)

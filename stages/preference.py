@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -160,7 +161,7 @@ class PreferenceConfig:
     epochs: float | None = None
     max_grad_norm: float | None = None
     batch_size: int = 2
-    max_length: int = 2048
+    max_length: int = 4096  # as SFT's; a pair with a longer side is left out (and counted)
     max_steps: int = -1
     probe_every: int = 0  # steps between behaviour probes (0: before and after only)
     probe_data: str = "musique"
@@ -182,15 +183,15 @@ class PreferenceConfig:
 
 
 def _tokenized_pair(pair: dict, tokenizer, template: str, max_length: int) -> dict | None:
-    from stages.sft import tokenize_trace
+    """Both sides tokenised with the training template and assistant-only labels; None when either side is
+    longer than max_length (the caller counts and reports those)."""
+    from hopsmith.backends.templates import render, tokenize_conversation
 
-    prompt_ids = tokenizer.apply_chat_template(pair["prompt"], tools=pair.get("tools"), chat_template=template,
-                                               tokenize=False, add_generation_prompt=False)
-    n_prompt = len(tokenizer(prompt_ids, add_special_tokens=False)["input_ids"])
+    prompt_text = render(tokenizer, template, pair["prompt"], pair.get("tools"), add_generation_prompt=False)
+    n_prompt = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
     out = {"prompt_input_ids": [], "prompt_attention_mask": []}
     for side in ("chosen", "rejected"):
-        tok = tokenize_trace({"messages": pair["prompt"] + pair[side], "tools": pair.get("tools")}, tokenizer, template,
-                             max_length)
+        tok = tokenize_conversation(tokenizer, pair["prompt"] + pair[side], pair.get("tools"), template)
         if len(tok["input_ids"]) > max_length:
             return None
         out[f"{side}_input_ids"] = tok["input_ids"]
@@ -222,7 +223,8 @@ def train(cfg: PreferenceConfig, root: str | Path, *, model=None, tokenizer=None
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
 
-    from hopsmith.backends.hf import check_adapter, pick_chat_template
+    from hopsmith.backends.hf import check_adapter
+    from hopsmith.backends.templates import chat_templates
     from hopsmith.collapse import CollapseGuard
     from hopsmith.leakage import training_record
 
@@ -236,8 +238,13 @@ def train(cfg: PreferenceConfig, root: str | Path, *, model=None, tokenizer=None
         raise PreferenceError(f"{cfg.pairs} holds no pairs: nothing to train on")
     check_adapter(cfg.adapter)
     model, tokenizer = _load_policy(cfg, model, tokenizer)
-    template = pick_chat_template(tokenizer)
+    # The SFT adapter saved the template it was trained with; SimPO trains, probes and saves with the same one.
+    template = chat_templates(tokenizer).training
+    tokenizer.chat_template = template
     rows = [r for r in (_tokenized_pair(p, tokenizer, template, cfg.max_length) for p in pairs) if r is not None]
+    if len(rows) < len(pairs):
+        print(f"simpo: left out {len(pairs) - len(rows)} of {len(pairs)} pairs with a side longer than max_length="
+              f"{cfg.max_length} tokens; raise --max-length to train on them", file=sys.stderr, flush=True)
     if not rows:
         raise PreferenceError(f"every pair in {cfg.pairs} is longer than max_length={cfg.max_length}")
     dataset = Dataset.from_list(rows)
@@ -282,7 +289,6 @@ def train(cfg: PreferenceConfig, root: str | Path, *, model=None, tokenizer=None
     if reasons and not any(f["step"] == trainer.state.global_step for f in flags):
         flags.append({"step": trainer.state.global_step, "reasons": reasons})
     trainer.model.save_pretrained(root)
-    tokenizer.chat_template = template
     tokenizer.save_pretrained(root)
     trained = training_record([{"question_id": p["question_id"], "question": _question_of(p["prompt"])} for p in pairs],
                               base_adapter=cfg.adapter)
@@ -298,15 +304,22 @@ def train(cfg: PreferenceConfig, root: str | Path, *, model=None, tokenizer=None
 
 def _load_policy(cfg: PreferenceConfig, model, tokenizer):
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from hopsmith.backends.hf import tokenizer_source
+    from hopsmith.backends.hf import default_device
+    from hopsmith.backends.templates import load_tokenizer
     from hopsmith.models import resolve_model
 
     if model is None:
-        model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model))
+        # The one device rule: the policy loads where training runs, so the probes' backend (which follows
+        # the model's weights) and the trainer agree; nothing is left on the CPU while inputs go to the GPU.
+        import torch
+
+        device = default_device()
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), dtype=dtype).to(device)
     if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(resolve_model(cfg.model), cfg.adapter))
+        tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.adapter)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     policy = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=True)

@@ -1,31 +1,46 @@
 """The eval endpoint: a search agent (base model or adapter) behind a bearer token, over HTTP.
 
-    hopsmith serve --adapter runs/ladder/sft --port 8000 --token-env HOPSMITH_API_TOKEN
-    curl -H "Authorization: Bearer $HOPSMITH_API_TOKEN" -d '{"question": "..."}' localhost:8000/answer
+    HOPSMITH_API_TOKEN=dev hopsmith serve --adapter runs/ladder/sft --port 8000
+    curl -H "Authorization: Bearer dev" -d '{"data": "musique", "question_id": "2hop__..."}' localhost:8000/answer
 
-A WSGI app, so the same object runs under the standard library's server here and under
-`@modal.wsgi_app()` in the cloud (`modal deploy app.py`). Routes:
+An ASGI app (FastAPI): `hopsmith serve` runs it under uvicorn, `modal deploy app.py` under
+`@modal.asgi_app()`. Concurrent `/answer` requests are gathered into batches: a queue and one worker thread
+that owns the model, which runs every request of a batch as one set of episodes (`run_episodes` steps them
+together, one batched `generate` per turn). Long evaluations are jobs. Routes:
 
-- `GET /health` (no token): `{"ok": true, "model": ...}`.
+- `GET /health` (no token, never waits on the model): `{"ok", "model", "adapter": {run, stage, path,
+  sha256, base_model, steps, traces} | null, "queued"}`.
 - `POST /answer` `{"question": str, "paragraphs": [{"id", "title", "text"}]?, "data": name?, "question_id": id?,
   "max_turns": int?}`: runs the agent on one question, searching the given paragraphs, or the pool of a
   bundled question (`data` + `question_id`); returns the answer, the tool calls and the transcript.
-- `POST /evaluate` `{"data": name, "limit": int <= max_eval, "split": "eval"}`: evaluates the served
-  agent on a bundled set and returns the metrics (accuracy, EM, F1 with CIs, rates, failure taxonomy).
+- `POST /evaluate` `{"data": name, "limit": int <= max_eval, "split": "eval"}`: starts an evaluation of the
+  served agent on a bundled set; answers 202 with `{"job": id, "status", "poll": "/jobs/<id>"}` at once.
+- `GET /jobs/<id>`: `{"job", "status": queued|running|done|failed, "result": metrics (accuracy, EM, F1 with
+  CIs, rates, failure taxonomy) when done, "error" when failed}`.
 
-Every other request gets a JSON error: 401 without or with a wrong token, 400 for a body that is not
-JSON or misses a field (the message names it), 404 for an unknown path, 405 for a wrong method.
+Every other request gets a JSON `{"error": ...}`: 401 without or with a wrong token, 400 for a body that is
+not JSON or misses a field (the message names it), 404 for an unknown path or job, 405 for a wrong method,
+413 for a body over 4 MiB.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the route handlers' annotations (`Request`)
+# at definition time, inside make_app.
+import asyncio
+import concurrent.futures
+import hashlib
 import hmac
+import itertools
 import json
+import queue
 import tempfile
 import threading
-from dataclasses import dataclass
-from typing import Any
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
 
-from hopsmith.config import EvalConfig
+from hopsmith.config import ConfigError, EvalConfig
 
 MAX_BODY = 4 * 1024 * 1024
 
@@ -34,10 +49,6 @@ class HTTPError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-
-
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-            413: "Payload Too Large", 500: "Internal Server Error"}
 
 
 @dataclass(frozen=True)
@@ -51,26 +62,124 @@ class ServeConfig:
     max_new_tokens: int = 160
     top_k: int = 5
     max_chars: int | None = 600
-    max_eval: int = 50  # /evaluate refuses larger requests (an endpoint call should end in minutes)
+    max_eval: int = 50  # /evaluate refuses larger requests
+    max_batch: int = 16  # /answer requests answered together
+    batch_wait_ms: int = 20  # how long the first request of a batch waits for others to join
+
+
+# -- the worker that owns the model ---------------------------------------------------------------------
+
+@dataclass
+class _Item:
+    kind: str  # "answer": joins a batch; "call": runs alone (an evaluation job)
+    payload: Any
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+
+class Batcher:
+    """A queue and one worker thread. `submit(payload)` items are gathered (up to `max_batch`, waiting at
+    most `wait_s` after the first) and handed to `run_batch(payloads) -> results` together; `call(fn)` runs
+    `fn()` on the same thread, alone, so nothing else touches the model meanwhile. `batches` records the
+    size of every batch run."""
+
+    def __init__(self, run_batch: Callable[[list], list], *, max_batch: int = 16, wait_s: float = 0.02):
+        self.run_batch, self.max_batch, self.wait_s = run_batch, max(1, max_batch), wait_s
+        self.queue: queue.Queue = queue.Queue()
+        self.held: deque = deque()
+        self.batches: list[int] = []
+        self.thread = threading.Thread(target=self._loop, name="hopsmith-batcher", daemon=True)
+        self.thread.start()
+
+    def submit(self, payload) -> concurrent.futures.Future:
+        item = _Item("answer", payload)
+        self.queue.put(item)
+        return item.future
+
+    def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        item = _Item("call", fn)
+        self.queue.put(item)
+        return item.future
+
+    def pending(self) -> int:
+        return self.queue.qsize() + len(self.held)
+
+    def close(self) -> None:
+        self.queue.put(None)
+
+    def _next(self, timeout: float | None):
+        if self.held:
+            return self.held.popleft()
+        return self.queue.get(timeout=timeout) if timeout is not None else self.queue.get()
+
+    def _loop(self) -> None:
+        while True:
+            first = self._next(None)
+            if first is None:
+                return
+            if first.kind == "call":
+                self._resolve([first], lambda fns: [fns[0]()])
+                continue
+            batch = [first]
+            deadline = time.monotonic() + self.wait_s
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._next(max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:  # closing: finish this batch, then stop
+                    self.queue.put(None)
+                    break
+                if item.kind != "answer":  # a job waits for the batch before it to finish
+                    self.held.appendleft(item)
+                    break
+                batch.append(item)
+            self.batches.append(len(batch))
+            self._resolve(batch, self.run_batch)
+
+    @staticmethod
+    def _resolve(items: list[_Item], run: Callable[[list], list]) -> None:
+        try:
+            results = run([i.payload for i in items])
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiting request, the worker lives on
+            for i in items:
+                i.future.set_exception(exc)
+            return
+        for i, r in zip(items, results):
+            if isinstance(r, BaseException):
+                i.future.set_exception(r)
+            else:
+                i.future.set_result(r)
+
+
+# -- the work behind the routes -------------------------------------------------------------------------
+
+@dataclass
+class AnswerRequest:
+    question: Any  # a hopsmith.records.Question with a unique id
+    pool: list
+    max_turns: int
+    answers: tuple
 
 
 class AgentService:
-    """The work behind the routes; one generation at a time (the model is not thread-safe)."""
+    """Validates requests, runs batches of them on the backend, evaluates; `identity` describes the adapter."""
 
-    def __init__(self, cfg: ServeConfig, backend, extractor=None):
+    def __init__(self, cfg: ServeConfig, backend, extractor=None, *, identity: dict | None = None):
         self.cfg, self.backend, self.extractor = cfg, backend, extractor
-        self.lock = threading.Lock()
+        self.identity = identity if identity is not None else (adapter_identity(cfg.adapter) if cfg.adapter else None)
+        self._bundled_sets: dict[str, list] = {}
+        self._ids = itertools.count(1)
+        self._ids_lock = threading.Lock()
 
-    def answer(self, body: dict) -> dict:
-        from hopsmith.agent.loop import AgentConfig, run_episodes
+    # /answer
+    def parse_answer(self, body: dict) -> AnswerRequest:
         from hopsmith.records import Paragraph, Question
 
         question = body.get("question")
-        pool = None
         if body.get("data") or body.get("question_id"):
             q, pool = self._bundled(body)
             question = question or q.question
-            answers = q.answers
+            answers = tuple(q.answers)
         else:
             if not isinstance(question, str) or not question.strip():
                 raise HTTPError(400, "field 'question' (a non-empty string) is required")
@@ -85,18 +194,33 @@ class AgentService:
                 pool.append(Paragraph(id=str(p.get("id", k)), title=str(p.get("title", "")), text=p["text"]))
             answers = ()
         max_turns = body.get("max_turns", self.cfg.max_turns)
-        if not isinstance(max_turns, int) or not 1 <= max_turns <= 20:
+        if not isinstance(max_turns, int) or isinstance(max_turns, bool) or not 1 <= max_turns <= 20:
             raise HTTPError(400, "field 'max_turns' must be an integer from 1 to 20")
-        q = Question(id="request", dataset="request", question=question, answers=tuple(answers), hops=0,
-                     paragraphs=tuple(pool))
-        agent = AgentConfig(max_turns=max_turns, max_new_tokens=self.cfg.max_new_tokens, top_k=self.cfg.top_k,
-                            max_chars=self.cfg.max_chars, few_shot=self.cfg.adapter is None)
-        with self.lock:
-            row = run_episodes([q], {q.id: list(pool)}, self.backend, agent, extractor=self.extractor)[0]
+        with self._ids_lock:
+            rid = f"request-{next(self._ids)}"
+        q = Question(id=rid, dataset="request", question=question, answers=answers, hops=0, paragraphs=tuple(pool))
+        return AnswerRequest(q, list(pool), max_turns, answers)
+
+    def run_answers(self, requests: list[AnswerRequest]) -> list[dict]:
+        """One set of episodes per distinct max_turns, every request of it stepped together."""
+        from hopsmith.agent.loop import AgentConfig, run_episodes
+
+        rows: dict[str, dict] = {}
+        for turns in sorted({r.max_turns for r in requests}):
+            group = [r for r in requests if r.max_turns == turns]
+            agent = AgentConfig(max_turns=turns, max_new_tokens=self.cfg.max_new_tokens, top_k=self.cfg.top_k,
+                                max_chars=self.cfg.max_chars, few_shot=self.cfg.adapter is None)
+            out = run_episodes([r.question for r in group], {r.question.id: r.pool for r in group}, self.backend,
+                               agent, extractor=self.extractor, batch_size=len(group))
+            rows.update({row["question_id"]: row for row in out})
+        return [self._answer_payload(rows[r.question.id], r) for r in requests]
+
+    @staticmethod
+    def _answer_payload(row: dict, req: AnswerRequest) -> dict:
         out = {"answer": row["prediction"], "finished": row["finished"], "stop": row["stop"], "turns": row["turns"],
                "tool_calls": row["tool_calls"], "messages": row["messages"], "seconds": row["seconds"]}
-        if answers:
-            out["gold"] = list(answers)
+        if req.answers:
+            out["gold"] = list(req.answers)
             out["metrics"] = row["metrics"]
         return out
 
@@ -107,73 +231,178 @@ class AgentService:
         data, qid = body.get("data"), body.get("question_id")
         if data not in BUNDLED:
             raise HTTPError(400, f"field 'data' must name a bundled set ({', '.join(BUNDLED)}), got {data!r}")
-        everything = load_questions(data)
+        if data not in self._bundled_sets:
+            self._bundled_sets[data] = load_questions(data)
+        everything = self._bundled_sets[data]
         match = [q for q in everything if q.id == qid]
         if not match:
             raise HTTPError(400, f"no question with question_id {qid!r} in {data}")
         return match[0], build_pools(match, others=everything)[match[0].id]
 
-    def evaluate(self, body: dict) -> dict:
+    # /evaluate
+    def parse_evaluate(self, body: dict) -> EvalConfig:
         from hopsmith.data import BUNDLED
-        from stages import evaluate
 
         data, limit, split = body.get("data"), body.get("limit", 10), body.get("split", "eval")
         if data not in BUNDLED:
             raise HTTPError(400, f"field 'data' must name a bundled set ({', '.join(BUNDLED)}), got {data!r}")
-        if not isinstance(limit, int) or not 1 <= limit <= self.cfg.max_eval:
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= self.cfg.max_eval:
             raise HTTPError(400, f"field 'limit' must be an integer from 1 to {self.cfg.max_eval}")
         if split not in ("eval", "train", "all"):
             raise HTTPError(400, "field 'split' must be eval, train or all")
-        ecfg = EvalConfig(data=data, split=split, limit=limit, model=self.cfg.model, adapter=self.cfg.adapter,
-                          max_turns=self.cfg.max_turns, max_new_tokens=self.cfg.max_new_tokens, top_k=self.cfg.top_k,
-                          max_chars=self.cfg.max_chars, few_shot=self.cfg.adapter is None, extraction_bench=False,
-                          bootstrap=500)
-        with self.lock, tempfile.TemporaryDirectory() as d:
-            try:
-                metrics = evaluate.run(ecfg, d, backend=self.backend, extractor=self.extractor, progress=False)
-            except evaluate.LeakageError as exc:
-                raise HTTPError(400, str(exc)) from None
-        keep = ("n", "acc", "em", "f1", "tool_use_rate", "invalid_call_rate", "answered_without_search_rate",
+        return eval_config(self.cfg, data=data, limit=limit, split=split)
+
+    def evaluate(self, ecfg: EvalConfig, root: str | Path | None = None) -> dict:
+        """Run the evaluation on this service's backend (into `root`, else a temporary directory)."""
+        from stages import evaluate
+
+        with tempfile.TemporaryDirectory() as d:
+            metrics = evaluate.run(ecfg, root or d, backend=self.backend, extractor=self.extractor, progress=False)
+        return summarise(metrics)
+
+
+KEEP_METRICS = ("n", "acc", "em", "f1", "tool_use_rate", "invalid_call_rate", "answered_without_search_rate",
                 "no_final_answer_rate", "avg_tool_calls", "avg_turns", "supporting_recall", "failures", "latency")
-        return {k: metrics.get(k) for k in keep}
 
 
-def make_app(service: AgentService, token: str | None):
-    """The WSGI application. `token` None or empty refuses to start: an endpoint without auth is a leak."""
+def summarise(metrics: dict) -> dict:
+    return {k: metrics.get(k) for k in KEEP_METRICS}
+
+
+def eval_config(cfg: ServeConfig, **kw) -> EvalConfig:
+    """The EvalConfig of an /evaluate job: the served agent's settings on a bundled set."""
+    base = EvalConfig(model=cfg.model, adapter=cfg.adapter, max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
+                      top_k=cfg.top_k, max_chars=cfg.max_chars, few_shot=cfg.adapter is None, extraction_bench=False,
+                      bootstrap=500, batch_size=cfg.max_batch)
+    return replace(base, **kw)
+
+
+def adapter_identity(adapter: str | Path) -> dict:
+    """What /health says about the served adapter: where it is, a digest of its weights, what it was trained on."""
+    path = Path(adapter)
+    weights = path / "adapter_model.safetensors"
+    digest = None
+    if weights.exists():
+        h = hashlib.sha256()
+        with weights.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digest = h.hexdigest()[:16]
+    config = json.loads((path / "adapter_config.json").read_text()) if (path / "adapter_config.json").exists() else {}
+    training = json.loads((path / "training.json").read_text()) if (path / "training.json").exists() else {}
+    return {"path": str(path), "run": path.parent.name, "stage": path.name, "sha256": digest,
+            "base_model": config.get("base_model_name_or_path"), "steps": training.get("steps"),
+            "traces": training.get("traces", training.get("pairs_used"))}
+
+
+# -- evaluation jobs --------------------------------------------------------------------------------------
+
+class LocalJobs:
+    """/evaluate jobs run on the service's worker thread (after the batches queued before them); results stay
+    in memory and, with `root`, under `root/<job>/` (the eval's results.jsonl and metrics.json)."""
+
+    def __init__(self, service: AgentService, batcher: Batcher, root: str | Path | None = None):
+        self.service, self.batcher, self.root = service, batcher, Path(root) if root else None
+        self.jobs: dict[str, dict] = {}
+
+    def submit(self, ecfg: EvalConfig) -> str:
+        job = uuid.uuid4().hex[:12]
+        self.jobs[job] = {"job": job, "status": "queued"}
+
+        def run():
+            self.jobs[job]["status"] = "running"
+            return self.service.evaluate(ecfg, self.root / job if self.root else None)
+
+        def done(fut: concurrent.futures.Future):
+            exc = fut.exception()
+            self.jobs[job].update({"status": "failed", "error": f"{type(exc).__name__}: {exc}"} if exc else
+                                  {"status": "done", "result": fut.result()})
+
+        self.batcher.call(run).add_done_callback(done)
+        return job
+
+    def status(self, job: str) -> dict | None:
+        return self.jobs.get(job)
+
+
+# -- the ASGI app -----------------------------------------------------------------------------------------
+
+def make_app(service: AgentService, token: str | None, *, jobs=None, batcher: Batcher | None = None):
+    """The FastAPI application. `token` None or empty refuses to start: an endpoint without auth is a leak.
+    `jobs` runs /evaluate (`LocalJobs` on this process's worker unless given, e.g. the cloud's `.spawn`)."""
     if not token:
-        from hopsmith.config import ConfigError
-
         raise ConfigError(f"no API token: set ${service.cfg.token_env} (the endpoint refuses to run without auth)")
-    routes = {"/health": ("GET", None), "/answer": ("POST", service.answer), "/evaluate": ("POST", service.evaluate)}
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    def app(environ, start_response):
-        status, payload = 200, None
+    batcher = batcher or Batcher(service.run_answers, max_batch=service.cfg.max_batch,
+                                 wait_s=service.cfg.batch_wait_ms / 1000)
+    jobs = jobs or LocalJobs(service, batcher)
+    app = FastAPI(title="hopsmith", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service, app.state.batcher, app.state.jobs = service, batcher, jobs
+
+    @app.exception_handler(HTTPError)
+    async def _ours(request, exc: HTTPError):
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _routing(request, exc: StarletteHTTPException):
+        detail = {404: f"no route {request.url.path}; routes: /health, /answer, /evaluate, /jobs/<id>",
+                  405: f"{request.url.path} does not take {request.method}"}.get(exc.status_code, str(exc.detail))
+        return JSONResponse({"error": detail}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _crash(request, exc: Exception):  # a request never takes the server down
+        return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=500)
+
+    async def authorised_json(request: Request) -> dict:
+        _check_token(request.headers.get("authorization", ""), token)
+        size = request.headers.get("content-length")
+        if size and size.isdigit() and int(size) > MAX_BODY:
+            raise HTTPError(413, f"body of {size} bytes is over the {MAX_BODY}-byte limit")
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            raise HTTPError(413, f"body of {len(raw)} bytes is over the {MAX_BODY}-byte limit")
         try:
-            path, method = environ.get("PATH_INFO", "/"), environ.get("REQUEST_METHOD", "GET")
-            if path not in routes:
-                raise HTTPError(404, f"no route {path}; routes: {', '.join(routes)}")
-            want, handler = routes[path]
-            if method != want:
-                raise HTTPError(405, f"{path} takes {want}, not {method}")
-            if handler is None:
-                payload = {"ok": True, "model": getattr(service.backend, "name", service.cfg.model)}
-            else:
-                _check_token(environ, token)
-                payload = handler(_json_body(environ))
-        except HTTPError as exc:
-            status, payload = exc.status, {"error": str(exc)}
-        except Exception as exc:  # noqa: BLE001 - a request never takes the server down
-            status, payload = 500, {"error": f"{type(exc).__name__}: {exc}"}
-        data = json.dumps(payload, default=str).encode()
-        start_response(f"{status} {_REASONS.get(status, '')}",
-                       [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
-        return [data]
+            body = json.loads(raw or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise HTTPError(400, f"body is not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise HTTPError(400, "body must be a JSON object")
+        return body
+
+    @app.get("/health")
+    async def health():
+        return {"ok": True, "model": getattr(service.backend, "name", service.cfg.model), "adapter": service.identity,
+                "queued": batcher.pending()}
+
+    @app.post("/answer")
+    async def answer(request: Request):
+        body = await authorised_json(request)
+        req = await run_in_threadpool(service.parse_answer, body)
+        return await asyncio.wrap_future(batcher.submit(req))
+
+    @app.post("/evaluate", status_code=202)
+    async def evaluate(request: Request):
+        body = await authorised_json(request)
+        ecfg = service.parse_evaluate(body)
+        job = await run_in_threadpool(jobs.submit, ecfg)
+        return {"job": job, "status": "queued", "poll": f"/jobs/{job}"}
+
+    @app.get("/jobs/{job}")
+    async def job_status(job: str, request: Request):
+        _check_token(request.headers.get("authorization", ""), token)
+        state = await run_in_threadpool(jobs.status, job)
+        if state is None:
+            raise HTTPError(404, f"no job {job!r}")
+        return state
 
     return app
 
 
-def _check_token(environ, token: str) -> None:
-    header = environ.get("HTTP_AUTHORIZATION", "")
+def _check_token(header: str, token: str) -> None:
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given:
         raise HTTPError(401, "missing bearer token: send 'Authorization: Bearer <token>'")
@@ -181,43 +410,23 @@ def _check_token(environ, token: str) -> None:
         raise HTTPError(401, "wrong bearer token")
 
 
-def _json_body(environ) -> dict[str, Any]:
-    try:
-        size = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        raise HTTPError(400, "bad Content-Length") from None
-    if size > MAX_BODY:
-        raise HTTPError(413, f"body of {size} bytes is over the {MAX_BODY}-byte limit")
-    raw = environ["wsgi.input"].read(size) if size else b""
-    try:
-        body = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HTTPError(400, f"body is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise HTTPError(400, "body must be a JSON object")
-    return body
-
-
-def build_service(cfg: ServeConfig, *, backend=None, extractor=None) -> AgentService:
+def build_service(cfg: ServeConfig, *, backend=None, extractor=None, identity: dict | None = None) -> AgentService:
     if backend is None:
-        from stages.evaluate import make_backends
+        from hopsmith.agent.backends import agent_backends
 
-        # The same backend and extractor `hopsmith eval` builds, so the endpoint answers as eval scores.
-        backend, extractor = make_backends(EvalConfig(model=cfg.model, adapter=cfg.adapter, batch_size=1))
-    return AgentService(cfg, backend, extractor)
+        # The same factory as `hopsmith eval`, so the endpoint answers as eval scores; one row per batched request.
+        backend, extractor = agent_backends(eval_config(cfg), batch_size=cfg.max_batch)
+    return AgentService(cfg, backend, extractor, identity=identity)
 
 
 def serve_forever(cfg: ServeConfig) -> None:
     import os
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    import uvicorn
 
     token = os.environ.get(cfg.token_env)
-    app = make_app(build_service(cfg), token)  # refuses to start without a token
-
-    class Quiet(WSGIRequestHandler):
-        def log_message(self, fmt, *args):
-            print(f"{self.address_string()} {fmt % args}")
-
-    with make_server(cfg.host, cfg.port, app, handler_class=Quiet) as server:
-        print(f"serving {cfg.adapter or cfg.model} on http://{cfg.host}:{cfg.port} (token from ${cfg.token_env})")
-        server.serve_forever()
+    if not token:  # before the model loads: a missing token is a one-line error, not a minute's wait
+        raise ConfigError(f"no API token: set ${cfg.token_env} (the endpoint refuses to run without auth)")
+    app = make_app(build_service(cfg), token)
+    print(f"serving {cfg.adapter or cfg.model} on http://{cfg.host}:{cfg.port} (token from ${cfg.token_env})", flush=True)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")

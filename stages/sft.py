@@ -2,10 +2,12 @@
 
     hopsmith sft --traces runs/ladder/kept.jsonl --out runs/ladder/sft [--preset seed000|seed002]
 
-Loss is on assistant tokens only: every trace is rendered with the chat template that inference uses
-(hopsmith/templates/chatml_tools.jinja for ChatML models, whose `{% generation %}` markers give the
-assistant mask), tokenised here, and handed to TRL with its labels already masked. Tool results, the
-system prompt and the question never contribute to the loss.
+Loss is on assistant tokens only: every trace is rendered with the model's training template
+(`hopsmith.backends.templates`: TRL's marked variant for Qwen2.5/Qwen3, our ChatML-with-tools template for
+ChatML models like SmolLM2, the model's own for Llama 3.2 with the assistant's tokens found prefix by
+prefix), tokenised here, and handed to TRL with its labels already masked. Tool results, the system prompt
+and the question never contribute to the loss. Traces longer than `max_length` are left out, not cut, and
+the count is printed.
 
 Writes into `root`: the adapter (`adapter_model.safetensors`, `adapter_config.json`, the tokenizer with the
 template it was trained with), `training.json` (config, trained question ids, counts), `loss.json` (the
@@ -53,7 +55,7 @@ class SFTConfig:
     qlora: str = "auto"  # auto: NF4 when CUDA is present and the preset is seed002; on | off
     batch_size: int = 2
     grad_accum: int = 1
-    max_length: int = 2048
+    max_length: int = 4096  # the pipeline's and the cloud ladder's; longer traces are left out (and said so)
     max_steps: int = -1
     save_steps: int = 25
     seed: int = 0
@@ -79,24 +81,57 @@ def target_modules(spec: str):
     return [s.strip() for s in spec.split(",") if s.strip()]
 
 
-def tokenize_trace(trace: dict, tokenizer, chat_template: str, max_length: int) -> dict:
-    """input_ids and labels (-100 outside assistant turns) for one trace."""
-    out = tokenizer.apply_chat_template(
-        trace["messages"], tools=trace.get("tools"), chat_template=chat_template, tokenize=True,
-        return_dict=True, return_assistant_tokens_mask=True,
-    )
-    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
-    if not any(mask):
-        raise ValueError(f"trace {trace.get('id')}: no assistant tokens (the chat template has no generation markers?)")
-    return {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)],
-            "attention_mask": [1] * len(ids)}
+def tokenize_trace(trace: dict, tokenizer, chat_template: str, max_length: int | None = None) -> dict:
+    """input_ids and labels (-100 on every token the assistant did not write) for one trace, rendered with
+    `chat_template` (the training template of `hopsmith.backends.templates.chat_templates`). Not cut to
+    max_length: `fit_traces` leaves long traces out instead."""
+    from hopsmith.backends.templates import tokenize_conversation
+
+    return tokenize_conversation(tokenizer, trace["messages"], trace.get("tools"), chat_template)
+
+
+def fit_traces(traces: list[dict], tokenizer, chat_template: str, max_length: int, *, what: str = "traces",
+               log=None) -> tuple[list[dict], list[dict], dict]:
+    """Tokenise every trace; leave out (never cut: a cut trace loses its final answer) those longer than
+    max_length and those the chat template cannot render. Returns (kept traces, their rows, a report) and
+    prints one line per kind of drop, with the count and the fix."""
+    import sys
+
+    import jinja2
+
+    from hopsmith.backends.templates import TemplateError
+
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    kept, rows, too_long, refused = [], [], [], {}
+    for t in traces:
+        try:
+            row = tokenize_trace(t, tokenizer, chat_template)
+        except (TemplateError, jinja2.TemplateError) as exc:  # e.g. Llama 3.2's "only supports single tool-calls"
+            refused.setdefault(f"{type(exc).__name__}: {exc}"[:200], []).append(t.get("id"))
+            continue
+        if len(row["input_ids"]) > max_length:
+            too_long.append(len(row["input_ids"]))
+            continue
+        kept.append(t)
+        rows.append(row)
+    if too_long:
+        log(f"left out {len(too_long)} of {len(traces)} {what} longer than max_length={max_length} tokens (longest "
+            f"{max(too_long)}); raise --max-length to train on them")
+    for reason, ids in refused.items():
+        log(f"left out {len(ids)} of {len(traces)} {what} the chat template cannot render ({reason}; e.g. {ids[0]})")
+    report = {"too_long": len(too_long), "longest_dropped": max(too_long, default=None),
+              "template_refused": sum(len(v) for v in refused.values()), "refused_reasons": sorted(refused),
+              "tokens": sum(len(r["input_ids"]) for r in rows)}
+    return kept, rows, report
 
 
 def load_model_for_training(cfg: SFTConfig):
+    """(model, tokenizer, its ChatTemplates, whether QLoRA is on). The model loads on the CPU (or 4-bit on
+    the GPU); the Trainer moves it to the device it trains on."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hopsmith.backends.hf import pick_chat_template
+    from hopsmith.backends.templates import chat_templates
     from hopsmith.models import resolve_model
 
     path = resolve_model(cfg.model)
@@ -117,7 +152,7 @@ def load_model_for_training(cfg: SFTConfig):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return model, tokenizer, pick_chat_template(tokenizer), use_qlora
+    return model, tokenizer, chat_templates(tokenizer), use_qlora
 
 
 def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_seconds: float | None = None) -> dict:
@@ -132,7 +167,8 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_sec
     from trl import SFTConfig as TRLConfig
     from trl import SFTTrainer
 
-    from hopsmith.backends.hf import pick_chat_template
+    from hopsmith.backends.templates import chat_templates, check_prompts_are_prefixes
+    from hopsmith.config import ConfigError
 
     cfg = cfg.resolved()
     root = Path(root)
@@ -145,9 +181,10 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_sec
         raise ValueError(f"{traces_path} holds no traces: nothing to train on")
     use_qlora = False
     if model is None:
-        model, tokenizer, template, use_qlora = load_model_for_training(cfg)
+        model, tokenizer, templates, use_qlora = load_model_for_training(cfg)
     else:
-        template = pick_chat_template(tokenizer)
+        templates = chat_templates(tokenizer)
+    template = templates.training
     if cfg.init_adapter:
         from peft import PeftModel
 
@@ -157,13 +194,15 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_sec
         model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    tokenized = [tokenize_trace(t, tokenizer, template, cfg.max_length) for t in traces]
-    # A trace cut short loses its conclusion (the final answer), so long traces are left out, not cut.
-    keep = [i for i, r in enumerate(tokenized) if len(r["input_ids"]) <= cfg.max_length]
-    too_long = len(tokenized) - len(keep)
-    if not keep:
-        raise ValueError(f"every trace in {traces_path} is longer than max_length={cfg.max_length} tokens")
-    traces, rows = [traces[i] for i in keep], [tokenized[i] for i in keep]
+    given = len(traces)
+    traces, rows, dropped = fit_traces(traces, tokenizer, template, cfg.max_length)
+    if not rows:
+        raise ConfigError(f"none of the {given} traces in {traces_path} can train: {dropped['too_long']} are longer "
+                          f"than max_length={cfg.max_length} tokens, {dropped['template_refused']} refused by the chat "
+                          "template; raise --max-length")
+    # Inference after training renders with the training template: prove on one trace that every prompt the
+    # agent will see is a prefix of what was trained on (raises TemplateError, a one-line CLI error).
+    check_prompts_are_prefixes(tokenizer, traces[0]["messages"], traces[0].get("tools"), templates)
     dataset = Dataset.from_list(rows)
 
     losses: list[dict] = []
@@ -227,7 +266,10 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_sec
         "config": asdict(cfg),
         "qlora": use_qlora,
         "traces": len(traces),
-        "too_long_dropped": too_long,
+        "traces_given": given,
+        "too_long_dropped": dropped["too_long"],
+        "template_refused": dropped["template_refused"],
+        "chat_template": templates.source,
         "tokens": sum(len(r["input_ids"]) for r in rows),
         "assistant_tokens": sum(sum(1 for x in r["labels"] if x != -100) for r in rows),
         "steps": trainer.state.global_step,

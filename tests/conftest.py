@@ -52,6 +52,79 @@ def tiny_dir(tmp_path_factory, tiny_model, tiny_tokenizer):
     return d
 
 
+# The seeds' model families, as tiny random models of the real architectures with the real chat templates
+# (TRL ships the families' templates) and a BPE trained here with the family's special tokens.
+FAMILIES = {
+    "qwen3": dict(template="qwen3.jinja", config="Qwen3Config", model="Qwen3ForCausalLM",
+                  specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                  added=["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"],
+                  bos=None, eos="<|im_end|>", pad="<|endoftext|>"),
+    "qwen2.5": dict(template="qwen2_5.jinja", config="Qwen2Config", model="Qwen2ForCausalLM",
+                    specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                    added=["<tool_call>", "</tool_call>"], bos=None, eos="<|im_end|>", pad="<|endoftext|>"),
+    "llama3.2": dict(template="llama3_2.jinja", config="LlamaConfig", model="LlamaForCausalLM",
+                     specials=["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                               "<|eot_id|>", "<|eom_id|>", "<|python_tag|>"],
+                     added=[], bos="<|begin_of_text|>", eos="<|eot_id|>", pad=None),
+}
+
+
+def family_template(name: str) -> str:
+    from pathlib import Path
+
+    import trl
+
+    return (Path(trl.__file__).parent / "chat_templates" / FAMILIES[name]["template"]).read_text()
+
+
+def family_tokenizer(name: str):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    f = FAMILIES[name]
+    template = family_template(name)
+    qs = load_questions("musique", limit=20)
+    corpus = [p.text for q in qs for p in q.paragraphs] + [template]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=700, special_tokens=f["specials"], show_progress=False,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=f["bos"], eos_token=f["eos"], pad_token=f["pad"])
+    if f["added"]:
+        out.add_tokens(f["added"])
+    out.chat_template = template
+    return out
+
+
+@pytest.fixture(scope="session")
+def family_dir(tmp_path_factory):
+    """family_dir(name) -> a model directory: a tiny random Qwen3 / Qwen2.5 / Llama 3.2 with its real template."""
+    made = {}
+
+    def make(name: str):
+        if name not in made:
+            import torch
+            import transformers
+
+            f = FAMILIES[name]
+            tok = family_tokenizer(name)
+            torch.manual_seed(0)
+            config = getattr(transformers, f["config"])(
+                vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=16, max_position_embeddings=4096, tie_word_embeddings=True,
+                eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+            model = getattr(transformers, f["model"])(config)
+            d = tmp_path_factory.mktemp(name.replace(".", ""))
+            model.save_pretrained(d)
+            tok.save_pretrained(d)
+            made[name] = d
+        return made[name]
+
+    return make
+
+
 @pytest.fixture()
 def tiny_backend(tiny_model, tiny_tokenizer):
     from hopsmith.backends.hf import HFBackend

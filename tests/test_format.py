@@ -88,3 +88,21 @@ def test_malformed_call_text_stays_in_message_content():
 def test_unknown_format_named():
     with pytest.raises(ValueError, match="unknown action format 'code'"):
         get_format("code")
+
+
+def test_llama_bare_json_call_is_a_call_and_renders_back():
+    """Llama 3.2's own template renders a call as one bare {"name", "parameters"} object, so an SFT'd Llama
+    writes that; it is read as the call, and the stored message renders back to the same text."""
+    from conftest import family_tokenizer
+
+    text = '{"name": "search", "parameters": {"query": "Eldon county"}}'
+    action = fmt.parse(text)
+    assert not action.is_final and action.calls[0].name == "search" and action.calls[0].arguments == {"query": "Eldon county"}
+    msg = fmt.assistant_message(text, action)
+    assert msg == {"role": "assistant", "content": "",
+                   "tool_calls": [{"type": "function", "function": {"name": "search", "arguments": {"query": "Eldon county"}}}]}
+    tok = family_tokenizer("llama3.2")
+    rendered = tok.apply_chat_template([{"role": "user", "content": "q"}, msg], tokenize=False)
+    assert text + "<|eot_id|>" in rendered
+    # JSON that is an answer, not a call, stays an answer
+    assert fmt.parse('FINAL({"name": "x"})').is_final and fmt.parse('{"answer": 3}').is_final

@@ -36,13 +36,19 @@ def test_model_directory_and_errors(tiny_dir, tmp_path):
 
 
 def test_template_choice(tiny_tokenizer):
-    class T:
-        chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}"
+    import copy
 
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}"  # no tools, not ChatML
     with pytest.raises(ValueError, match="renders no tool calls"):
-        pick_chat_template(T())
-    T.chat_template = "{% if tools %}{{ tools }}{% endif %}{% for m in messages %}{{ m.tool_calls }}{% endfor %}"
-    assert pick_chat_template(T()) == T.chat_template
+        pick_chat_template(tok)
+    # mentions tools and calls but drops the tool's result: not a tool template either
+    tok.chat_template = "{% if tools %}{{ tools }}{% endif %}{% for m in messages %}{{ m.tool_calls }}{% endfor %}"
+    with pytest.raises(ValueError, match="renders no tool calls"):
+        pick_chat_template(tok)
+    tok.chat_template = ("{% if tools %}{{ tools }}{% endif %}{% for m in messages %}{{ m.content }}"
+                         "{{ m.tool_calls }}{% endfor %}")
+    assert pick_chat_template(tok) == tok.chat_template
     assert pick_chat_template(tiny_tokenizer) == CHATML_TOOLS_TEMPLATE
 
 

@@ -1,12 +1,13 @@
-"""The eval endpoint over real HTTP: auth, bad bodies, /answer on given paragraphs and on a bundled
-question, /evaluate; and the vLLM backend's wiring against a stand-in `vllm` module."""
+"""The eval endpoint over real HTTP (uvicorn on a free port): auth, bad bodies, /answer on given paragraphs and
+on a bundled question, /evaluate as a job to poll, concurrent requests answered in batches with /health never
+waiting; and the vLLM backend's wiring against a stand-in `vllm` module."""
 import json
 import sys
 import threading
+import time
 import types
 import urllib.error
 import urllib.request
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 from conftest import ScriptedBackend, call
@@ -18,45 +19,70 @@ from stages import serve
 TOKEN = "s3cret-token"
 
 
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, *a):
-        pass
+def start_server(app):
+    """uvicorn serving `app` on a free port in a thread; returns (base url, stop)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+
+    def stop():
+        server.should_exit = True
+        thread.join(timeout=10)
+
+    return f"http://127.0.0.1:{port}", stop
+
+
+def client(base):
+    def request(path, body=None, *, token=TOKEN, method=None, raw=None):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(base + path, data=data, method=method or ("POST" if data is not None else "GET"))
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    return request
 
 
 @pytest.fixture()
 def endpoint():
-    """Start a server around a given backend; yields a request function."""
-    servers = []
+    """Start a server around a given backend; yields a request function (its service on `.service`)."""
+    stops = []
 
     def start(backend, **cfg):
         service = serve.AgentService(serve.ServeConfig(**cfg), backend)
-        server = make_server("127.0.0.1", 0, serve.make_app(service, TOKEN), handler_class=_Quiet)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        base = f"http://127.0.0.1:{server.server_port}"
-
-        def request(path, body=None, *, token=TOKEN, method=None, raw=None):
-            data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-            req = urllib.request.Request(base + path, data=data, method=method or ("POST" if data is not None else "GET"))
-            if token:
-                req.add_header("Authorization", f"Bearer {token}")
-            try:
-                with urllib.request.urlopen(req, timeout=60) as resp:
-                    return resp.status, json.loads(resp.read())
-            except urllib.error.HTTPError as exc:
-                return exc.code, json.loads(exc.read())
-
+        base, stop = start_server(serve.make_app(service, TOKEN))
+        stops.append(stop)
+        request = client(base)
+        request.service = service
         return request
 
     yield start
-    for s in servers:
-        s.shutdown()
-        s.server_close()
+    for stop in stops:
+        stop()
+
+
+def poll(request, job, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = request(f"/jobs/{job}")
+        if body.get("status") in ("done", "failed"):
+            return status, body
+        time.sleep(0.05)
+    raise AssertionError(f"job {job} did not finish")
 
 
 def test_auth_routes_and_bad_bodies(endpoint):
     request = endpoint(ScriptedBackend({}))
-    assert request("/health", token=None) == (200, {"ok": True, "model": "scripted"})
+    assert request("/health", token=None) == (200, {"ok": True, "model": "scripted", "adapter": None, "queued": 0})
     status, body = request("/answer", {"question": "q", "paragraphs": [{"text": "t"}]}, token=None)
     assert status == 401 and "missing bearer token" in body["error"]
     status, body = request("/answer", {"question": "q", "paragraphs": [{"text": "t"}]}, token="wrong")
@@ -77,8 +103,24 @@ def test_auth_routes_and_bad_bodies(endpoint):
     assert status == 400 and "'limit'" in body["error"]
     status, body = request("/evaluate", {"data": "nope"})
     assert status == 400 and "'data'" in body["error"]
+    assert request("/jobs/nope")[0] == 404 and request("/jobs/nope", token=None)[0] == 401
     assert request("/answer", method="GET")[0] == 405
     assert request("/nowhere", {})[0] == 404
+
+
+def test_an_oversized_body_is_refused_unread():
+    import asyncio
+
+    import httpx
+
+    app = serve.make_app(serve.AgentService(serve.ServeConfig(), ScriptedBackend({})), TOKEN)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            return await c.post("/answer", content=b"x" * (serve.MAX_BODY + 1), headers={"Authorization": f"Bearer {TOKEN}"})
+
+    resp = asyncio.run(go())
+    assert resp.status_code == 413 and "over the" in resp.json()["error"]
 
 
 def test_answer_searches_the_given_paragraphs(endpoint):
@@ -94,7 +136,7 @@ def test_answer_searches_the_given_paragraphs(endpoint):
     assert "metrics" not in body  # no gold answer, no score
 
 
-def test_answer_and_evaluate_on_bundled_questions(endpoint):
+def test_answer_and_evaluate_job_on_bundled_questions(endpoint):
     qs = load_questions("musique", split="eval", limit=2)
     script = {q.question: [call("search", query=hop_question(q, 0)), f"FINAL({q.answer})"] for q in qs}
     request = endpoint(ScriptedBackend(script))
@@ -102,8 +144,51 @@ def test_answer_and_evaluate_on_bundled_questions(endpoint):
     assert status == 200 and body["answer"] == qs[0].answer and body["metrics"]["acc"] == 1.0
     status, body = request("/answer", {"data": "musique", "question_id": "missing"})
     assert status == 400 and "missing" in body["error"]
-    status, body = request("/evaluate", {"data": "musique", "limit": 2})
-    assert status == 200 and body["n"] == 2 and body["acc"]["mean"] == 1.0 and "lo" in body["acc"]
+    status, started = request("/evaluate", {"data": "musique", "limit": 2})
+    assert status == 202 and started["status"] == "queued" and started["poll"] == f"/jobs/{started['job']}"
+    status, body = poll(request, started["job"])
+    assert status == 200 and body["status"] == "done", body
+    result = body["result"]
+    assert result["n"] == 2 and result["acc"]["mean"] == 1.0 and "lo" in result["acc"]
+
+
+class Gated(ScriptedBackend):
+    """Blocks inside generate until released: a model busy with a batch."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def generate(self, conversations, **kw):
+        self.entered.set()
+        assert self.release.wait(30)
+        return super().generate(conversations, **kw)
+
+
+def test_concurrent_answers_are_batched_and_health_never_waits(endpoint):
+    backend = Gated({}, default=["FINAL(x)"])
+    request = endpoint(backend, batch_wait_ms=200)
+    body = {"question": "q?", "paragraphs": [{"text": "t"}]}
+    results = []
+    first = threading.Thread(target=lambda: results.append(request("/answer", body)))
+    first.start()
+    assert backend.entered.wait(10)  # the first request's batch is on the model now
+    others = [threading.Thread(target=lambda: results.append(request("/answer", body))) for _ in range(6)]
+    for t in others:
+        t.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status, health = request("/health", token=None)  # answered while the model is busy
+        assert status == 200 and health["ok"]
+        if health["queued"] == 6:
+            break
+        time.sleep(0.02)
+    assert health["queued"] == 6
+    backend.release.set()
+    for t in [first, *others]:
+        t.join(30)
+    assert len(results) == 7 and all(status == 200 and b["answer"] == "x" for status, b in results)
+    assert backend.batches == [1, 6]  # the six that waited were answered in one generate call
 
 
 def test_the_real_model_path_answers_over_http(endpoint, tiny_backend):
@@ -116,6 +201,10 @@ def test_serve_refuses_to_start_without_a_token(monkeypatch):
     service = serve.AgentService(serve.ServeConfig(), ScriptedBackend({}))
     with pytest.raises(ConfigError, match="HOPSMITH_API_TOKEN"):
         serve.make_app(service, None)
+    from hopsmith import cli
+
+    monkeypatch.delenv("HOPSMITH_API_TOKEN", raising=False)
+    assert cli.main(["serve", "--model", "nowhere"]) == 2  # one line, before any model loads
 
 
 def test_vllm_backend_sends_the_adapter_and_stops(monkeypatch, tiny_dir, tmp_path):

@@ -130,17 +130,43 @@ def test_missing_or_empty_traces(tmp_path):
         sft.run(sft.SFTConfig(traces=str(tmp_path / "empty.jsonl")), tmp_path / "b")
 
 
-def test_traces_longer_than_max_length_are_dropped_not_cut(tmp_path, tiny_dir):
+def test_traces_longer_than_max_length_are_dropped_not_cut(tmp_path, tiny_dir, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     traces = _traces(n=3)
     traces[1]["messages"][1]["content"] += " filler" * 6000  # far past max_length
     write_jsonl(tmp_path / "t.jsonl", traces)
-    cfg = sft.SFTConfig(traces=str(tmp_path / "t.jsonl"), max_steps=1, batch_size=1, max_length=4096, lora_r=2, lora_alpha=4)
+    cfg = sft.SFTConfig(traces=str(tmp_path / "t.jsonl"), max_steps=1, batch_size=1, lora_r=2, lora_alpha=4)
     summary = sft.run(cfg, tmp_path / "a", model=AutoModelForCausalLM.from_pretrained(tiny_dir),
                       tokenizer=AutoTokenizer.from_pretrained(tiny_dir))
-    assert summary["traces"] == 2 and summary["too_long_dropped"] == 1
+    assert summary["traces"] == 2 and summary["too_long_dropped"] == 1 and summary["traces_given"] == 3
+    assert "left out 1 of 3 traces longer than max_length=4096 tokens" in capsys.readouterr().err  # never silently
     assert traces[1]["question_id"] not in summary["trained_question_ids"]
     with pytest.raises(ValueError, match="longer than max_length=10"):
         sft.run(sft.SFTConfig(traces=str(tmp_path / "t.jsonl"), max_length=10), tmp_path / "b",
                 model=AutoModelForCausalLM.from_pretrained(tiny_dir), tokenizer=AutoTokenizer.from_pretrained(tiny_dir))
+
+
+def test_max_length_agrees_across_the_ladders():
+    """SFT's default used to be 2048 while the ladders passed 4096: over half of the full-preset MuSiQue traces
+    (74 of 132) were left out whenever SFT ran on its own."""
+    from stages import cloud, pipeline, preference
+
+    assert sft.SFTConfig().max_length == pipeline.PRESETS["full"]["max_length"] == cloud.CloudConfig().max_length == 4096
+    assert preference.PreferenceConfig().max_length == 4096
+
+
+def test_a_trace_the_template_refuses_is_reported(capsys):
+    """Llama 3.2's template raises on two tool calls in one assistant message: that trace is left out and said so."""
+    from conftest import family_tokenizer
+
+    from hopsmith.backends.templates import chat_templates
+
+    tok = family_tokenizer("llama3.2")
+    traces = _traces(n=2)
+    first_call = next(m for m in traces[0]["messages"] if m.get("tool_calls"))
+    first_call["tool_calls"] = first_call["tool_calls"] * 2
+    kept, rows, report = sft.fit_traces(traces, tok, chat_templates(tok).training, 4096)
+    assert [t["id"] for t in kept] == [traces[1]["id"]] and report["template_refused"] == 1
+    err = capsys.readouterr().err
+    assert "left out 1 of 2 traces the chat template cannot render" in err and "single tool-calls" in err

@@ -97,6 +97,8 @@ class HermesFormat:
         thinking = thinking_of(text)
         body = strip_thinking(text)
         calls = [self._parse_call(m.group(1)) for m in TOOL_CALL_RE.finditer(body)]
+        if not calls and (bare := _bare_call(body)) is not None:
+            calls = [bare]
         if calls:
             return Action(calls=calls, thinking=thinking)
         return Action(answer=extract_answer(text), thinking=thinking)
@@ -129,6 +131,11 @@ class HermesFormat:
         prose, and any malformed call verbatim) stays in `content`, so the trace keeps what was said."""
         if action.is_final:
             return {"role": "assistant", "content": text}
+        if not TOOL_CALL_RE.search(text) and (bare := _bare_call(strip_thinking(text))) is not None:
+            # Llama 3.x's own call format; its template renders the call back from tool_calls alone.
+            thinking = "\n".join(re.findall(r"<think>.*?(?:</think>|$)", text, re.S))
+            return {"role": "assistant", "content": thinking,
+                    "tool_calls": [{"type": "function", "function": {"name": bare.name, "arguments": bare.arguments}}]}
         content = text
         structured = []
         for m in reversed(list(TOOL_CALL_RE.finditer(text))):
@@ -141,6 +148,23 @@ class HermesFormat:
         if structured:
             message["tool_calls"] = structured
         return message
+
+
+def _bare_call(body: str) -> ToolCall | None:
+    """A reply that is one JSON object {"name", "parameters"|"arguments"} and nothing else: the tool-call format
+    Llama 3.x's own chat template asks for and renders (optionally after <|python_tag|>)."""
+    raw = body.strip().removeprefix("<|python_tag|>").strip()
+    if not (raw.startswith("{") and raw.endswith("}")):
+        return None
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict) or "name" not in obj or not ({"parameters", "arguments"} & set(obj)):
+        return None
+    call = HermesFormat._parse_call(raw)
+    return call if call.valid else None
+
 
 
 PYTHON_RE = re.compile(r"<python>(.*?)(</python>|$)", re.S)

@@ -7,29 +7,48 @@ sorted by length first so a chunk pads little. `batch_size=1` is the one-at-a-ti
 """
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 from . import Generation, cut_at_stop
-
-CHATML_TOOLS_TEMPLATE = resources.files("hopsmith").joinpath("templates/chatml_tools.jinja").read_text()
+from .templates import CHATML_TOOLS_TEMPLATE, adapter_chat_template, inference_template  # noqa: F401 - re-exported
 
 
 def pick_chat_template(tokenizer) -> str:
-    """The model's own template when it can render tool calls, else our ChatML-with-tools template.
+    """The template this tokenizer's prompts are rendered with (`hopsmith.backends.templates` decides: the
+    model's own when it renders tools, an adapter's saved training template, else our ChatML-with-tools).
 
     A template that never mentions tools would silently drop the tool specs and the calls from the
     prompt, which is how an agent ends up never calling a tool.
     """
-    own = tokenizer.chat_template or ""
-    if "tool_calls" in own and "tools" in own:
-        return own
-    if own and "<|im_start|>" not in own:
-        raise ValueError(
-            "this model's chat template renders no tool calls and is not ChatML; "
-            "supply a template with tools (see hopsmith/templates/chatml_tools.jinja)"
-        )
-    return CHATML_TOOLS_TEMPLATE
+    return inference_template(tokenizer)
+
+
+def default_device() -> str:
+    """Where every stage puts a model it loads: the GPU when there is one."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def place_model(model, device: str | None = None):
+    """The one device rule: a model given to a backend is used where it is, or moved whole to `device`;
+    inputs always go where the model's weights are, never elsewhere. A quantised model cannot move: asking
+    it to is refused. Returns (model, device)."""
+    from ..models import ModelError
+
+    here = next(model.parameters()).device
+    if device is None or here == _as_device(device):
+        return model, here
+    if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_loaded_in_4bit", False):
+        raise ModelError(f"the model is quantised on {here}; it cannot be moved to {device}")
+    return model.to(device), next(model.parameters()).device
+
+
+def _as_device(device):
+    import torch
+
+    d = torch.device(device)
+    return torch.device(d.type, 0) if d.type == "cuda" and d.index is None else d
 
 
 def check_adapter(adapter: str | Path) -> None:
@@ -39,14 +58,6 @@ def check_adapter(adapter: str | Path) -> None:
 
     if not (Path(adapter) / "adapter_config.json").exists():
         raise ModelError(f"--adapter {adapter}: no adapter_config.json there (not a LoRA adapter directory)")
-
-
-def tokenizer_source(model_path, adapter: str | Path | None):
-    """Where to load the tokenizer from: the adapter's own, when it saved one (it was trained with that
-    tokenizer's chat template, and inference must render the same), else `model_path`."""
-    if adapter and (Path(adapter) / "tokenizer_config.json").exists():
-        return adapter
-    return model_path
 
 
 class HFBackend:
@@ -62,6 +73,7 @@ class HFBackend:
         dtype: str | None = None,
         model_obj=None,
         tokenizer=None,
+        chat_template: str | None = None,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -71,12 +83,14 @@ class HFBackend:
         if adapter:
             check_adapter(adapter)
         self.batch_size = max(1, int(batch_size))
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if model_obj is not None:
-            # Tests and training stages hand over a model already in memory.
-            self.model, self.tokenizer = model_obj, tokenizer
+            # Tests and training stages hand over a model already in memory: it is used where it is (or moved
+            # whole to `device`), so inputs and weights never sit on different devices.
+            self.model, self.device = place_model(model_obj, device)
+            self.tokenizer = tokenizer
             self.name = getattr(model_obj, "name_or_path", "in-memory")
         else:
+            self.device = device or default_device()
             path = resolve_model(model)
             self.name = model
             torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device == "cuda" else torch.float32)
@@ -84,15 +98,16 @@ class HFBackend:
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device)
         if adapter:
             from peft import PeftModel
-            from transformers import AutoTokenizer
 
             self.model = PeftModel.from_pretrained(self.model, adapter)
             self.name = f"{self.name}+{adapter}"
-            own = tokenizer_source(None, adapter)  # the adapter's own tokenizer, or None: keep the base model's
+            # The adapter's training template on the model's tokenizer (see templates.load_tokenizer).
+            own = adapter_chat_template(adapter)
             if own:
-                self.tokenizer = AutoTokenizer.from_pretrained(own)
+                self.tokenizer.chat_template = own
         self.model.eval()
-        self.chat_template = pick_chat_template(self.tokenizer)
+        # A training stage passes the template it trains with, so its probes and rollouts are prompted as trained.
+        self.chat_template = chat_template or pick_chat_template(self.tokenizer)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"

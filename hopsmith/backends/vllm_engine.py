@@ -3,15 +3,16 @@
     backend = VLLMBackend("/vol/models/hopsmith/smollm2-135m-instruct", adapter="/vol/adapters/run/sft")
 
 The base model is loaded once with `enable_lora=True` and the adapter goes with every request as a
-`LoRARequest`, so one engine serves the base and any adapter. Prompts are rendered by the same tokenizer
-and chat template as the HF backend (the adapter's own, when it saved one), so a trace looks the same to
-the model in training, in local eval and here. `vllm` is imported inside the constructor: importing this
-module costs nothing where vLLM is absent.
+`LoRARequest`, so one engine serves the base and any adapter. Prompts are rendered by the model's
+tokenizer with the same chat template as the HF backend (the adapter's training template, when it saved
+one), so a trace looks the same to the model in training, in local eval and here. `vllm` is imported
+inside the constructor: importing this module costs nothing where vLLM is absent.
 """
 from __future__ import annotations
 
 from . import Generation, cut_at_stop
-from .hf import check_adapter, pick_chat_template, tokenizer_source
+from .hf import check_adapter, pick_chat_template
+from .templates import load_tokenizer
 
 
 class VLLMBackend:
@@ -26,15 +27,13 @@ class VLLMBackend:
         seed: int = 0,
         llm=None,
     ):
-        from transformers import AutoTokenizer
-
         from ..models import resolve_model
 
         path = resolve_model(model)
         self.name = model if not adapter else f"{model}+{adapter}"
         if adapter:
             check_adapter(adapter)
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(path, adapter))
+        self.tokenizer = load_tokenizer(path, adapter)
         self.chat_template = pick_chat_template(self.tokenizer)
         if max_model_len is None:
             from transformers import AutoConfig
