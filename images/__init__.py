@@ -3,7 +3,7 @@
 
 - sft:  torch, transformers, peft, trl, bitsandbytes (QLoRA), datasets, accelerate + the CPU stack
 - eval: vLLM (it brings its own torch and transformers) + the search stack
-- cpu:  bm25s, google-genai, openai-compatible clients: traces, judge, merges, no torch
+- cpu:  bm25s, google-genai, openai-compatible clients, matplotlib (report.html): traces, judge, merges
 
 Versions are the ones measured together on CPU here (README), except the eval image, whose torch and
 transformers are whatever vLLM 0.33.0 pins (torch 2.14.0, transformers < 5.21).
@@ -22,6 +22,7 @@ TRAIN = ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "trl==1.16.0",
          "accelerate==1.15.0", "bitsandbytes==0.50.0", "safetensors>=0.4"]
 EVAL = ["vllm==0.33.0"]
 REMOTE = ["google-genai>=3.4,<4"]
+REPORT = ["matplotlib==3.11.2"]  # merge_eval writes report.html (plots as SVG)
 IGNORE = [".venv", ".venv/**", "runs", "runs/**", ".cache", ".cache/**", ".git", ".git/**", "**/__pycache__/**",
           "*.pyc", ".pytest_cache/**"]
 ENV = {"PYTHONPATH": SRC, "HOPSMITH_CACHE": "/vol/models/hopsmith", "HF_HOME": "/vol/models/hf",
@@ -55,4 +56,4 @@ def cpu_image():
     base = modal.Image.debian_slim(python_version=PYTHON)
     # The judge and traces stages import transformers' tool-schema helper; a CPU torch keeps it small.
     return _finish(base.pip_install("torch==2.13.0", index_url="https://download.pytorch.org/whl/cpu")
-                   .pip_install("transformers==5.23.0", *SEARCH, *REMOTE))
+                   .pip_install("transformers==5.23.0", *SEARCH, *REMOTE, *REPORT))

@@ -4,7 +4,8 @@
 
 Writes into the run directory: `config.json`, `results.jsonl` (one finished episode a line: messages,
 prediction, tool calls, per-question metrics and failure kind), `extraction.jsonl` (the standalone
-extraction benchmark, for the ceiling) and `metrics.json` (see `hopsmith.metrics.aggregate`). Results
+extraction benchmark, for the ceiling), `metrics.json` (see `hopsmith.metrics.aggregate`) and `report.html`
+(`hopsmith.report`: the numbers, plots and every episode in one page). Results
 are appended as episodes finish; a rerun into the same directory skips the questions already done, and
 a directory holding another configuration's results is refused rather than mixed.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from hopsmith.config import EvalConfig, to_dict
 from hopsmith.io import JsonlAppender, read_jsonl, write_json, write_jsonl
+from hopsmith.report import try_write_report
 
 # Keys whose change makes earlier results incomparable; limit/batch size/bootstrap may change on resume.
 _RESULT_KEYS = ("data", "split", "model", "adapter", "extractor", "corpus", "pool_size", "pool_seed", "max_turns",
@@ -120,6 +122,7 @@ def run(cfg: EvalConfig, root: str | Path, *, backend=None, extractor=None, prog
     metrics["wall_seconds_this_run"] = time.perf_counter() - started
     metrics["leakage"] = leakage
     write_json(root / "metrics.json", metrics)
+    try_write_report([root])
     return metrics
 
 
@@ -244,6 +247,7 @@ def merge(cfg: EvalConfig, root: str | Path, num_shards: int) -> dict:
     metrics["duplicates_dropped"] = dropped
     metrics["leakage"] = check_leakage(cfg, questions)
     write_json(root / "metrics.json", metrics)
+    try_write_report([root])
     return metrics
 
 
