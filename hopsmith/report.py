@@ -31,8 +31,9 @@ from . import metrics as M
 from .io import read_jsonl
 
 TEMPLATES = Path(__file__).parent / "templates"
-# Where a ladder's evals sit in its order; other evals follow alphabetically.
-LADDER_ORDER = ("eval-base", "eval-sft", "eval-rft", "eval-simpo", "eval-dpo", "eval-grpo")
+# Where a ladder's stages sit in its order (evals and training runs); other directories follow alphabetically.
+LADDER_ORDER = ("eval-base", "sft", "eval-sft", "rft", "eval-rft", "mine", "pairs", "simpo", "eval-simpo", "dpo",
+                "eval-dpo", "grpo", "eval-grpo")
 _SKIP = {"checkpoints", "traces", "judged", "results", "extraction", "__pycache__", ".git", ".cache"}
 _MAX_DEPTH = 3
 
@@ -208,7 +209,8 @@ def _breakdown(ev: EvalRun, field_name: str, key: str) -> dict[str, dict]:
     grouped = getattr(M, "_grouped", None)
     if grouped is None or not any(r.get(field_name) is not None for r in ev.rows):
         return {}
-    return grouped(ev.rows, field_name, 1000, 0)
+    cfg = ev.config or {}  # the run's own bootstrap settings, so these intervals match its metrics.json
+    return grouped(ev.rows, field_name, int(cfg.get("bootstrap") or 1000), int(cfg.get("seed") or 0))
 
 
 def comparable(evals: list[EvalRun]) -> list[EvalRun]:
@@ -316,9 +318,24 @@ def plot_breakdown(evals: list[EvalRun], per_eval: list[dict[str, dict]], what: 
 
 
 def plot_behaviour(evals: list[EvalRun]) -> str:
+    import numpy as np
+
     keys = [k for k, _ in _RATES if any(_num(ev.metrics.get(k)) for ev in evals)]
-    series = [(ev.name, [{"mean": ev.metrics.get(k) or 0.0} for k in keys]) for ev in evals]
-    return _grouped_bars([_SHORT.get(k, k) for k in keys], series, "Behaviour rates", width=7.2)
+    fig = _figure(6.4, 0.5 + 0.32 * len(keys) * max(1, len(evals)) ** 0.5)
+    ax = fig.add_subplot()
+    y = np.arange(len(keys))
+    h = 0.8 / max(1, len(evals))
+    for i, ev in enumerate(evals):
+        vals = [100 * (ev.metrics.get(k) or 0.0) for k in keys]
+        ax.barh(y + (i - (len(evals) - 1) / 2) * h, vals, h, label=ev.name, color=_COLORS[i % len(_COLORS)])
+    ax.set_yticks(y, [dict(_RATES)[k] for k in keys], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("%")
+    ax.grid(axis="x", alpha=0.3)
+    if len(evals) > 1:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _svg(fig, "Behaviour rates")
 
 
 def plot_failures(evals: list[EvalRun]) -> str:
@@ -328,7 +345,7 @@ def plot_failures(evals: list[EvalRun]) -> str:
     left = [0] * len(evals)
     for i, kind in enumerate(M.FAILURE_KINDS):
         counts = [(ev.metrics.get("failures") or {}).get(kind, 0) for ev in evals]
-        ax.barh(names, counts, left=left, label=_KIND_LABELS.get(kind, kind), color=_COLORS[(i + 2) % len(_COLORS)])
+        ax.barh(names, counts, left=left, label=_KIND_LABELS.get(kind, kind), color=_KIND_COLORS.get(kind, "#937860"))
         left = [a + b for a, b in zip(left, counts)]
     correct = [round((ev.metrics["acc"]["mean"] or 0) * ev.metrics["n"]) for ev in evals]
     ax.barh(names, correct, left=left, label="correct", color="#cfe8cf")
@@ -422,6 +439,9 @@ _SHORT = {"tool_use_rate": "tool use", "invalid_call_rate": "invalid", "answered
 _KIND_LABELS = {"search_failure": "search failure", "extraction_failure": "extraction failure",
                 "no_final_answer": "no final answer", "other": "other wrong"}
 _COUNTS = (("avg_tool_calls", "tool calls / episode"), ("avg_turns", "turns / episode"))
+# The trace viewer's badges use the same colours (templates/report.css).
+_KIND_COLORS = {"search_failure": "#dd8452", "extraction_failure": "#8172b3", "no_final_answer": "#9aa3ae",
+                "other": "#c44e52"}
 # Keys of a compare() entry that are its sides, not paired statistics about them.
 _SIDE_KEYS = {"base", "tuned", "delta"}
 

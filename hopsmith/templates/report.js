@@ -159,6 +159,13 @@
     if (runs.length > 1) top.appendChild(el("span", "run", runs[ep.r].name));
     var n = (ep.calls || []).length;
     top.appendChild(el("span", "meta", hopsAndType(ep) + " · " + n + (n === 1 ? " call" : " calls")));
+    (byQuestion[ep.id] || []).forEach(function (other) {
+      if (other === ep) return;
+      var mini = badge(other.o);
+      mini.classList.add("mini");
+      mini.textContent = runs[other.r].name + ": " + (LABELS[other.o] || other.o);
+      top.appendChild(mini);
+    });
     item.appendChild(top);
     item.appendChild(el("div", "ep-q", ep.q));
     item.appendChild(el("div", "ep-a", "→ " + (ep.p == null ? "(no answer)" : ep.p) + "   gold: " + (ep.a || [])[0]));
@@ -282,6 +289,12 @@
   });
   [runSel, outSel, hopSel].forEach(function (s) { s.addEventListener("change", apply); });
   apply();
-  window.hopsmithReport = {ready: performance.now(), episodes: episodes.length};
+  // For benchmarks/report_load.py: filter now (no typing pause) and say how many episodes match.
+  function searchNow(text) {
+    search.value = text;
+    apply();
+    return shown.length;
+  }
+  window.hopsmithReport = {ready: performance.now(), episodes: episodes.length, search: searchNow};
   document.documentElement.setAttribute("data-ready", "1");
 })();
