@@ -97,8 +97,11 @@ def _training_logs(path: Path) -> list[dict]:
     loss.json by step (SFT's loss.json has no learning rate; its checkpoint's trainer state does)."""
     logs = _load_json(path / "log_history.json")
     if not isinstance(logs, list):
-        states = sorted((path / "checkpoints").glob("checkpoint-*/trainer_state.json"),
-                        key=lambda p: int(p.parent.name.split("-")[-1]) if p.parent.name.split("-")[-1].isdigit() else -1)
+        def number(p: Path) -> int:
+            tail = p.parent.name.rsplit("-", 1)[-1]
+            return int(tail) if tail.isdigit() else -1
+
+        states = sorted((path / "checkpoints").glob("checkpoint-*/trainer_state.json"), key=number)
         logs = (_load_json(states[-1]) or {}).get("log_history", []) if states else []
     by_step: dict[Any, dict] = {}
     for entry in logs:
@@ -477,8 +480,8 @@ def _headline_table(evals: list[EvalRun]) -> str:
     rows = [["questions (n)", *(_e(ev.metrics.get("n")) for ev in evals)],
             ["model", *(_e(ev.metrics.get("model", "")) for ev in evals)]]
     for k in M.ANSWER_METRICS:
-        rows.append([_e(_LABELS.get(k, k)), *(f"{_e(ci_text(ev.metrics.get(k)))} <small>n={_e((ev.metrics.get(k) or {}).get('n'))}</small>"
-                                              for ev in evals)])
+        blocks = [ev.metrics.get(k) or {} for ev in evals]
+        rows.append([_e(_LABELS.get(k, k)), *(f"{_e(ci_text(b))} <small>n={_e(b.get('n'))}</small>" for b in blocks)])
     return _table(head, rows, "numbers")
 
 
@@ -493,8 +496,9 @@ def _breakdown_table(evals: list[EvalRun], per_eval: list[dict[str, dict]]) -> s
             if not block:
                 cells.append("")
                 continue
-            cells.append(f"{_e(ci_text(block.get('acc')))} <small>n={_e(block.get('n'))} · EM {_e(pct(block.get('em', {}).get('mean')))}"
-                         f" · F1 {_e(pct(block.get('f1', {}).get('mean')))}</small>")
+            em, f1 = pct((block.get("em") or {}).get("mean")), pct((block.get("f1") or {}).get("mean"))
+            cells.append(f"{_e(ci_text(block.get('acc')))} "
+                         f"<small>n={_e(block.get('n'))} · EM {_e(em)} · F1 {_e(f1)}</small>")
         rows.append([_e(g), *cells])
     return _table(head, rows, "numbers")
 
@@ -505,8 +509,8 @@ def _behaviour_table(evals: list[EvalRun]) -> str:
             for k, label in _COUNTS]
     rows += [[_e(label), *(_e(pct(ev.metrics.get(k))) for ev in evals)] for k, label in _RATES]
     lat = [(ev.metrics.get("latency") or {}) for ev in evals]
-    rows.append(["latency / episode (p50)", *(_e(f"{x['episode_p50_s']:.2f} s") if _num(x.get("episode_p50_s")) else "n/a"
-                                             for x in lat)])
+    rows.append(["latency / episode (p50)",
+                 *(_e(f"{x['episode_p50_s']:.2f} s") if _num(x.get("episode_p50_s")) else "n/a" for x in lat)])
     return _table(head, rows, "numbers")
 
 
@@ -514,19 +518,22 @@ def _failure_table(evals: list[EvalRun]) -> str:
     head = ["share of wrong answers", *(_e(ev.name) for ev in evals)]
     rows = []
     for kind in M.FAILURE_KINDS:
+        counts = [(ev.metrics.get("failures") or {}).get(kind, 0) for ev in evals]
+        rates = [(ev.metrics.get("failure_rates") or {}).get(kind) for ev in evals]
         rows.append([_e(_KIND_LABELS.get(kind, kind)),
-                     *(f"{_e((ev.metrics.get('failures') or {}).get(kind, 0))} "
-                       f"<small>({_e(pct((ev.metrics.get('failure_rates') or {}).get(kind)))})</small>" for ev in evals)])
+                     *(f"{_e(c)} <small>({_e(pct(r))})</small>" for c, r in zip(counts, rates))])
     return _table(head, rows, "numbers")
 
 
 def _ceiling_table(evals: list[EvalRun]) -> str:
     head = ["", *(_e(ev.name) for ev in evals)]
     cs = [ev.metrics.get("ceiling") or {} for ev in evals]
-    rows = [["retrieval", *(f"{_e(pct(c.get('retrieval')))} <small>{_e(c.get('retrieval_source', ''))}</small>" for c in cs)],
-            ["extraction", *(f"{_e(pct(c.get('extraction')))} <small>{_e(c.get('extraction_source', ''))}"
-                             + (f", n={_e(c['extraction_n'])}" if c.get("extraction_n") is not None else "") + "</small>"
-                             for c in cs)],
+    def source(c: dict, part: str) -> str:
+        n = f", n={c['extraction_n']}" if part == "extraction" and c.get("extraction_n") is not None else ""
+        return f"{_e(pct(c.get(part)))} <small>{_e(c.get(part + '_source', ''))}{_e(n)}</small>"
+
+    rows = [["retrieval", *(source(c, "retrieval") for c in cs)],
+            ["extraction", *(source(c, "extraction") for c in cs)],
             ["ceiling", *(_e(pct(c.get("ceiling"))) for c in cs)],
             ["actual accuracy", *(_e(pct(c.get("actual"))) for c in cs)],
             ["share of ceiling reached", *(f"<b>{_e(pct(c.get('share_of_ceiling')))}</b>" for c in cs)]]
@@ -627,11 +634,11 @@ def _training_section(trainings: list[TrainingRun]) -> str:
     for t in trainings:
         s = t.summary
         facts = []
-        for k in ("steps", "traces", "pairs", "pairs_used", "train_loss", "seconds", "too_long_dropped", "stopped_early",
-                  "stopped_on_collapse"):
+        for k in ("steps", "traces", "pairs", "pairs_used", "train_loss", "seconds", "too_long_dropped",
+                  "stopped_early", "stopped_on_collapse"):
             if k in s:
-                v = s[k]
-                facts.append(f"{k.replace('_', ' ')}: {v:.3g}" if isinstance(v, float) else f"{k.replace('_', ' ')}: {v}")
+                v = f"{s[k]:.3g}" if isinstance(s[k], float) else s[k]
+                facts.append(f"{k.replace('_', ' ')}: {v}")
         if isinstance(s.get("groups"), dict):
             facts.append("groups " + ", ".join(f"{k} {v}" for k, v in s["groups"].items()))
         curve = plot_curves(t)
@@ -644,7 +651,8 @@ def _training_section(trainings: list[TrainingRun]) -> str:
         flags = s.get("collapse") or []
         flag_html = ""
         if flags:
-            items = "".join(f"<li>step {_e(f.get('step'))}: {_e('; '.join(f.get('reasons') or []))}</li>" for f in flags)
+            items = "".join(f"<li>step {_e(f.get('step'))}: {_e('; '.join(f.get('reasons') or []))}</li>"
+                            for f in flags)
             flag_html = f'<div class="warn"><b>Collapse flagged</b><ul>{items}</ul></div>'
         probe_table = ""
         if t.probes:
@@ -687,7 +695,8 @@ def _cost_section(costs: list[tuple[str, dict]], evals: list[EvalRun]) -> str:
 
 
 def _config_section(configs: list[tuple[str, dict]]) -> str:
-    return "".join(f"<details><summary>{_e(name)}</summary><pre>{_e(json.dumps(cfg, indent=1, default=str))}</pre></details>"
+    return "".join(f"<details><summary>{_e(name)}</summary>"
+                   f"<pre>{_e(json.dumps(cfg, indent=1, default=str))}</pre></details>"
                    for name, cfg in configs) or '<p class="note">No configs found.</p>'
 
 
@@ -717,7 +726,8 @@ def episodes_payload(evals: list[EvalRun]) -> dict:
                 "r": r_i, "id": row.get("question_id"), "q": row.get("question", ""), "a": row.get("answers") or [],
                 "p": row.get("prediction"), "o": outcome(row), "h": row.get("hops"), "t": row.get("type"),
                 "ds": row.get("dataset"), "stop": row.get("stop"), "turns": row.get("turns"),
-                "calls": [{k: c.get(k) for k in ("name", "arguments", "valid", "error")} for c in row.get("tool_calls") or []],
+                "calls": [{k: c.get(k) for k in ("name", "arguments", "valid", "error")}
+                          for c in row.get("tool_calls") or []],
                 "sup": [paragraph_label(p) for p in row.get("supporting_ids") or []],
                 "ret": [paragraph_label(p) for p in row.get("retrieved_ids") or []],
                 "m": msgs, "s": row.get("seconds"), "f1": (row.get("metrics") or {}).get("f1"),
@@ -749,8 +759,8 @@ def render(c: Collected) -> str:
         comps = comparisons(evals)
         if comps:
             other = [ev.name for ev in evals if ev not in comparable(evals)]
-            note = (f'<p class="note">Not compared (other questions than {_e(evals[0].name)}): {_e(", ".join(other))}.</p>'
-                    if other else "")
+            note = (f'<p class="note">Not compared (other questions than {_e(evals[0].name)}): '
+                    f'{_e(", ".join(other))}.</p>' if other else "")
             sections.append(("compare", "Comparison", render_comparisons(comparable(evals), comps) + note))
         sections.append(("behaviour", "Behaviour", _row(_behaviour_table(evals), plot_behaviour(evals))))
         sections.append(("failures", "Failures and ceiling", _row(_failure_table(evals), plot_failures(evals))
@@ -772,8 +782,8 @@ def render(c: Collected) -> str:
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
             f"<title>{_e(title)}</title><style>{css}</style></head><body>"
-            f'<header><h1>{_e(title)}</h1><p class="note">{_e(roots)} · written {_e(stamp)} by <code>hopsmith report</code>'
-            f"</p><nav>{nav}</nav></header><main>{body}</main>"
+            f'<header><h1>{_e(title)}</h1><p class="note">{_e(roots)} · written {_e(stamp)} by '
+            f"<code>hopsmith report</code></p><nav>{nav}</nav></header><main>{body}</main>"
             f'<script type="application/json" id="episodes-data">{data}</script>'
             f"<script>{js}</script></body></html>")
 

@@ -74,10 +74,12 @@ def ladder(tmp_path_factory, tiny_dir):
 
     train = load_questions("musique", split="train", limit=4)
     pools = build_pools(train, size=60, others=load_questions("musique"))
-    rows = run_episodes(train, pools, ScriptedBackend({q.question: _chain(q) for q in train}), AgentConfig(few_shot=False))
+    policy = ScriptedBackend({q.question: _chain(q) for q in train})
+    rows = run_episodes(train, pools, policy, AgentConfig(few_shot=False))
     tools = MultihopEnv(BM25Index([])).schemas()
-    write_jsonl(root / "train.jsonl", [{"id": r["question_id"], "question_id": r["question_id"], "source": "synthetic:chain",
-                                        "messages": r["messages"], "tools": tools} for r in rows])
+    write_jsonl(root / "train.jsonl", [{"id": r["question_id"], "question_id": r["question_id"],
+                                        "source": "synthetic:chain", "messages": r["messages"], "tools": tools}
+                                       for r in rows])
     sft.run(sft.SFTConfig(traces=str(root / "train.jsonl"), max_steps=3, batch_size=2, max_length=4096, save_steps=3,
                           lora_r=4, lora_alpha=8), root / "sft",
             model=AutoModelForCausalLM.from_pretrained(tiny_dir), tokenizer=AutoTokenizer.from_pretrained(tiny_dir))
@@ -151,7 +153,8 @@ def test_report_holds_numbers_curves_cost_and_configs(ladder):
         "eval-base/config.json", "eval-sft/config.json", "sft/training.json: config (sft)",
         "grpo/training.json: config (grpo)"))
     # self-contained: no script, style, image or link fetched from anywhere
-    assert not re.search(r'(src|href)="(?!#|data:)', page) and not re.search(r"url\((?!#)", page) and "@import" not in page
+    assert not re.search(r'(src|href)="(?!#|data:)', page) and not re.search(r"url\((?!#)", page)
+    assert "@import" not in page
     # the trace viewer's data: every episode of both runs, outcomes from failure_kind
     data = _episodes(page)
     assert [r["name"] for r in data["runs"]] == ["eval-base", "eval-sft"]
@@ -205,6 +208,14 @@ def test_bad_report_input_is_one_clear_line(tmp_path, capsys, make, message):
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_a_report_that_cannot_be_written_is_a_warning_not_a_lost_run(tmp_path, capsys):
+    (tmp_path / "results.jsonl").write_text("")  # an eval killed before its first episode
+    assert report.try_write_report([tmp_path]) is None
+    err = capsys.readouterr().err
+    assert "warning: report.html not written" in err and "nothing to report" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "report.html").exists()
+
+
 # -- in the browser -----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -223,10 +234,12 @@ def browser():
 def _open(browser, path):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     problems = []
-    page.on("console", lambda m: problems.append(f"console.{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+    page.on("console", lambda m: problems.append(f"console.{m.type}: {m.text}")
+            if m.type in ("error", "warning") else None)
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
-    page.on("request", lambda r: problems.append(f"request: {r.url}") if not r.url.startswith(("file:", "data:")) else None)
+    page.on("request", lambda r: problems.append(f"request: {r.url}")
+            if not r.url.startswith(("file:", "data:")) else None)  # nothing is fetched: the page is self-contained
     page.goto(path.resolve().as_uri())
     page.wait_for_selector("html[data-ready='1']", timeout=10_000)
     return page, problems
