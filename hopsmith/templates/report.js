@@ -64,7 +64,7 @@
   search.placeholder = "search questions, answers, queries, paragraphs…";
   var count = el("span", "count");
   count.id = "trace-count";
-  [["run", runSel], ["outcome", outSel], ["hops", hopSel]].forEach(function (pair) {
+  (runs.length > 1 ? [["run", runSel]] : []).concat([["outcome", outSel], ["hops", hopSel]]).forEach(function (pair) {
     var label = el("label", null, pair[0] + " ");
     label.appendChild(pair[1]);
     controls.appendChild(label);
@@ -206,7 +206,8 @@
     h.appendChild(badge(ep.o));
     box.appendChild(h);
     box.appendChild(el("p", "facts", "answer: " + (ep.p == null ? "(none)" : ep.p) +
-      (ep.f1 != null ? " · F1 " + Number(ep.f1).toFixed(2) : "") + " · " + (ep.turns || 0) + " turns · stop: " +
+      (ep.f1 != null ? " · F1 " + Number(ep.f1).toFixed(2) : "") + " · " + (ep.turns || 0) +
+      (ep.turns === 1 ? " turn" : " turns") + " · stop: " +
       (ep.stop || "?") + (ep.s != null ? " · " + Number(ep.s).toFixed(1) + " s" : "")));
     var sup = {};
     (ep.sup || []).forEach(function (l) { sup[l] = 1; });
@@ -244,7 +245,6 @@
       d2.appendChild(el("pre", null, match[1].trim()));
       box.appendChild(d2);
       last = re.lastIndex;
-      if (match[0].length === 0) break;
     }
     var rest = text.slice(last).trim();
     if (rest) box.appendChild(el("pre", null, rest));
