@@ -386,7 +386,8 @@ def plot_curves(t: TrainingRun) -> str | None:
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    return _svg(fig, f"{t.name} ({t.kind}) training curves")
+    kind = f" ({t.kind})" if t.kind != Path(t.name).name else ""
+    return _svg(fig, f"{t.name}{kind}: training curves")
 
 
 def plot_probes(t: TrainingRun) -> str | None:
@@ -478,16 +479,25 @@ def _table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
 def _headline_table(evals: list[EvalRun]) -> str:
     head = ["", *(_e(ev.name) for ev in evals)]
     rows = [["questions (n)", *(_e(ev.metrics.get("n")) for ev in evals)],
-            ["model", *(_e(ev.metrics.get("model", "")) for ev in evals)]]
+            ["model", *(_e(ev.metrics.get("model", "")) for ev in evals)],
+            ["prompt", *(_e(_setup(ev.config)) for ev in evals)]]
     for k in M.ANSWER_METRICS:
         blocks = [ev.metrics.get(k) or {} for ev in evals]
         rows.append([_e(_LABELS.get(k, k)), *(f"{_e(ci_text(b))} <small>n={_e(b.get('n'))}</small>" for b in blocks)])
     return _table(head, rows, "numbers")
 
 
-def _breakdown_table(evals: list[EvalRun], per_eval: list[dict[str, dict]]) -> str:
+def _setup(cfg: dict | None) -> str:
+    """The prompt setup of a run, said beside its numbers: one-shot or not, thinking, the turn cap."""
+    if not cfg:
+        return "n/a"
+    shots = "one-shot example" if cfg.get("few_shot") else "no example"
+    return f"{shots}, thinking {'on' if cfg.get('thinking') else 'off'}, at most {cfg.get('max_turns', '?')} turns"
+
+
+def _breakdown_table(evals: list[EvalRun], per_eval: list[dict[str, dict]], what: str) -> str:
     groups = sorted({g for b in per_eval for g in b}, key=M._natural if hasattr(M, "_natural") else str)
-    head = ["", *(_e(ev.name) for ev in evals)]
+    head = [_e(what), *(_e(ev.name) for ev in evals)]
     rows = []
     for g in groups:
         cells = []
@@ -754,7 +764,7 @@ def render(c: Collected) -> str:
             per_eval = [_breakdown(ev, field_name, key) for ev in evals]
             if any(per_eval):
                 plot = plot_breakdown(evals, per_eval, what) if sum(len(b) for b in per_eval) > len(evals) else ""
-                bd.append(f"<h3>By {what}</h3>" + _row(_breakdown_table(evals, per_eval), plot))
+                bd.append(f"<h3>By {what}</h3>" + _row(_breakdown_table(evals, per_eval, what), plot))
         sections.append(("breakdown", "By dataset, hops and type", "".join(bd)))
         comps = comparisons(evals)
         if comps:

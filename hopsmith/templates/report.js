@@ -260,7 +260,8 @@
   function toolView(m, call, sup) {
     var invalid = (call && call.valid === false) || m.name === "invalid";
     var box = el("div", "msg tool" + (invalid ? " invalid" : ""));
-    box.appendChild(el("div", "role", "tool · " + (m.name || "?") + (invalid ? " · invalid call" : "")));
+    var who = m.name && m.name !== "invalid" ? "tool · " + m.name : "tool";
+    box.appendChild(el("div", "role", who + (invalid ? " · invalid call" : "")));
     var text = m.content || "";
     var blocks = m.name === "search" ? text.split(/\n\n(?=\[p[0-9a-f]{6}\])/) : [text];
     blocks.forEach(function (b) {
