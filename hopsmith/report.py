@@ -309,15 +309,15 @@ def _grouped_bars(groups: list[str], series: list[tuple[str, list[dict | None]]]
 
 
 def plot_headline(evals: list[EvalRun]) -> str:
-    keys = [k for k in M.ANSWER_METRICS if all(isinstance(ev.metrics.get(k), dict) for ev in evals)]
+    keys = [k for k in _answer_keys() if all(isinstance(ev.metrics.get(k), dict) for ev in evals)]
     return _grouped_bars([_LABELS.get(k, k) for k in keys], [(ev.name, [ev.metrics[k] for k in keys]) for ev in evals],
                          "Answer metrics with 95% intervals")
 
 
 def plot_breakdown(evals: list[EvalRun], per_eval: list[dict[str, dict]], what: str) -> str:
     groups = sorted({g for b in per_eval for g in b}, key=M._natural if hasattr(M, "_natural") else str)
-    series = [(ev.name, [b.get(g, {}).get("acc") for g in groups]) for ev, b in zip(evals, per_eval)]
-    return _grouped_bars(groups, series, f"Accuracy by {what} (95% intervals)")
+    series = [(ev.name, [b.get(g, {}).get("em") for g in groups]) for ev, b in zip(evals, per_eval)]
+    return _grouped_bars(groups, series, f"Exact match by {what} (95% intervals)")
 
 
 def plot_behaviour(evals: list[EvalRun]) -> str:
@@ -430,7 +430,12 @@ def plot_cost(name: str, cost: dict) -> str | None:
 
 # -- HTML -------------------------------------------------------------------------------------------------
 
-_LABELS = {"acc": "accuracy", "em": "exact match", "f1": "F1"}
+# "acc" is containment of the gold answer, which the literature calls cover-EM; EM and F1 lead.
+_LABELS = {"acc": "cover-EM (acc)", "em": "exact match", "f1": "F1"}
+
+
+def _answer_keys() -> list[str]:
+    return sorted(M.ANSWER_METRICS, key=lambda k: ("em", "f1", "acc").index(k) if k in ("em", "f1", "acc") else 3)
 _RATES = (("tool_use_rate", "tool use"), ("invalid_call_rate", "invalid calls (of calls)"),
           ("answered_without_search_rate", "answered without search"), ("no_final_answer_rate", "no final answer"),
           ("answered_at_cap_rate", "answered at the turn cap"), ("supporting_recall", "supporting recall"),
@@ -480,15 +485,18 @@ def _headline_table(evals: list[EvalRun]) -> str:
     head = ["", *(_e(ev.name) for ev in evals)]
     rows = [["questions (n)", *(_e(ev.metrics.get("n")) for ev in evals)],
             ["model", *(_e(ev.metrics.get("model", "")) for ev in evals)],
-            ["prompt", *(_e(_setup(ev.config)) for ev in evals)]]
-    for k in M.ANSWER_METRICS:
+            ["prompt", *(_e(_setup(ev)) for ev in evals)]]
+    for k in _answer_keys():
         blocks = [ev.metrics.get(k) or {} for ev in evals]
         rows.append([_e(_LABELS.get(k, k)), *(f"{_e(ci_text(b))} <small>n={_e(b.get('n'))}</small>" for b in blocks)])
     return _table(head, rows, "numbers")
 
 
-def _setup(cfg: dict | None) -> str:
+def _setup(ev: EvalRun) -> str:
     """The prompt setup of a run, said beside its numbers: one-shot or not, thinking, the turn cap."""
+    if ev.metrics.get("setup") and hasattr(M, "describe_setup"):
+        return M.describe_setup(ev.metrics["setup"])
+    cfg = ev.config
     if not cfg:
         return "n/a"
     shots = "one-shot example" if cfg.get("few_shot") else "no example"
@@ -506,9 +514,9 @@ def _breakdown_table(evals: list[EvalRun], per_eval: list[dict[str, dict]], what
             if not block:
                 cells.append("")
                 continue
-            em, f1 = pct((block.get("em") or {}).get("mean")), pct((block.get("f1") or {}).get("mean"))
-            cells.append(f"{_e(ci_text(block.get('acc')))} "
-                         f"<small>n={_e(block.get('n'))} · EM {_e(em)} · F1 {_e(f1)}</small>")
+            f1, cover = pct((block.get("f1") or {}).get("mean")), pct((block.get("acc") or {}).get("mean"))
+            cells.append(f"EM {_e(ci_text(block.get('em')))} "
+                         f"<small>n={_e(block.get('n'))} · F1 {_e(f1)} · cover-EM {_e(cover)}</small>")
         rows.append([_e(g), *cells])
     return _table(head, rows, "numbers")
 
@@ -570,35 +578,65 @@ def _fmt_delta(d: Any, key: str = "") -> str:
     return f"{d:+.2f}" if _is_count(key) else f"{100 * d:+.1f} pt"
 
 
-def paired_text(entry: dict) -> str:
-    """The paired statistics compare() gives for one metric (p-value, interval of the difference, the test's
-    name, ...), whatever it names them; the CI-overlap mark when that is all there is."""
+def _interval(lo: Any, hi: Any, key: str) -> str:
+    if _is_count(key):
+        return f"[{lo:+.2f}, {hi:+.2f}]"
+    return f"[{100 * lo:+.1f}, {100 * hi:+.1f}] pt"
+
+
+def _paired_parts(stats: dict, key: str) -> list[str]:
+    """compare()'s paired block of one metric: {n, delta, lo, hi} (a paired bootstrap of the per-question
+    difference), plus for EM and cover-EM {test: "mcnemar_exact", p, base_only, tuned_only}."""
+    parts = []
+    p = stats.get("p", stats.get("p_value"))
+    if _num(p):
+        name = "McNemar exact" if stats.get("test") == "mcnemar_exact" else str(stats.get("test") or "test")
+        counts = (f" ({stats['base_only']} right in base only, {stats['tuned_only']} in tuned only)"
+                  if "base_only" in stats and "tuned_only" in stats else "")
+        parts.append(f"{name} p = {p:.3g}{counts}")
+    if _num(stats.get("lo")) and _num(stats.get("hi")):
+        n = f", n={stats['n']}" if stats.get("n") is not None else ""
+        parts.append(f"paired 95% CI {_interval(stats['lo'], stats['hi'], key)}{n}")
+    return parts
+
+
+def paired_text(entry: dict, key: str = "") -> str:
+    """The paired statistics compare() gives for one metric, whatever their shape: a nested `paired` block
+    (p-value, interval of the paired difference), flat fields (p_value, diff_ci, test, ...), or only the
+    CI-overlap mark of an older compare()."""
     parts = []
     for k, v in entry.items():
-        if k in _SIDE_KEYS:
+        if k in _SIDE_KEYS or v is None:
             continue
-        if k == "ci_overlap":
+        if k == "paired" and isinstance(v, dict):
+            parts += _paired_parts(v, key)
+        elif k == "ci_overlap":
             parts.append("95% CIs overlap" if v else "95% CIs do not overlap")
         elif k in ("p_value", "p") and _num(v):
             parts.append(f"p = {v:.3g}")
         elif isinstance(v, dict) and {"lo", "hi"} <= set(v) and _num(v["lo"]) and _num(v["hi"]):
-            parts.append(f"{k.replace('_', ' ')} [{100 * v['lo']:+.1f}, {100 * v['hi']:+.1f}] pt")
+            parts.append(f"{k.replace('_', ' ')} {_interval(v['lo'], v['hi'], key)}")
         elif isinstance(v, (list, tuple)) and len(v) == 2 and all(_num(x) for x in v):
-            parts.append(f"{k.replace('_', ' ')} [{100 * v[0]:+.1f}, {100 * v[1]:+.1f}] pt")
-        elif isinstance(v, (str, int, float, bool)) and v is not None:
+            parts.append(f"{k.replace('_', ' ')} {_interval(v[0], v[1], key)}")
+        elif isinstance(v, (str, int, float, bool)):
             parts.append(f"{k.replace('_', ' ')}: {f'{v:.3g}' if isinstance(v, float) else v}")
     return "; ".join(parts)
 
 
 def _significant(entry: dict) -> bool:
-    p = entry.get("p_value", entry.get("p"))
+    """p < 0.05, or a paired interval of the difference that excludes 0, or (older compare) CIs apart."""
+    paired = entry.get("paired") if isinstance(entry.get("paired"), dict) else {}
+    p = paired.get("p", entry.get("p_value", entry.get("p")))
     if _num(p):
         return p < 0.05
+    lo, hi = paired.get("lo"), paired.get("hi")
+    if _num(lo) and _num(hi):
+        return lo > 0 or hi < 0
     return entry.get("ci_overlap") is False
 
 
-# compare() keys shown elsewhere in the page in a better form
-_COMPARE_SKIP = {"n", "failure_rates"}
+# compare() keys shown elsewhere in the page, or not metrics (the prompt setups, the paired count)
+_COMPARE_SKIP = {"n", "failure_rates", "setup", "paired_n"}
 
 
 def render_comparisons(evals: list[EvalRun], comps: list[tuple[EvalRun, EvalRun, dict]]) -> str:
@@ -632,11 +670,18 @@ def render_comparisons(evals: list[EvalRun], comps: list[tuple[EvalRun, EvalRun,
         for _, _, comp in comps:
             entry = comp.get(key) or {}
             cls = ' class="sig"' if _significant(entry) else ""
-            paired = paired_text(entry)
+            paired = paired_text(entry, key)
             deltas.append(f"<span{cls}>{_e(_fmt_delta(entry.get('delta'), key))}</span>"
                           + (f"<br><small>{_e(paired)}</small>" if paired else ""))
         rows.append([_e(label), *cells, *deltas])
-    return _table(head, rows, "numbers compare")
+    notes = []
+    for a, b, comp in comps:
+        if "paired_n" in comp:
+            notes.append(f"{_e(a.name)} → {_e(b.name)}: " + (
+                f"paired over the {comp['paired_n']} questions both answered" if comp["paired_n"] is not None else
+                "not paired: these metrics.json files carry no per-question scores (rerun the evals to test)"))
+    foot = "".join(f'<p class="note">{n}</p>' for n in notes)
+    return _table(head, rows, "numbers compare") + foot
 
 
 def _training_section(trainings: list[TrainingRun]) -> str:

@@ -131,9 +131,10 @@ def test_report_holds_numbers_curves_cost_and_configs(ladder):
     types = {q.type for q in load_questions("musique", split="eval", limit=N)}
     breakdown = _section(page, "breakdown")
     assert all(f"<td>{t}</td>" in breakdown for t in types) and "By hop count" in breakdown
-    # comparison of the two evals on the same questions, with compare()'s overlap mark (no paired test yet)
+    # comparison of the two evals on the same questions, with the statistics compare() gives
     compare = _section(page, "compare")
-    assert "eval-base → eval-sft" in compare and "95% CIs" in compare
+    assert "eval-base → eval-sft" in compare
+    assert "95% CIs" in compare or "McNemar exact p = " in compare
     # behaviour and failures: the base run's invalid call and answer without search are counted
     assert base["invalid_call_rate"] > 0 and report.pct(base["invalid_call_rate"]) in _section(page, "behaviour")
     assert base["failures"]["no_final_answer"] == N // 4
@@ -187,6 +188,37 @@ def test_paired_statistics_are_shown_when_compare_gives_them(ladder, monkeypatch
     assert "p = 0.0123" in compare and "test: mcnemar_exact" in compare
     assert "diff ci [+5.0, +25.0] pt" in compare
     assert '<span class="sig">' in compare  # p < 0.05 is marked
+
+
+def test_paired_blocks_of_compare_are_shown(ladder, monkeypatch):
+    """compare()'s nested form: a `paired` block per metric (McNemar for EM and cover-EM, a paired bootstrap
+    interval for the rest), the prompt setups and the count of paired questions."""
+    from hopsmith import metrics
+
+    original = metrics.compare
+
+    def nested(base, tuned, **kw):
+        out = {k: v for k, v in original(base, tuned).items()}
+        for key in ("acc", "em", "f1", "tool_use_rate", "avg_turns"):
+            out[key] = {k: v for k, v in out[key].items() if k != "ci_overlap"}
+            out[key]["paired"] = {"n": N, "delta": 0.5, "lo": 0.25, "hi": 0.75}
+        out["em"]["paired"].update(test="mcnemar_exact", base_only=0, tuned_only=5, p=0.0625)
+        out["avg_turns"]["paired"].update(lo=0.5, hi=1.5)
+        out["f1"]["paired"] = None  # no per-question scores for this one: nothing to say
+        out["setup"] = {"base": {"few_shot": True}, "tuned": {"few_shot": False}}
+        out["paired_n"] = N
+        return out
+
+    monkeypatch.setattr(metrics, "compare", nested)
+    compare = _section(_page(report.write_report([ladder], ladder / "nested.html")), "compare")
+    assert "McNemar exact p = 0.0625 (0 right in base only, 5 in tuned only)" in compare
+    assert "paired 95% CI [+25.0, +75.0] pt, n=8" in compare and "paired 95% CI [+0.50, +1.50], n=8" in compare
+    assert f"paired over the {N} questions both answered" in compare
+    rows = re.findall(r"<tr>(.*?)</tr>", compare, re.S)
+    assert not any(r.startswith(("<td>setup", "<td>paired n")) for r in rows)  # not metrics: no rows of their own
+    em = next(r for r in rows if r.startswith("<td>exact match"))
+    assert '<span class="sig">' not in em  # p = 0.0625 is not below 0.05
+    assert '<span class="sig">' in next(r for r in rows if r.startswith("<td>tool use"))  # interval excludes 0
 
 
 def test_runs_given_separately_are_compared_and_written_beside_the_first(ladder, capsys):
