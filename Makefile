@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean bubblewrap
 
 setup: $(VENV)/.installed
 
@@ -25,7 +25,13 @@ demo: setup
 	$(VENV)/bin/hopsmith pipeline --out runs/demo
 	@echo "report: $(CURDIR)/runs/demo/report.html"
 
-test: setup
+# The sandbox tests need bubblewrap: installed here when we are root on Debian/Ubuntu, else a note (they skip).
+bubblewrap:
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; } \
+		|| echo "note: bubblewrap (bwrap) is not installed, so the sandbox tests will be skipped; install it with: sudo apt-get install -y bubblewrap"
+
+test: setup bubblewrap
 	$(PY) -m pytest
 
 clean:

@@ -14,12 +14,14 @@ Takes the SFT adapter (`RUN/sft`) and its eval (`RUN/eval-sft`) from the learnin
 - `--method rft`: samples the adapter `--samples` times per train question at `--temperature`, keeps the
   correct episodes that searched, and trains the adapter further on them (RUN/rft[-lr<LR>]).
 
-Either way the new adapter is evaluated on the same eval questions as the SFT adapter, and the script
-prints the comparison table and one line
+Either way the new adapter is evaluated on the same eval questions, with the same prompt setup, as the SFT
+adapter, and the script prints the paired comparison table and one line
 
-    sft X% simpo Y% (95% CI ...; EM, F1; n; pairs/steps; tool use A -> B; minutes)
+    sft -> simpo: EM X% -> Y% (+Zpt, McNemar p = ...); F1 ... (paired 95% CI [...]); cover-EM ...; n=N paired;
+    tool use A -> B; pairs/steps; minutes
 
-A rerun resumes (mined episodes, samples, a trained adapter and finished eval episodes are kept).
+A rerun resumes (mined episodes, samples, a trained adapter and finished eval episodes are kept);
+`--print-only` reprints the last run's record (OUT/preference_gain.json) without running anything.
 """
 from __future__ import annotations
 
@@ -30,13 +32,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from hopsmith.io import read_jsonl, write_json, write_jsonl
-from hopsmith.metrics import format_comparison
+from hopsmith.leakage import TRAINED_KEYS
+from hopsmith.metrics import aggregate, format_comparison, headline
 from stages import evaluate, preference, rft
 
 
 def _simpo(args, run: Path, base: evaluate.EvalConfig) -> tuple[Path, dict, str]:
     shared = run / "preference-pairs"
-    out = run / (f"preference-{args.preset}" + ("" if args.learning_rate is None else f"-lr{args.learning_rate:g}"))
+    out = _out_dir(args, run)
     mine_cfg = replace(base, data=args.data, split="train", limit=args.mine_limit, allow_leakage=True,
                        extraction_bench=False)
     evaluate.run(mine_cfg, shared / "mine")
@@ -54,12 +57,12 @@ def _simpo(args, run: Path, base: evaluate.EvalConfig) -> tuple[Path, dict, str]
     b, a = training["behaviour_before"], training["behaviour_after"]
     summary = (f"{pairs['pairs']} pairs, {training['steps']} steps; probe tool use {b['tool_use_rate']:.0%} -> "
                f"{a['tool_use_rate']:.0%}, collapse flags {len(training['collapse'])}")
-    record = {"pairs": pairs, "training": {k: v for k, v in training.items() if k != "trained_question_ids"}}
+    record = {"pairs": pairs, "training": {k: v for k, v in training.items() if k not in TRAINED_KEYS}}
     return out, record, summary
 
 
 def _rft(args, run: Path, base: evaluate.EvalConfig) -> tuple[Path, dict, str]:
-    out = run / ("rft" + ("" if args.learning_rate is None else f"-lr{args.learning_rate:g}"))
+    out = _out_dir(args, run)
     cfg = rft.RFTConfig(data=args.data, model=base.model, adapter=str(run / "sft"), limit=args.mine_limit,
                         samples=args.samples, temperature=args.temperature, max_turns=base.max_turns,
                         max_new_tokens=base.max_new_tokens, top_k=base.top_k, max_chars=base.max_chars,
@@ -73,6 +76,36 @@ def _rft(args, run: Path, base: evaluate.EvalConfig) -> tuple[Path, dict, str]:
     line = (f"{summary['kept']} of {summary['samples']} samples kept ({summary['questions_with_a_kept_sample']} of "
             f"{summary['questions']} questions), {steps} steps; sample tool use {b['tool_use_rate']:.0%}")
     return out, {"rft": {k: v for k, v in summary.items() if k != "sft"}}, line
+
+
+def report(record: dict, name: str) -> str:
+    """The printout of a preference_gain.json record: the paired comparison table, then one line with EM
+    and F1 first (McNemar's p, the F1 change's paired interval) and the method's own summary."""
+    s, t = record["sft"], record["tuned"]
+    line = (headline(s, t, names=("sft", name)) + f"; tool use {s['tool_use_rate']:.0%} -> {t['tool_use_rate']:.0%}; "
+            f"{record.get('summary', '')}; {record.get('seconds', 0) / 60:.1f} min")
+    return format_comparison(s, t, names=("sft", name)) + "\n" + line
+
+
+def sft_eval_metrics(run: Path) -> dict:
+    """RUN/eval-sft/metrics.json, completed for a pairing: a run older than per-question scores is rescored
+    from its results.jsonl under the current (official, per-dataset) rules, and one older than prompt
+    setups gets its setup from its config.json."""
+    metrics = json.loads((run / "eval-sft" / "metrics.json").read_text())
+    if "per_question" not in metrics:
+        fresh = aggregate(read_jsonl(run / "eval-sft" / "results.jsonl"))
+        metrics.update({k: fresh[k] for k in ("acc", "em", "f1", "by_hops", "by_type", "by_dataset", "scoring",
+                                              "rate_ci", "per_question")})
+    if "setup" not in metrics:
+        saved = json.loads((run / "eval-sft" / "config.json").read_text())
+        metrics["setup"] = evaluate.prompt_setup(evaluate.EvalConfig(
+            **{k: v for k, v in saved.items() if k in evaluate.EvalConfig.__dataclass_fields__}))
+    return metrics
+
+
+def _out_dir(args, run: Path) -> Path:
+    suffix = "" if args.learning_rate is None else f"-lr{args.learning_rate:g}"
+    return run / ((f"preference-{args.preset}" if args.method == "simpo" else "rft") + suffix)
 
 
 def main() -> None:
@@ -90,28 +123,29 @@ def main() -> None:
                     help="simpo: steps between collapse probes (the guard stops the run when tool use collapses)")
     ap.add_argument("--samples", type=int, default=2, help="rft: samples per question")
     ap.add_argument("--temperature", type=float, default=0.8, help="rft: sampling temperature")
+    ap.add_argument("--print-only", action="store_true", help="reprint the finished run's record, run nothing")
     args = ap.parse_args()
     run = Path(args.run)
+    name = "dpo" if args.method == "simpo" and args.preset == "dpo" else args.method
+    if args.print_only:
+        saved = _out_dir(args, run) / "preference_gain.json"
+        if not saved.exists():
+            raise SystemExit(f"{saved} is missing: run the benchmark first")
+        print(report(json.loads(saved.read_text()), name))
+        return
     for need in (run / "sft" / "adapter_config.json", run / "eval-sft" / "metrics.json"):
         if not need.exists():
             raise SystemExit(f"{need} is missing: run benchmarks/learning_gain.py --out {run} first")
     sft_eval_cfg = json.loads((run / "eval-sft" / "config.json").read_text())
-    sft_metrics = json.loads((run / "eval-sft" / "metrics.json").read_text())
+    sft_metrics = sft_eval_metrics(run)
     base = evaluate.EvalConfig(**{k: v for k, v in sft_eval_cfg.items() if k in evaluate.EvalConfig.__dataclass_fields__})
     started = time.perf_counter()
     out, record, summary = (_simpo if args.method == "simpo" else _rft)(args, run, base)
     tuned = evaluate.run(replace(base, adapter=str(out / "adapter")), out / "eval")
     total = time.perf_counter() - started
-    write_json(out / "preference_gain.json", {"sft": sft_metrics, "tuned": tuned, **record, "seconds": total,
-                                              "args": vars(args)})
-    name = "dpo" if args.method == "simpo" and args.preset == "dpo" else args.method
-    print(format_comparison(sft_metrics, tuned, names=("sft", name)))
-    s, t = sft_metrics["acc"], tuned["acc"]
-    print(f"sft {100 * s['mean']:.1f}% {name} {100 * t['mean']:.1f}% (95% CI sft [{100 * s['lo']:.1f}, {100 * s['hi']:.1f}], "
-          f"{name} [{100 * t['lo']:.1f}, {100 * t['hi']:.1f}]; EM {100 * sft_metrics['em']['mean']:.1f} -> "
-          f"{100 * tuned['em']['mean']:.1f}, F1 {100 * sft_metrics['f1']['mean']:.1f} -> {100 * tuned['f1']['mean']:.1f}; "
-          f"tool use {sft_metrics['tool_use_rate']:.0%} -> {tuned['tool_use_rate']:.0%}; n={t['n']}; {summary}; "
-          f"{total / 60:.1f} min)")
+    record = {"sft": sft_metrics, "tuned": tuned, **record, "summary": summary, "seconds": total, "args": vars(args)}
+    write_json(out / "preference_gain.json", record)
+    print(report(record, name))
 
 
 if __name__ == "__main__":

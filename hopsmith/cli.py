@@ -4,6 +4,7 @@
     hopsmith pipeline --out runs/ladder                           base eval -> traces -> judge -> SFT -> tuned eval
     hopsmith traces | judge | sft ...                             one stage of the ladder
     hopsmith bench-extraction --data musique --limit 50           the extractor alone, on gold paragraphs
+    hopsmith check-leakage [--data musique] [--adapter DIR]       train/eval overlap of a split (and an adapter)
     hopsmith prepare-model                                        convert the embedded model once
     hopsmith cost --estimate | hopsmith cost runs/ladder          what seed 000's recipe / a cloud run costs
     hopsmith report runs/ladder [runs/other ...]                  one HTML page: numbers, plots, traces
@@ -69,13 +70,42 @@ def cmd_bench_extraction(args) -> int:
     extractor = Extractor(HFBackend(args.model, adapter=args.adapter, batch_size=args.batch_size))
     result = extraction_benchmark(questions, extractor)
     s = result["summary"]
-    for key, label in (("acc", "accuracy"), ("em", "EM"), ("f1", "F1")):
+    for key, label in (("em", "EM"), ("f1", "F1"), ("acc", "cover-EM")):
         m = s[key]
         print(f"extraction {label:9s} {100 * m['mean']:5.1f}%  [{100 * m['lo']:5.1f}, {100 * m['hi']:5.1f}]  n={m['n']}")
     if args.out:
         write_jsonl(Path(args.out) / "extraction.jsonl", result["rows"])
         write_json(Path(args.out) / "extraction_summary.json", s)
     return 0
+
+
+def cmd_check_leakage(args) -> int:
+    from .data import BUNDLED, load_questions
+    from .leakage import format_split_report, guard, leaks, split_report
+
+    if args.adapter and not (Path(args.adapter) / "training.json").is_file():
+        raise FileNotFoundError(f"--adapter {args.adapter}: no training.json there (not an adapter hopsmith trained)")
+    names = [n.strip() for n in (args.data or ",".join(BUNDLED)).split(",") if n.strip()]
+    sets = {name: load_questions(name) for name in names}
+    found = False
+    for name, questions in sets.items():
+        report = split_report(questions, pool_size=args.pool_size)
+        found |= leaks(report)
+        print(format_split_report(name, report))
+    if len(sets) > 1:  # the bundled sets are split as one: a train question of one set vs an eval one of another
+        report = split_report([q for qs in sets.values() for q in qs], pool_size=args.pool_size)
+        found |= leaks(report)
+        print(format_split_report(" + ".join(sets), report))
+    if args.adapter:
+        # what `hopsmith eval` would evaluate: a bundled set's eval split, a file whole
+        evals = [q for name, qs in sets.items() for q in qs if name not in BUNDLED or q.meta["split"] == "eval"]
+        _, report = guard(evals, args.adapter, allow=True)
+        found |= bool(report["count"])
+        reasons = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in report["by_reason"].items())
+        print(f"{args.adapter}: {report['count']} of {len(evals)} questions to evaluate overlap its training set "
+              f"({reasons})")
+    print("leakage found" if found else "no leakage found")
+    return 1 if found else 0
 
 
 def cmd_sft(args) -> int:
@@ -172,7 +202,9 @@ def _stage_cmd(module: str, fn: str, cls: str, default_out: str):
         cfg = config_from_args(getattr(mod, cls), args)
         out = Path(args.out or default_out)
         summary = getattr(mod, fn)(cfg, out)
-        keep = {k: v for k, v in summary.items() if k not in ("trained_question_ids", "config", "behaviour", "sft")}
+        from .leakage import TRAINED_KEYS
+
+        keep = {k: v for k, v in summary.items() if k not in (*TRAINED_KEYS, "config", "behaviour", "sft")}
         print(json.dumps(keep, indent=1, default=str)[:4000])
         print(f"wrote {out}")
         return 0
@@ -224,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out")
     p.set_defaults(func=cmd_bench_extraction)
+
+    p = sub.add_parser("check-leakage", help="overlap between the train and eval sides of a split (and an adapter)")
+    p.add_argument("--data", help="bundled set names or files, comma-separated (default: every bundled set)")
+    p.add_argument("--adapter", help="also count the eval questions that overlap this adapter's training set")
+    p.add_argument("--pool-size", type=int, default=400)
+    p.set_defaults(func=cmd_check_leakage)
 
     p = sub.add_parser("cost", help="a cloud run's cost ledger, or an estimate of seed 000's recipe")
     p.add_argument("run", nargs="?", help="run directory holding cost.json (or the file)")
@@ -278,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data import DataError
     from .models import ModelError
-    from stages.evaluate import LeakageError, RunDirError
+    from .leakage import LeakageError
+    from stages.evaluate import RunDirError
     from stages.judge import JudgeRunError
     from stages.preference import PreferenceError
 

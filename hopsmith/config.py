@@ -44,6 +44,12 @@ class EvalConfig:
     bootstrap: int = 1000
     seed: int = 0
     allow_leakage: bool = False  # evaluate an adapter on questions it was trained on (reported loudly)
+    drop_leakage: bool = False  # leave out (and count) the questions that overlap the adapter's training set
+
+    def __post_init__(self):
+        if self.allow_leakage and self.drop_leakage:
+            raise ConfigError("EvalConfig: allow_leakage keeps overlapping questions and drop_leakage drops them; "
+                              "set one of them")
 
     def agent(self):
         from .agent.loop import AgentConfig

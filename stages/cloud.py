@@ -297,7 +297,9 @@ def run_ladder(cfg: CloudConfig, inv: Invoker, *, layout: Layout, cost_path: str
         run_shards("evaluate", None, [(cfg.run, name, ecfg, i, cfg.eval_shards) for i in range(cfg.eval_shards)],
                    mapper=lambda _fn, args: inv.map("evaluate_shard", args), **shards)
         evals[name] = _record(ledger, inv.call("merge_eval", cfg.run, name, ecfg, cfg.eval_shards))
-        log(f"{name}: accuracy {100 * evals[name]['acc']['mean']:.1f}% (n={evals[name]['n']})")
+        m = evals[name]
+        log(f"{name}: EM {100 * m['em']['mean']:.1f}% F1 {100 * m['f1']['mean']:.1f} "
+            f"cover-EM {100 * m['acc']['mean']:.1f}% (n={m['n']})")
     tuned = evals["eval-sft"]
     ledger.correct_answers = int(round(tuned["acc"]["mean"] * tuned["n"]))
     ledger.save()

@@ -4,10 +4,12 @@
 
 Writes into the run directory: `config.json`, `results.jsonl` (one finished episode a line: messages,
 prediction, tool calls, per-question metrics and failure kind), `extraction.jsonl` (the standalone
-extraction benchmark, for the ceiling), `metrics.json` (see `hopsmith.metrics.aggregate`) and `report.html`
-(`hopsmith.report`: the numbers, plots and every episode in one page). Results
-are appended as episodes finish; a rerun into the same directory skips the questions already done, and
-a directory holding another configuration's results is refused rather than mixed.
+extraction benchmark, for the ceiling) and `metrics.json` (see `hopsmith.metrics.aggregate`, plus `setup`:
+the prompt setup, and `leakage`). Results are appended as episodes finish; a rerun into the same directory
+skips the questions already done, and a directory holding another configuration's results is refused
+rather than mixed. An adapter is evaluated only on questions that share nothing with its training data
+(`hopsmith.leakage`): overlap is refused, or left out and counted with `--drop-leakage`. Last it writes
+`report.html` (`hopsmith.report`: the numbers, plots and every episode in one page).
 """
 from __future__ import annotations
 
@@ -16,46 +18,49 @@ from pathlib import Path
 
 from hopsmith.config import EvalConfig, to_dict
 from hopsmith.io import JsonlAppender, read_jsonl, write_json, write_jsonl
+from hopsmith.leakage import LeakageError  # noqa: F401  (re-exported: callers catch evaluate.LeakageError)
 from hopsmith.report import try_write_report
 
 # Keys whose change makes earlier results incomparable; limit/batch size/bootstrap may change on resume.
 _RESULT_KEYS = ("data", "split", "model", "adapter", "extractor", "corpus", "pool_size", "pool_seed", "max_turns",
-                "max_new_tokens", "temperature", "thinking", "few_shot", "top_k", "max_chars", "one_call_per_turn", "max_context_tokens", "answer_at_cap", "seed", "allow_leakage")
+                "max_new_tokens", "temperature", "thinking", "few_shot", "top_k", "max_chars", "one_call_per_turn", "max_context_tokens", "answer_at_cap", "seed", "allow_leakage",
+                "drop_leakage")
+# Keys added after runs were first written: a saved config without them holds their default.
+_ADDED_KEYS = {"drop_leakage": False}
 
 
 class RunDirError(ValueError):
     pass
 
 
-class LeakageError(ValueError):
-    """The adapter was trained on questions it is about to be evaluated on."""
-
-
-def check_leakage(cfg: EvalConfig, questions) -> dict | None:
-    """Refuse (or, with allow_leakage, report) eval questions the adapter was trained on."""
-    if not cfg.adapter:
-        return None
-    from stages.sft import trained_question_ids
-
-    overlap = sorted(trained_question_ids(cfg.adapter) & {q.id for q in questions})
-    if not overlap:
-        return {"count": 0, "ids": []}
-    message = (f"{len(overlap)} of {len(questions)} {cfg.split}-split questions were in the training set of adapter "
-               f"{cfg.adapter} (e.g. {', '.join(overlap[:3])})")
-    if not cfg.allow_leakage:
-        raise LeakageError(message + "; evaluate on the eval split, or pass --allow-leakage to report it anyway")
+def check_leakage(cfg: EvalConfig, questions, *, quiet: bool = False) -> tuple[list, dict | None]:
+    """(questions to evaluate, leakage report): refuse eval questions that overlap the adapter's training
+    data, or drop and count them (drop_leakage), or keep and report them (allow_leakage)."""
     import sys
 
-    if cfg.split == "eval":
-        print(f"WARNING: LEAKAGE: {message}; these results overstate the adapter", file=sys.stderr)
-    else:  # a run on train questions (mining the policy's own behaviour): overlap is expected, not an eval
-        print(f"note: {message}; expected on the {cfg.split} split, these results are not a held-out eval", file=sys.stderr)
-    return {"count": len(overlap), "ids": overlap}
+    from hopsmith.data import BUNDLED
+    from hopsmith.leakage import guard
+
+    split = cfg.split if cfg.data in BUNDLED else None  # a file is evaluated whole
+    kept, report = guard(questions, cfg.adapter, split=split, allow=cfg.allow_leakage, drop=cfg.drop_leakage)
+    if report and report["message"] and not quiet:
+        message = report["message"]
+        if report["dropped"]:
+            print(f"note: {message}; left out of this eval ({len(kept)} questions remain)", file=sys.stderr)
+        elif split == "train":  # mining the policy's own behaviour on its training questions: expected
+            print(f"note: {message}; expected on the {split} split, these results are not a held-out eval",
+                  file=sys.stderr)
+        else:
+            print(f"WARNING: LEAKAGE: {message}; these results overstate the adapter", file=sys.stderr)
+    return kept, report
 
 
 def load_eval_questions(cfg: EvalConfig):
-    """The questions to evaluate and every question's pool."""
-    from hopsmith.data import BUNDLED, load_questions
+    """The questions to evaluate and every question's pool.
+
+    Pools draw distractors from the evaluated questions' own side of the split only (see
+    `hopsmith.data.pools.build_pools`), from every row of that side, as in seed 000's 400-paragraph pools."""
+    from hopsmith.data import BUNDLED, DataError, load_questions
     from hopsmith.data.pools import build_pools, corpus_pools, load_corpus
 
     bundled = cfg.data in BUNDLED
@@ -64,9 +69,10 @@ def load_eval_questions(cfg: EvalConfig):
     if cfg.corpus:
         pools = corpus_pools(questions, load_corpus(cfg.corpus))
     else:
-        # Distractors come from every row of the source, as in seed 000's 400-paragraph pools.
-        everything = load_questions(cfg.data)
-        pools = build_pools(questions, size=cfg.pool_size, seed=cfg.pool_seed, others=everything)
+        if not any(q.paragraphs for q in questions):
+            raise DataError(f"{cfg.data}: its questions come without paragraphs (Bamboogle does); "
+                            "give a corpus to search with --corpus FILE.jsonl")
+        pools = build_pools(questions, size=cfg.pool_size, seed=cfg.pool_seed, others=load_questions(cfg.data))
     return questions, pools
 
 
@@ -76,7 +82,7 @@ def check_run_dir(root: Path, cfg: EvalConfig) -> None:
         return
     import json
 
-    saved = json.loads(saved_path.read_text())
+    saved = {**_ADDED_KEYS, **json.loads(saved_path.read_text())}
     mine = to_dict(cfg)
     diff = [k for k in _RESULT_KEYS if saved.get(k) != mine.get(k)]
     if diff:
@@ -106,7 +112,7 @@ def run(cfg: EvalConfig, root: str | Path, *, backend=None, extractor=None, prog
     root.mkdir(parents=True, exist_ok=True)
     check_run_dir(root, cfg)
     questions, pools = load_eval_questions(cfg)
-    leakage = check_leakage(cfg, questions)
+    questions, leakage = check_leakage(cfg, questions)
     write_json(root / "config.json", to_dict(cfg))
     if backend is None:
         backend, extractor = make_backends(cfg)
@@ -147,22 +153,31 @@ def _episodes(cfg: EvalConfig, questions, pools, backend, extractor, results_pat
     return [done[q.id] for q in questions if q.id in done]
 
 
+def prompt_setup(cfg: EvalConfig) -> dict:
+    """What a comparison must show beside the numbers: how the run prompted the model (`metrics["setup"]`)."""
+    return {"few_shot": cfg.few_shot, "thinking": cfg.thinking, "max_turns": cfg.max_turns,
+            "temperature": cfg.temperature, "split": cfg.split, "limit": cfg.limit}
+
+
 def _metrics(cfg: EvalConfig, questions, pools, rows, extraction_rows, cache=None) -> dict:
     """Everything `metrics.json` holds that depends on the results alone (no timing of this process)."""
     from hopsmith.ceiling import oracle_retrieval
-    from hopsmith.metrics import aggregate, mean_ci
+    from hopsmith.metrics import aggregate, answer_summary
 
     oracle = oracle_retrieval(questions, pools, k=cfg.top_k, cache=cache)
     extraction = None
     if extraction_rows:
-        extraction = {k: mean_ci([r["metrics"][k] for r in extraction_rows], n_boot=cfg.bootstrap, seed=cfg.seed)
-                      for k in ("acc", "em", "f1")}
+        extraction = answer_summary([r["metrics"] for r in extraction_rows], n_boot=cfg.bootstrap, seed=cfg.seed)
+    types = {q.id: q.type for q in questions}
+    for r in rows:  # rows written before result rows carried the question type
+        r.setdefault("type", types.get(r["question_id"]))
     metrics = aggregate(rows, extraction_accuracy=extraction["acc"]["mean"] if extraction else None,
                         oracle_retrieval=oracle["rate"], n_boot=cfg.bootstrap, seed=cfg.seed)
     metrics["oracle_retrieval"] = oracle
     metrics["extraction_benchmark"] = extraction
     metrics["model"] = cfg.model if not cfg.adapter else f"{cfg.model}+{cfg.adapter}"
     metrics["data"] = cfg.data
+    metrics["setup"] = prompt_setup(cfg)
     metrics["questions_not_in_results"] = sorted({q.id for q in questions} - {r["question_id"] for r in rows})
     return metrics
 
@@ -192,8 +207,8 @@ def run_shard(cfg: EvalConfig, root: str | Path, shard: int, num_shards: int, *,
     root.mkdir(parents=True, exist_ok=True)
     check_run_dir(root, cfg)
     questions, pools = load_eval_questions(cfg)
+    questions, _ = check_leakage(cfg, questions)  # before sharding, so every shard drops the same questions
     mine = questions[shard::num_shards]
-    check_leakage(cfg, mine)
     write_json(root / "config.json", to_dict(cfg))
     if backend is None:
         backend, extractor = make_backends(cfg)
@@ -225,6 +240,7 @@ def merge(cfg: EvalConfig, root: str | Path, num_shards: int) -> dict:
     if missing:
         raise RunDirError(f"{root}: eval shards {missing} of {num_shards} are not complete; run them before merging")
     questions, pools = load_eval_questions(cfg)
+    questions, leakage = check_leakage(cfg, questions, quiet=True)  # the shards already said it
     by_id: dict[str, dict] = {}
     dropped = 0
     for i in range(num_shards):
@@ -245,7 +261,7 @@ def merge(cfg: EvalConfig, root: str | Path, num_shards: int) -> dict:
     metrics = _metrics(cfg, questions, pools, rows, extraction_rows)
     metrics["shards"] = num_shards
     metrics["duplicates_dropped"] = dropped
-    metrics["leakage"] = check_leakage(cfg, questions)
+    metrics["leakage"] = leakage
     write_json(root / "metrics.json", metrics)
     try_write_report([root])
     return metrics

@@ -295,12 +295,11 @@ def run(cfg: GRPOConfig, root: str | Path, *, model=None, tokenizer=None, judge_
     trainer.train()
     trainer.model.save_pretrained(root)
     tokenizer.save_pretrained(root)
-    from stages.sft import trained_question_ids
+    from hopsmith.leakage import training_record
 
-    ids = sorted((trained_question_ids(cfg.adapter) if cfg.adapter else set()) | {q.id for q in questions})
     summary = {"config": asdict(cfg), "steps": trainer.state.global_step, "seconds": time.perf_counter() - started,
                "groups": dict(trainer.group_counts), "collapse": flags, "behaviour": rollouts.history,
-               "trained_question_ids": ids}
+               **training_record(questions, base_adapter=cfg.adapter)}
     write_json(root / "training.json", summary)
     write_json(root / "behaviour.json", rollouts.history)
     (root / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1, default=str))

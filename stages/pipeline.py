@@ -159,6 +159,7 @@ def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
 
 def _simpo(cfg: PipelineConfig, root: Path, sft_metrics: dict, log) -> dict:
     """SFT adapter on train questions -> its failures vs correct traces -> SimPO -> eval, compared with SFT."""
+    from hopsmith.leakage import TRAINED_KEYS
     from hopsmith.metrics import compare, format_comparison
     from stages import evaluate, preference
 
@@ -187,7 +188,7 @@ def _simpo(cfg: PipelineConfig, root: Path, sft_metrics: dict, log) -> dict:
     text = format_comparison(sft_metrics, simpo, names=("sft", "simpo"))
     (root / "comparison-simpo.txt").write_text(text + "\n")
     out = {"sft": sft_metrics, "simpo": simpo, "comparison": compare(sft_metrics, simpo), "pairs": pairs,
-           "training": {k: v for k, v in p_summary.items() if k != "trained_question_ids"}}
+           "training": {k: v for k, v in p_summary.items() if k not in TRAINED_KEYS}}
     write_json(root / "comparison-simpo.json", out)
     log(text)
     return out

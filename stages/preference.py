@@ -224,7 +224,7 @@ def train(cfg: PreferenceConfig, root: str | Path, *, model=None, tokenizer=None
 
     from hopsmith.backends.hf import check_adapter, pick_chat_template
     from hopsmith.collapse import CollapseGuard
-    from stages.sft import trained_question_ids
+    from hopsmith.leakage import training_record
 
     cfg = cfg.resolved()
     root = Path(root)
@@ -284,10 +284,11 @@ def train(cfg: PreferenceConfig, root: str | Path, *, model=None, tokenizer=None
     trainer.model.save_pretrained(root)
     tokenizer.chat_template = template
     tokenizer.save_pretrained(root)
-    ids = sorted(trained_question_ids(cfg.adapter) | {p["question_id"] for p in pairs})
+    trained = training_record([{"question_id": p["question_id"], "question": _question_of(p["prompt"])} for p in pairs],
+                              base_adapter=cfg.adapter)
     summary = {"config": asdict(cfg), "pairs": len(pairs), "pairs_used": len(rows), "steps": trainer.state.global_step,
                "seconds": seconds, "behaviour_before": before, "behaviour_after": after, "collapse": flags,
-               "stopped_on_collapse": bool(flags) and cfg.stop_on_collapse, "trained_question_ids": ids,
+               "stopped_on_collapse": bool(flags) and cfg.stop_on_collapse, **trained,
                "base_adapter": cfg.adapter}
     write_json(root / "training.json", summary)
     write_json(root / "loss.json", losses)

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from hopsmith.io import read_jsonl, write_json
+from hopsmith.leakage import trained_question_ids as _trained_question_ids
+from hopsmith.leakage import training_record
 
 PRESETS = {
     "seed000": dict(lora_r=16, lora_alpha=32, lora_dropout=0.05, target_modules="attention", epochs=3.0,
@@ -219,9 +221,8 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_sec
     trainer.model.save_pretrained(root)
     tokenizer.chat_template = template
     tokenizer.save_pretrained(root)
-    # An adapter continued from another has seen that one's questions too (the leakage guard reads this).
-    question_ids = sorted({t.get("question_id") for t in traces if t.get("question_id")}
-                          | (trained_question_ids(cfg.init_adapter) if cfg.init_adapter else set()))
+    # What the leakage guard reads: ids, answers and question texts trained on (and those of a continued adapter).
+    trained = training_record(traces, base_adapter=cfg.init_adapter)
     summary = {
         "config": asdict(cfg),
         "qlora": use_qlora,
@@ -234,7 +235,7 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_sec
         "train_loss": float(result.training_loss),
         "seconds": seconds,
         "stopped_early": bool(stopped),
-        "trained_question_ids": question_ids,
+        **trained,
         "sources": _count(t.get("source", "?").split(":")[0] for t in traces),
     }
     write_json(root / "training.json", summary)
@@ -244,10 +245,7 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_sec
 
 def trained_question_ids(adapter_dir: str | Path) -> set[str]:
     """The question ids an adapter was trained on (empty when it carries no record)."""
-    path = Path(adapter_dir) / "training.json"
-    if not path.exists():
-        return set()
-    return set(json.loads(path.read_text()).get("trained_question_ids", []))
+    return _trained_question_ids(adapter_dir)
 
 
 def _count(items) -> dict:

@@ -17,7 +17,8 @@ to `.teacher-<i>.partial.jsonl`, and an interrupted teacher shard resumes from t
 
 Questions come from the `train` split by default, so training never sees an eval question; `eval` and
 `all` are refused unless `allow_eval_questions` is set. Pools are built as `hopsmith eval` builds them
-(distractors from every row of the source), so a trace's tool messages are what eval's search returns.
+(distractors from every row of the source on the question's side of the split, so a train trace never
+shows an eval question's paragraph), and a trace's tool messages are what eval's search returns.
 """
 from __future__ import annotations
 

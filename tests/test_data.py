@@ -8,15 +8,19 @@ import pytest
 
 from hopsmith.data import (
     BUNDLED,
+    SPLITS,
     DataError,
+    assign_splits,
     build_pools,
     corpus_pools,
     hop_question,
     load_corpus,
     load_questions,
     pool_key,
+    single_hop_ids,
     split_of,
 )
+from hopsmith.data.split import paragraph_key
 from hopsmith.records import Hop, Paragraph, Question
 
 MUSIQUE_FIRST = "2hop__574419_270105"
@@ -53,7 +57,7 @@ def test_musique_first_row(musique):
     assert q.id == MUSIQUE_FIRST and q.dataset == "musique"
     assert q.question == "What is the seat of the county where Van Hook Township is located?"
     assert q.answers == ("Stanley",) and q.answer == "Stanley"
-    assert q.hops == 2 and q.type == "2hop" and q.meta == {"answerable": True}
+    assert q.hops == 2 and q.type == "2hop" and q.meta == {"answerable": True, "split": "train"}
     assert len(q.paragraphs) == 20
     assert q.supporting_ids == [f"{MUSIQUE_FIRST}::1", f"{MUSIQUE_FIRST}::8"]
     assert q.paragraphs[1].title == "Mountrail County Courthouse"
@@ -77,7 +81,7 @@ def test_hotpotqa_first_row():
     q = load_questions("hotpotqa")[0]
     assert q.id == HOTPOT_FIRST and q.dataset == "hotpotqa"
     assert q.answers == ("Rush",) and q.hops == 2 and q.decomposition == ()
-    assert q.type == "bridge" and q.meta == {"level": "hard"}
+    assert q.type == "bridge" and q.meta == {"level": "hard", "split": "train"}
     assert [p.title for p in q.paragraphs if p.supporting] == ["Neil Peart", "Nobody's Hero"]
     assert q.supporting_ids == [f"{HOTPOT_FIRST}::4", f"{HOTPOT_FIRST}::6"]
     # HotpotQA sentences carry their own leading space: joined as written, no doubled or leading spaces.
@@ -146,11 +150,72 @@ def test_limit_takes_the_first_rows_in_file_order(musique):
 def test_split_is_stable_and_partitions_the_set(musique):
     assert split_of(MUSIQUE_FIRST) == split_of(MUSIQUE_FIRST) in ("train", "eval")
     train, evals = load_questions("musique", split="train"), load_questions("musique", split="eval")
-    assert (len(evals), len(train)) == (74, 76)
+    assert (len(evals), len(train)) == (85, 65)
     assert {q.id for q in train}.isdisjoint(q.id for q in evals)
     assert sorted(q.id for q in train + evals) == sorted(q.id for q in musique)
+    assert all(q.meta["split"] == "eval" for q in evals) and all(q.meta["split"] == "train" for q in train)
     assert [q.id for q in evals[:3]] == ["2hop__496732_658428", "2hop__14095_15463", "2hop__82858_654855"]
     assert load_questions("musique", split="eval", limit=3) == evals[:3]
+    sizes = {name: tuple(len(load_questions(name, split=s)) for s in SPLITS) for name in BUNDLED}
+    assert sizes == {"musique": (65, 85), "hotpotqa": (105, 95), "2wiki": (51, 72)}
+
+
+def test_questions_built_on_one_single_hop_question_share_a_side(musique):
+    # Hashing whole ids put 2hop__160223_58067 in train and 2hop__747758_58067 (same last hop, same answer
+    # "A.P.J. Abdul Kalam") in eval; a component of the sharing graph goes to one side.
+    pair = [q for q in musique if q.id in ("2hop__160223_58067", "2hop__747758_58067")]
+    assert {split_of(q.id) for q in pair} == {"train", "eval"}
+    assert len({q.meta["split"] for q in pair}) == 1
+    assert single_hop_ids("3hop1__9285_5188_23307") == ("9285", "5188", "23307")
+    assert single_hop_ids("5a7f6fd75542992e7d278cfa") == () == single_hop_ids("2hop__x_y")
+    sides = {}
+    for q in musique:
+        for h in single_hop_ids(q.id):
+            sides.setdefault(h, set()).add(q.meta["split"])
+    assert all(len(s) == 1 for s in sides.values())
+
+
+def _q(qid, answer, question=None, paragraphs=()):
+    return Question(qid, "x", question or f"What is {qid}?", (answer,), 2, tuple(paragraphs))
+
+
+def test_components_link_answers_question_texts_and_supporting_paragraphs():
+    gold = Paragraph("p", "Paris", "Paris is the capital of France.", supporting=True)
+    gold_elsewhere = Paragraph("q", " paris", "Paris is the  capital of France.")  # a distractor there
+    qs = [_q("a1", "Paris"), _q("a2", "the paris."),                 # one answer, normalised
+          _q("b1", "x1", "Who is  it?"), _q("b2", "x2", "who is it"),  # one question text
+          _q("c1", "y1", "c1?", [gold]), _q("c2", "y2", "c2?", [gold_elsewhere]),
+          Question("e1", "x", "e1?", ("1952",), 2, ()),                        # a hop answer is an answer
+          Question("e2", "x", "e2?", ("z",), 2, (), (Hop("w >> date", "1952"), Hop("#1 >> r", "z"))),
+          _q("d1", "yes", "d1?"), _q("d2", "Yes", "d2?"), _q("d3", "no", "d3?")]  # yes/no link nothing
+    # Try enough prefixes that each pair would be split by its own ids at least once.
+    split_apart = {"a": False, "b": False, "c": False, "e": False}
+    for prefix in range(40):
+        renamed = [Question(f"{prefix}-{q.id}", *[getattr(q, f) for f in
+                            ("dataset", "question", "answers", "hops", "paragraphs", "decomposition")]) for q in qs]
+        sides = assign_splits(renamed)
+        for k in split_apart:
+            a, b = f"{prefix}-{k}1", f"{prefix}-{k}2"
+            assert sides[a] == sides[b]
+            split_apart[k] |= split_of(a) != split_of(b)
+        singles = [f"{prefix}-d1", f"{prefix}-d2", f"{prefix}-d3"]
+        assert [sides[i] for i in singles] == [split_of(i) for i in singles]
+    assert all(split_apart.values())
+
+
+def test_a_user_file_with_musique_ids_is_split_by_components(tmp_path):
+    rows = raw_rows("musique")[:2]
+    a, b = (json.loads(json.dumps(r)) for r in rows)
+    # two new questions built on the first row's last single-hop question, each otherwise unlike it
+    for i, (row, first_hop) in enumerate(((a, "11"), (b, "22"))):
+        last = rows[0]["id"].split("_")[-1]
+        row["id"] = f"2hop__{first_hop}{i}_{last}"
+        row["question"], row["answer"], row["answer_aliases"] = f"Question {i}?", f"Answer {i}", []
+    path = write_jsonl(tmp_path / "mine.jsonl", [rows[0], a, b])
+    qs = load_questions(path)
+    assert len({q.meta["split"] for q in qs}) == 1
+    assert {q.meta["split"] for q in qs} == {split_of(min(q.id for q in qs))}
+    assert sum(len(load_questions(path, split=s)) if s == qs[0].meta["split"] else 0 for s in SPLITS) == 3
 
 
 # --- hop_question --------------------------------------------------------------------------------
@@ -241,6 +306,23 @@ def test_empty_sets_are_errors(tmp_path):
         load_questions("musique", split="dev")
 
 
+def test_duplicate_ids_are_refused(tmp_path):
+    rows = raw_rows("hotpotqa")[:2]
+    rows[1]["_id"] = rows[0]["_id"]
+    with pytest.raises(DataError, match=r"d\.jsonl:2: duplicate question id"):
+        load_questions(write_jsonl(tmp_path / "d.jsonl", rows))
+
+
+def test_unanswerable_musique_rows_are_left_out(tmp_path):
+    """MuSiQue-Full marks unanswerable rows; the official script scores answers on answerable rows only."""
+    rows = raw_rows("musique")[:3]
+    rows[1] = dict(rows[1], answerable=False)
+    qs = load_questions(write_jsonl(tmp_path / "full.jsonl", rows))
+    assert [q.id for q in qs] == [rows[0]["id"], rows[2]["id"]]
+    with pytest.raises(DataError, match="unanswerable"):
+        load_questions(write_jsonl(tmp_path / "none.jsonl", [rows[1]]))
+
+
 # --- pools ---------------------------------------------------------------------------------------
 
 
@@ -251,14 +333,35 @@ def content(p: Paragraph) -> tuple[str, str]:
 def test_pools_hold_own_paragraphs_and_distractors(musique):
     pools = build_pools(musique, size=400)
     assert set(pools) == {q.id for q in musique}
+    eval_content = {content(p) for q in musique if q.meta["split"] == "eval" for p in q.paragraphs}
     for q in musique:
         pool = pools[q.id]
         assert len(pool) == 400
-        assert pool[: len(q.paragraphs)] == list(q.paragraphs)
+        # a train question's own distractors that are also an eval question's paragraphs stay out
+        own = [p for p in q.paragraphs if q.meta["split"] == "eval" or p.supporting or content(p) not in eval_content]
+        assert pool[: len(own)] == own
         assert [p.id for p in pool if p.supporting] == q.supporting_ids
         assert len({p.id for p in pool}) == len(pool)
-        assert len({content(p) for p in pool[len(q.paragraphs):]}) == len(pool) - len(q.paragraphs)
-        assert not {content(p) for p in q.paragraphs} & {content(p) for p in pool[len(q.paragraphs):]}
+        assert len({content(p) for p in pool[len(own):]}) == len(pool) - len(own)
+        assert not {content(p) for p in own} & {content(p) for p in pool[len(own):]}
+
+
+def test_pools_never_cross_the_split(musique):
+    """Eval pools draw from eval questions only, train pools from train questions only, and a train pool
+    holds no paragraph of an eval question (the bundled data: 0 of them)."""
+    side = {q.id: q.meta["split"] for q in musique}
+    eval_content = {content(p) for q in musique if side[q.id] == "eval" for p in q.paragraphs}
+    pools = build_pools(musique, size=400)
+    shared_distractors = 0
+    for q in musique:
+        donors = {p.id.split("::")[0] for p in pools[q.id]}
+        assert {side[d] for d in donors} == {side[q.id]}
+        if side[q.id] == "train":
+            assert not {content(p) for p in pools[q.id]} & eval_content
+            shared_distractors += sum(1 for p in q.paragraphs if content(p) in eval_content)
+    # the rule has work to do: some train questions carry an eval question's distractor among their own
+    assert shared_distractors > 0
+    assert paragraph_key(musique[0].paragraphs[0]) == content(musique[0].paragraphs[0])
 
 
 def test_pools_are_deterministic_and_seeded(musique):
@@ -335,3 +438,61 @@ def test_load_corpus_errors(tmp_path, lines, message):
 def test_load_corpus_missing_file(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load_corpus(tmp_path / "corpus.jsonl")
+
+
+# --- Bamboogle -----------------------------------------------------------------------------------
+
+# Bamboogle's authors publish a sheet of Question and Answer columns (CSV export: three unnamed empty
+# columns between them, an "Answer 2" column for a second accepted answer, a stray newline inside some
+# quoted answers). These rows are written for this test in that layout; they are not Bamboogle's.
+BAMBOOGLE_CSV = '''Question,,,,Answer,Answer 2
+Who painted the ceiling of the chapel named after Pope Sixtus IV?,,,,Michelangelo,
+"In what year did the city that is home to the Louvre first host the Summer Olympics?",,,,1900,
+What is the capital of the country whose flag shows a maple leaf?,,,,Ottawa,
+Who wrote the play in which the character Ophelia drowns?,,,,"William Shakespeare
+",Shakespeare
+"What river flows through the city where ""The Night Watch"" hangs, by its Dutch name?",,,,Amstel,
+'''
+
+
+def test_bamboogle_csv_in_its_original_layout(tmp_path):
+    path = tmp_path / "Bamboogle Prerelease - Sheet1.csv"
+    path.write_text(BAMBOOGLE_CSV, encoding="utf-8")
+    qs = load_questions(path)
+    assert [q.id for q in qs] == [f"bamboogle_{i}" for i in range(5)]
+    assert {q.dataset for q in qs} == {"bamboogle"} and all(q.paragraphs == () for q in qs)
+    assert qs[1].question == "In what year did the city that is home to the Louvre first host the Summer Olympics?"
+    assert qs[3].answers == ("William Shakespeare", "Shakespeare")  # stray newline gone, Answer 2 an alias
+    assert qs[4].question.endswith('where "The Night Watch" hangs, by its Dutch name?') and qs[4].answers == ("Amstel",)
+    assert all(q.meta["split"] in SPLITS and q.meta["answerable"] for q in qs)
+
+
+def test_bamboogle_as_json_and_as_toolkit_jsonl(tmp_path):
+    rows = [{"Question": "Who painted the ceiling of the chapel named after Pope Sixtus IV?", "Answer": "Michelangelo"},
+            {"Question": "What is the capital of the country whose flag shows a maple leaf?", "Answer": "Ottawa"}]
+    path = tmp_path / "bamboogle.json"
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    assert [(q.id, q.answers) for q in load_questions(path)] == [("bamboogle_0", ("Michelangelo",)),
+                                                                   ("bamboogle_1", ("Ottawa",))]
+    flat = write_jsonl(tmp_path / "test.jsonl", [{"id": "test_7", "question": rows[0]["Question"],
+                                                  "golden_answers": ["Michelangelo", "Michelangelo Buonarroti"]}])
+    (q,) = load_questions(flat)
+    assert q.id == "test_7" and q.answers == ("Michelangelo", "Michelangelo Buonarroti")
+
+
+def test_bamboogle_csv_saved_in_the_windows_code_page(tmp_path):
+    path = tmp_path / "b.csv"
+    path.write_bytes("Question,,,,Answer,Answer 2\nWho painted the ceiling of the chapel in Rome?,,,,Michelangelo Buonarroti \u2013 painter,\n"
+                     .encode("cp1252"))
+    (q,) = load_questions(path)
+    assert q.answers == ("Michelangelo Buonarroti \u2013 painter",)
+
+
+def test_bamboogle_errors_name_the_line(tmp_path):
+    path = tmp_path / "b.csv"
+    path.write_text("Question,,,,Answer,Answer 2\nWho?,,,,,\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"b\.csv:2: malformed row \(no non-empty answer\)"):
+        load_questions(path)
+    path.write_text("Question,,,,Answer\n,,,,x\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"b\.csv:2: malformed row \(empty question\)"):
+        load_questions(path)

@@ -40,11 +40,37 @@ def test_eval_writes_results_metrics_and_config(tmp_path):
 
 
 def test_eval_uses_eval_split_only(tmp_path):
-    from hopsmith.data import split_of
+    from hopsmith.data import load_questions
 
     qs, pools = evaluate.load_eval_questions(EvalConfig(limit=None, pool_size=50))
-    assert qs and all(split_of(q.id) == "eval" for q in qs)
+    assert qs and all(q.meta["split"] == "eval" for q in qs)
+    assert {q.id for q in qs} == {q.id for q in load_questions("musique", split="eval")}
     assert all(len(pools[q.id]) == 50 for q in qs)
+    # and the pools hold eval questions' paragraphs only
+    owners = {p.id.split("::")[0] for q in qs for p in pools[q.id]}
+    assert owners <= {q.id for q in qs}
+
+
+def test_metrics_record_the_prompt_setup_and_types(tmp_path):
+    cfg = EvalConfig(limit=3, pool_size=60, bootstrap=20, extraction_bench=False, few_shot=False, max_turns=4)
+    qs, _ = evaluate.load_eval_questions(cfg)
+    metrics = evaluate.run(cfg, tmp_path, backend=_perfect(qs), progress=False)
+    assert metrics["setup"]["few_shot"] is False and metrics["setup"]["max_turns"] == 4
+    assert sum(b["n"] for b in metrics["by_type"].values()) == 3 and "unknown" not in metrics["by_type"]
+    assert set(metrics["per_question"]) == {q.id for q in qs}
+    assert metrics["scoring"] == {"musique": "MuSiQue evaluate_v1.0.py"}
+
+
+def test_bamboogle_needs_a_corpus(tmp_path):
+    path = tmp_path / "bamboogle.csv"
+    path.write_text("Question,,,,Answer,Answer 2\nWho painted the Sistine Chapel ceiling?,,,,Michelangelo,\n")
+    assert cli.main(["eval", "--data", str(path), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"id": "c1", "title": "Sistine Chapel", "text": "Michelangelo painted its ceiling."}) + "\n")
+    cfg = EvalConfig(data=str(path), corpus=str(corpus), bootstrap=20, extraction_bench=False)
+    backend = ScriptedBackend({"Sistine": [call("search", query="Sistine Chapel ceiling"), "FINAL(Michelangelo)"]})
+    metrics = evaluate.run(cfg, tmp_path / "ok", backend=backend, progress=False)
+    assert metrics["em"]["mean"] == 1.0 and metrics["by_dataset"]["bamboogle"]["n"] == 1
 
 
 def test_resume_skips_done_questions_and_repairs_torn_line(tmp_path):
@@ -83,7 +109,12 @@ def test_eval_on_a_user_file_in_original_format(tmp_path):
     cfg = EvalConfig(data=str(src), limit=3, bootstrap=20)
     qs, pools = evaluate.load_eval_questions(cfg)
     assert len(qs) == 3 and qs[0].dataset == "hotpotqa"
-    assert all(len(pools[q.id]) == 60 for q in qs)  # own 10 + the other five questions' 50
+    # own 10 + 10 from each other question of the file on the same side of the split (the file is evaluated
+    # whole, but a pool never mixes the sides)
+    from hopsmith.data import load_questions
+
+    sides = [q.meta["split"] for q in load_questions(src)]
+    assert all(len(pools[q.id]) == 10 * sides.count(q.meta["split"]) for q in qs) and len(set(sides)) == 2
     metrics = evaluate.run(cfg, tmp_path / "run", backend=ScriptedBackend({}, default=["FINAL(yes)"]),
                            extractor=FixedReader(), progress=False)
     assert metrics["n"] == 3 and metrics["extraction_benchmark"] is None  # HotpotQA has no decompositions

@@ -5,8 +5,8 @@ import math
 import pytest
 
 from hopsmith.metrics import (FAILURE_KINDS, accuracy, aggregate, bootstrap_ci, compare, contains_answer,
-                              exact_match, f1, failure_kind, format_comparison, format_table, mean_ci,
-                              normalize_answer, score)
+                              exact_match, f1, failure_kind, format_comparison, format_table, headline,
+                              mcnemar_exact, mean_ci, normalize_answer, proportion_ci, score, wilson_ci)
 
 
 # -- normalisation and answer metrics -----------------------------------------------------------
@@ -31,9 +31,10 @@ def test_exact_match_uses_aliases():
     assert exact_match("HP", ["Hewlett Packard", "HP"]) == 1.0
     assert exact_match("Stanley, ND", ["Stanley"]) == 0.0
     assert exact_match("stanley", []) == 0.0
-    # a missing prediction never matches, not even a gold that normalises to nothing
+    # a missing prediction (no final answer) never matches, not even a gold that normalises to nothing
     assert exact_match(None, ["The"]) == 0.0
-    assert exact_match("", [""]) == 0.0
+    # an empty final answer against a gold that normalises to nothing matches, as in every official script
+    assert exact_match("", ["The"]) == 1.0 and exact_match("a", ["The"], "hotpotqa") == 1.0
 
 
 def test_f1_by_hand():
@@ -51,14 +52,21 @@ def test_f1_by_hand():
     assert f1("Paris", ["Paris"]) == 1.0
 
 
-def test_f1_yes_no_special_case():
-    assert f1("yes", ["no"]) == 0.0
-    assert f1("Yes.", ["yes"]) == 1.0
-    # "yes it is" would share a token with "yes" (F1 0.5) without the special case
-    assert f1("yes it is", ["yes"]) == 0.0
-    # and the special case applies from the prediction side too
-    assert f1("no", ["no way"]) == 0.0
-    assert f1("noanswer", ["noanswer"]) == 1.0
+def test_f1_yes_no_rule_is_hotpotqa_and_2wiki_only():
+    for ds in ("hotpotqa", "2wiki"):
+        assert f1("yes", ["no"], ds) == 0.0
+        assert f1("Yes.", ["yes"], ds) == 1.0
+        # "yes it is" would share a token with "yes" (F1 0.5) without the special case
+        assert f1("yes it is", ["yes"], ds) == 0.0
+        # and the special case applies from the prediction side too
+        assert f1("no", ["no way"], ds) == 0.0
+        assert f1("noanswer", ["noanswer"], ds) == 1.0
+        assert f1("The", ["a"], ds) == 0.0  # no tokens on either side: F1 0 in HotpotQA's script
+    # MuSiQue's official F1 is SQuAD's: no yes/no rule, and two token-less sides agree
+    assert f1("yes it is", ["yes"], "musique") == pytest.approx(0.5)
+    assert f1("no", ["no way"], "musique") == pytest.approx(2 / 3)
+    assert f1("The", ["a"], "musique") == 1.0
+    assert f1("yes it is", ["yes"]) == pytest.approx(0.5)  # an unknown set is scored the SQuAD way
 
 
 def test_accuracy_whole_token_containment():
@@ -86,6 +94,45 @@ def test_score():
 
 
 # -- confidence intervals -----------------------------------------------------------------------
+
+def test_wilson_interval_by_hand():
+    # 0/20: [0, z^2 / (n + z^2)] = [0, 3.8415 / 23.8415]
+    lo, hi = wilson_ci(0, 20)
+    assert lo == 0.0 and hi == pytest.approx(0.16113, abs=1e-4)
+    lo, hi = wilson_ci(1, 20)  # p = 0.05
+    assert lo == pytest.approx(0.00889, abs=1e-4) and hi == pytest.approx(0.23613, abs=1e-4)
+    assert wilson_ci(20, 20)[1] == 1.0 and wilson_ci(20, 20)[0] == pytest.approx(1 - 0.16113, abs=1e-4)
+    assert all(math.isnan(x) for x in wilson_ci(0, 0))
+    with pytest.raises(ValueError):
+        wilson_ci(3, 2)
+    m = proportion_ci([1, 0, 0, 0])
+    assert m["mean"] == 0.25 and m["n"] == 4 and m["interval"] == "wilson" and m["lo"] > 0.0
+    with pytest.raises(ValueError, match="0/1"):
+        proportion_ci([0.5, 1.0])
+
+
+def test_wilson_keeps_its_coverage_where_the_bootstrap_collapses():
+    """The issue's case: n = 20, p = 0.05. Exact coverage = sum of P(k) over the k whose interval holds p."""
+    n, p = 20, 0.05
+    probs = [math.comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(n + 1)]
+    wilson = sum(pk for k, pk in enumerate(probs) if wilson_ci(k, n)[0] <= p <= wilson_ci(k, n)[1])
+    boot = sum(pk for k, pk in enumerate(probs)
+               if bootstrap_ci([1] * k + [0] * (n - k), n_boot=400)[0] <= p <= bootstrap_ci([1] * k + [0] * (n - k), n_boot=400)[1])
+    assert wilson > 0.9 and boot < 0.7
+    assert bootstrap_ci([0] * 20) == (0.0, 0.0) and wilson_ci(0, 20)[1] > 0.15
+
+
+def test_mcnemar_exact_by_hand():
+    # the issue's two cases: 0/20 -> 4/20 with 4 discordant questions all favouring tuned: p = 2 / 2^4
+    assert mcnemar_exact(0, 4) == 0.125
+    # 2/74 -> 9/74, 7 discordant all favouring tuned: p = 2 / 2^7
+    assert mcnemar_exact(0, 7) == pytest.approx(0.015625)
+    # 3 vs 1 discordant: 2 * (C(4,0) + C(4,1)) / 16 = 10/16
+    assert mcnemar_exact(3, 1) == mcnemar_exact(1, 3) == pytest.approx(0.625)
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(5, 5) == 1.0
+    with pytest.raises(ValueError):
+        mcnemar_exact(-1, 2)
+
 
 def test_bootstrap_ci():
     values = [1, 0, 1, 1, 0, 0, 1, 0, 1, 1]
@@ -125,7 +172,7 @@ def test_mean_ci():
     m = mean_ci([1, 0, 1, 1, 0, 0, 1, 0, 1, 1], seed=1, n_boot=200)
     assert m["mean"] == pytest.approx(0.6) and m["n"] == 10
     assert m["lo"] <= m["mean"] <= m["hi"]
-    assert set(m) == {"mean", "lo", "hi", "n"}
+    assert set(m) == {"mean", "lo", "hi", "n", "interval"} and m["interval"] == "bootstrap"
     e = mean_ci([])
     assert e["n"] == 0 and math.isnan(e["mean"]) and math.isnan(e["lo"])
     assert mean_ci(iter([1.0, 0.0]))["mean"] == 0.5
@@ -289,7 +336,9 @@ def test_all_correct_has_no_failures():
     m = aggregate(rows, n_boot=50)
     assert m["failures"] == dict.fromkeys(FAILURE_KINDS, 0)
     assert m["failure_rates"] == dict.fromkeys(FAILURE_KINDS, 0.0)
-    assert (m["acc"]["lo"], m["acc"]["hi"]) == (1.0, 1.0)
+    # 3/3 right: the Wilson interval ends at 1 but does not collapse onto it (a bootstrap would give [1, 1])
+    assert m["acc"]["hi"] == 1.0 and m["acc"]["lo"] == pytest.approx(wilson_ci(3, 3)[0]) and m["acc"]["lo"] < 0.5
+    assert m["f1"]["lo"] == m["f1"]["hi"] == 1.0  # F1 keeps the bootstrap
 
 
 def test_aggregate_empty_is_an_error():
@@ -300,24 +349,42 @@ def test_aggregate_empty_is_an_error():
 # -- presentation -------------------------------------------------------------------------------
 
 def _tuned():
-    return aggregate([_row(f"t{i}", "Stanley", calls=[("search", True, 0.1)], retrieved=("a", "b"))
-                      for i in range(5)], n_boot=50)
+    # q1..q5 again, every one answered right after searching: the same questions as ROWS, so pairable
+    return aggregate([_row(f"q{i}", "Stanley", calls=[("search", True, 0.1)], retrieved=("a", "b"))
+                      for i in range(1, 6)], n_boot=50)
 
 
 def test_format_table():
     base = aggregate(ROWS, n_boot=50)
     table = format_table(base)
     lines = table.splitlines()
-    acc = base["acc"]
-    assert lines[0] == f"{'accuracy':<22} 20.0%  [{100 * acc['lo']:5.1f}, {100 * acc['hi']:5.1f}]  n=5"
-    for needle in ("exact match", "F1", "2-hop accuracy", "3-hop accuracy", "  hotpotqa", "  musique",
-                   "tool calls / episode", "invalid calls 12.5%", "answered w/o search    40.0%",
-                   "no final answer 20.0%", "latency / episode", "p90 6.20 s", "  search", "  llm_query",
+    em, acc = base["em"], base["acc"]
+    # EM and F1 first, cover-EM third, each with its 95% interval (Wilson for the proportions)
+    assert lines[0] == f"{'exact match':<22} 20.0%  [{100 * em['lo']:5.1f}, {100 * em['hi']:5.1f}]  n=5"
+    assert lines[1].startswith("F1") and lines[2].startswith("cover-EM")
+    assert (em["lo"], em["hi"]) == pytest.approx(wilson_ci(1, 5)) and acc["interval"] == "wilson"
+    for needle in ("  2-hop EM", "  3-hop EM", "  hotpotqa EM", "  musique EM",
+                   "tool calls / episode", "invalid calls          12.5%", "answered w/o search    40.0%",
+                   "no final answer        20.0%", "latency / episode", "p90 6.20 s", "  search", "  llm_query",
                    "supporting recall      62.5%", "all supporting found 50.0%",
                    "failures (4 wrong)", "search 1, extraction 2, no answer 1, other 0",
-                   "ceiling                25.0%", "(run)", "  actual / ceiling     80.0%"):
+                   "ceiling (cover-EM)     25.0%", "(run)", "  actual / ceiling     80.0%",
+                   "scored as             musique: MuSiQue evaluate_v1.0.py",
+                   "scored as             hotpotqa: HotpotQA hotpot_evaluate_v1.py"):
         assert needle in table, needle
+    lo, hi = wilson_ci(1, 8)  # one invalid call of eight
+    assert f"invalid calls          12.5%  [{100 * lo:5.1f}, {100 * hi:5.1f}]  n=8" in table
     assert max(len(line) for line in lines) <= 80
+
+
+def test_breakdown_by_question_type():
+    rows = [dict(_row("h1", "Stanley"), type="bridge"), dict(_row("h2", "x"), type="bridge"),
+            dict(_row("h3", "yes", answers=("yes",)), type="comparison")]
+    m = aggregate(rows, n_boot=20)
+    assert {k: v["n"] for k, v in m["by_type"].items()} == {"bridge": 2, "comparison": 1}
+    assert m["by_type"]["bridge"]["em"]["mean"] == 0.5 and m["by_type"]["comparison"]["em"]["mean"] == 1.0
+    table = format_table(m)
+    assert "  bridge EM" in table and "  comparison EM" in table
 
 
 def test_format_table_fits_80_columns_at_extremes():
@@ -330,43 +397,86 @@ def test_format_table_fits_80_columns_at_extremes():
     assert max(len(line) for line in format_comparison(m, m, names=("x" * 40, "y" * 40)).splitlines()) <= 80
 
 
-def test_compare():
+def test_compare_is_paired():
     base, tuned = aggregate(ROWS, n_boot=50), _tuned()
-    c = compare(base, tuned)
-    assert c["n"] == {"base": 5, "tuned": 5}
+    c = compare(base, tuned, n_boot=200)
+    assert c["n"] == {"base": 5, "tuned": 5} and c["paired_n"] == 5
     assert c["acc"]["delta"] == pytest.approx(0.8) and c["em"]["delta"] == pytest.approx(0.8)
     assert c["acc"]["base"] is base["acc"] and c["acc"]["tuned"] is tuned["acc"]
-    # tuned is 1.0 with a degenerate [1, 1] interval; base's interval from 5 rows with one hit stays below 1
-    assert c["acc"]["ci_overlap"] is False
+    assert "ci_overlap" not in c["acc"]
+    # q1 right in both, q2..q5 right in tuned only: McNemar on 4 vs 0 discordant questions, p = 2 / 2^4
+    em = c["em"]["paired"]
+    assert (em["test"], em["base_only"], em["tuned_only"], em["n"]) == ("mcnemar_exact", 0, 4, 5)
+    assert em["p"] == 0.125
+    f = c["f1"]["paired"]
+    assert f["test"] == "paired_bootstrap" and f["delta"] == pytest.approx(0.8) and 0.0 < f["lo"] <= 0.8 <= f["hi"]
     assert c["avg_tool_calls"]["delta"] == pytest.approx(1.0 - 8 / 5)
-    assert c["invalid_call_rate"]["delta"] == pytest.approx(-1 / 8)
+    assert c["invalid_call_rate"]["delta"] == pytest.approx(-1 / 8) and c["invalid_call_rate"]["paired"] is None
     assert c["answered_without_search_rate"]["delta"] == pytest.approx(-0.4)
+    p = c["answered_without_search_rate"]["paired"]
+    assert p["delta"] == pytest.approx(-0.4) and p["lo"] <= -0.4 <= p["hi"] <= 0.0
     assert c["failures"]["delta"] == {"search_failure": -1, "extraction_failure": -2, "no_final_answer": -1, "other": 0}
-    assert compare(base, base)["acc"] == {"base": base["acc"], "tuned": base["acc"], "delta": 0.0, "ci_overlap": True}
+    same = compare(base, base)["acc"]
+    assert same["delta"] == 0.0 and same["paired"]["p"] == 1.0 and same["paired"]["lo"] == same["paired"]["hi"] == 0.0
     json.dumps(c, allow_nan=False)
+
+
+def test_compare_pairs_by_question_not_by_position():
+    # the same four outcomes in another order, over other questions: the paired test sees who got what
+    a = aggregate([_row("a", "Stanley"), _row("b", "x"), _row("c", "x"), _row("d", "x")], n_boot=20)
+    b = aggregate([_row("d", "x"), _row("c", "x"), _row("b", "x"), _row("a", "Stanley")], n_boot=20)
+    assert compare(a, b)["em"]["paired"]["base_only"] == 0 and compare(a, b)["em"]["paired"]["p"] == 1.0
+    only_two = aggregate([_row("a", "x"), _row("z", "Stanley")], n_boot=20)
+    c = compare(a, only_two)
+    assert c["paired_n"] == 1 and c["em"]["paired"]["n"] == 1 and c["em"]["paired"]["base_only"] == 1
+
+
+def test_compare_without_per_question_scores_says_so():
+    base, tuned = aggregate(ROWS, n_boot=50), _tuned()
+    old = {k: v for k, v in base.items() if k != "per_question"}  # a metrics.json from before paired tests
+    c = compare(old, tuned)
+    assert c["paired_n"] is None and c["em"]["paired"] is None
+    assert "not paired: a run lacks per-question scores, so no test" in format_comparison(old, tuned)
 
 
 def test_compare_with_unknown_recall():
     base = aggregate([_row("u", "Stanley", supporting=())], n_boot=20)
     c = compare(base, _tuned())
-    assert c["supporting_recall"] == {"base": None, "tuned": 1.0, "delta": None}
+    assert c["supporting_recall"] == {"base": None, "tuned": 1.0, "delta": None, "paired": None}
     format_comparison(base, _tuned())
 
 
 def test_format_comparison():
     base, tuned = aggregate(ROWS, n_boot=50), _tuned()
+    base["setup"] = {"few_shot": True, "thinking": False, "max_turns": 6}
+    tuned["setup"] = {"few_shot": False, "thinking": False, "max_turns": 6}
     text = format_comparison(base, tuned, names=("Qwen3-1.7B", "SFT"))
     lines = text.splitlines()
     assert "Qwen3-1.7B" in lines[0] and "SFT" in lines[0] and "change" in lines[0]
-    acc_line = next(line for line in lines if line.startswith("accuracy"))
-    assert acc_line.endswith("+80.0pt*") and "20.0%" in acc_line and "100.0%" in acc_line
+    assert lines[1].endswith("5 paired")
+    assert [line.split()[0] for line in lines[2:8:2]] == ["exact", "F1", "cover-EM"]  # EM and F1 lead
+    em_line = next(line for line in lines if line.startswith("exact match"))
+    assert em_line.endswith("+80.0pt") and "20.0%" in em_line and "100.0%" in em_line
+    assert lines[3] == "  McNemar exact p = 0.125; right in SFT only 4, in Qwen3-1.7B only 0"
+    assert lines[5].startswith("  change +80.0pt, 95% CI [") and lines[5].endswith("(paired bootstrap, n=5)")
+    assert "prompt, Qwen3-1.7B    one-shot, thinking off, up to 6 turns" in lines
+    assert "prompt, SFT           zero-shot, thinking off, up to 6 turns" in lines
+    assert "  the two sides were prompted differently: the change is not the training alone" in lines
     assert any(line.startswith("invalid calls") and line.endswith("-12.5pt") for line in lines)
-    assert any(line.startswith("answered w/o search") and line.endswith("-40.0pt") for line in lines)
+    w = next(line for line in lines if line.startswith("answered w/o search"))
+    assert " -40.0pt [" in w and w.endswith("]")
     assert any(line.startswith("  extraction_failure") and "2 (50.0%)" in line and line.endswith("-2")
                for line in lines)
-    assert "* the two 95% intervals do not overlap" in text
+    assert "overlap" not in text and "*" not in text
     assert max(len(line) for line in lines) <= 80
-    assert "do not overlap" not in format_comparison(base, base)
+    assert "prompted differently" not in format_comparison(base, base)
+
+
+def test_headline_leads_with_em_and_f1():
+    line = headline(aggregate(ROWS, n_boot=50), _tuned(), ("base", "sft"))
+    assert line.startswith("base -> sft: EM 20.0% -> 100.0% (+80.0pt, McNemar p = 0.125); F1 20.0 -> 100.0 (+80.0pt, "
+                           "paired 95% CI [")
+    assert line.index("EM") < line.index("F1") < line.index("cover-EM") and line.endswith("n=5 paired")
 
 
 def test_query_statistics_reach_the_comparison():

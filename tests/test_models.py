@@ -68,12 +68,12 @@ def test_cli_eval_and_bench_on_a_model_directory(tiny_dir, tmp_path, capsys):
                      "--pool-size", "60", "--bootstrap", "50", "--out", str(out), "--quiet"])
     printed = capsys.readouterr().out
     assert code == 0
-    assert "accuracy" in printed and "n=3" in printed
+    assert printed.startswith("exact match") and "cover-EM" in printed and "n=3" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 3 and metrics["extraction_benchmark"]["acc"]["n"] >= 6
     assert len((out / "results.jsonl").read_text().splitlines()) == 3
     assert cli.main(["bench-extraction", "--model", str(tiny_dir), "--limit", "2", "--out", str(tmp_path / "x")]) == 0
-    assert "extraction accuracy" in capsys.readouterr().out
+    assert "extraction EM" in capsys.readouterr().out
 
 
 def test_adapter_dir_must_be_an_adapter(tiny_dir, tmp_path):

@@ -31,7 +31,11 @@ def test_ladder_end_to_end_on_tiny_model(tiny_dir, tmp_path, capsys):
     assert result["base"]["n"] == result["sft"]["n"] == 2
     trained = result["sft_training"]
     assert 0 < trained["traces"] + trained["too_long_dropped"] == len((out / "train.jsonl").read_text().splitlines()) <= 4
-    assert "accuracy" in printed and "sft" in (out / "comparison.txt").read_text()
+    comparison = (out / "comparison.txt").read_text()
+    assert "exact match" in printed and "sft" in comparison
+    # the comparison is paired and names how each side was prompted (the base gets the one-shot example)
+    assert "2 paired" in comparison and comparison.count("McNemar exact p = ") == 2
+    assert "prompt, base" in comparison and "one-shot" in comparison and "prompted differently" in comparison
     # training questions come from the train split only: the tuned eval ran, so no leakage was found
     assert result["sft"]["leakage"]["count"] == 0
     # a rerun resumes every stage instead of redoing it

@@ -22,7 +22,8 @@ def _traces(split="train", n=4):
     rows = run_episodes(qs, pools, backend, AgentConfig(few_shot=False))
     tools = MultihopEnv(BM25Index([])).schemas()
     return [{"id": f"{r['question_id']}:chain", "question_id": r["question_id"], "source": "synthetic:chain",
-             "messages": r["messages"], "tools": tools} for r in rows]
+             "question": r["question"], "answers": r["answers"], "messages": r["messages"], "tools": tools}
+            for r in rows]
 
 
 def test_labels_cover_exactly_the_assistant_turns(tiny_tokenizer):
@@ -77,6 +78,11 @@ def test_sft_writes_adapter_config_ids_and_loss(trained):
     assert len(losses) == 3 and all(math.isfinite(x["loss"]) for x in losses)
     ids = sft.trained_question_ids(adapter)
     assert len(ids) == 4 and all(i.startswith(("2hop", "3hop", "4hop")) for i in ids)
+    # what the leakage guard reads beside the ids: the trained answers and question texts, normalised
+    record = json.loads((adapter / "training.json").read_text())
+    trained = load_questions("musique", split="train", limit=4)
+    assert set(record["trained_answers"]) >= {q.answer.lower() for q in trained if q.answer.isalpha()}
+    assert len(record["trained_questions"]) == 4
     assert (adapter / "checkpoints" / "checkpoint-2").exists()
 
 
@@ -86,14 +92,14 @@ def test_adapter_used_by_eval_stage(trained, tiny_dir, tmp_path):
                               max_new_tokens=6, pool_size=40, bootstrap=20, extraction_bench=False)
     metrics = evaluate.run(cfg, tmp_path / "eval", progress=False)
     assert metrics["n"] == 2 and "adapter" in metrics["model"]
-    assert metrics["leakage"] == {"count": 0, "ids": []}
+    assert metrics["leakage"]["count"] == 0 and metrics["leakage"]["ids"] == []
 
 
 def test_leakage_guard_refuses_training_questions(trained, tiny_dir, tmp_path, capsys):
     root, _ = trained
     cfg = evaluate.EvalConfig(model=str(tiny_dir), adapter=str(root / "adapter"), split="train", limit=4,
                               max_turns=1, max_new_tokens=4, pool_size=40, bootstrap=20, extraction_bench=False)
-    with pytest.raises(evaluate.LeakageError, match="4 of 4 train-split questions were in the training set"):
+    with pytest.raises(evaluate.LeakageError, match="4 of 4 train-split questions overlap the training set"):
         evaluate.run(cfg, tmp_path / "leak", progress=False)
     loud = evaluate.run(evaluate.EvalConfig(**{**cfg.__dict__, "allow_leakage": True}), tmp_path / "leak2", progress=False)
     assert loud["leakage"]["count"] == 4

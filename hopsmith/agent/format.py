@@ -3,7 +3,8 @@
 The loop only needs two things from a format: `parse(text) -> Action` and `assistant_message(text,
 action)` (the chat message stored in the trace, the shape TRL's SFTTrainer takes). `HermesFormat` reads
 Hermes-style `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks, the format of Qwen and
-of our ChatML template for SmolLM. A code-as-action format plugs in through the same interface.
+of our ChatML template for SmolLM. `CodeFormat` ("python") reads seed 004's code-as-action protocol,
+`<python>...</python>` then `<answer>...</answer>`, through the same interface.
 
 Final-answer convention: a reply with no tool call ends the episode. Its answer is the text inside
 `FINAL(...)` if present, else the first non-empty line after the last `Answer:` / `The answer is:`, else
@@ -142,7 +143,63 @@ class HermesFormat:
         return message
 
 
-FORMATS: dict[str, ActionFormat] = {"hermes": HermesFormat()}
+PYTHON_RE = re.compile(r"<python>(.*?)(</python>|$)", re.S)
+ANSWER_TAG_RE = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S)
+_FENCE_RE = re.compile(r"^\s*```[a-zA-Z0-9_+-]*[ \t]*\n(.*?)\n?\s*```\s*$", re.S)
+
+
+class CodeFormat:
+    """Code as the action (seed 004's protocol): the model writes Python in `<python>...</python>`, the
+    sandbox runs it and the program's output comes back; the model ends with `<answer>...</answer>`.
+
+    - A reply with `<answer>` is final, even if it also holds code (the seed checks for the answer first):
+      the answer is the text inside the first `<answer>` block, up to `</answer>` or an imitated tool reply.
+    - Otherwise each `<python>` block is one call `ToolCall(name="python", arguments={"code": ...})`;
+      a markdown fence around the code is removed. A block cut off before `</python>` (the reply hit the
+      token limit) or an empty one is an invalid call with an error that says so; it is never run.
+    - A reply with neither tag is final, its answer read as `HermesFormat` reads one (FINAL(...), "Answer:",
+      else the first line), so an untagged answer still counts once.
+    `<think>` blocks are kept in the trace and ignored for both. The trace message keeps the reply text
+    verbatim (no structured `tool_calls`): a chat template would re-render structured calls as JSON, and
+    the model must learn to write `<python>` itself. `stop` lists the strings a backend should stop at.
+    """
+
+    name = "python"
+    tool_name = "python"
+    stop = ("</python>", "</answer>")
+
+    def parse(self, text: str) -> Action:
+        thinking = thinking_of(text)
+        body = strip_thinking(text)
+        cut = IMITATION_RE.search(body)
+        if cut:
+            body = body[: cut.start()]
+        answer = ANSWER_TAG_RE.search(body)
+        if answer:
+            return Action(answer=answer.group(1).strip(), thinking=thinking)
+        calls = [self._call(m.group(1), closed=bool(m.group(2)), raw=m.group(0)) for m in PYTHON_RE.finditer(body)]
+        if calls:
+            return Action(calls=calls, thinking=thinking)
+        return Action(answer=extract_answer(text), thinking=thinking)
+
+    def _call(self, code: str, *, closed: bool, raw: str) -> ToolCall:
+        fenced = _FENCE_RE.match(code)
+        if fenced:
+            code = fenced.group(1)
+        code = code.strip("\n")
+        if not closed:
+            return ToolCall(self.tool_name, {"code": code}, raw=raw, error=(
+                "the <python> block was not closed with </python> (the reply was probably cut off by the token "
+                "limit); write shorter code and close the block"))
+        if not code.strip():
+            return ToolCall(self.tool_name, {"code": code}, raw=raw, error="the <python> block is empty")
+        return ToolCall(self.tool_name, {"code": code}, raw=raw)
+
+    def assistant_message(self, text: str, action: Action) -> dict:
+        return {"role": "assistant", "content": text}
+
+
+FORMATS: dict[str, ActionFormat] = {"hermes": HermesFormat(), "python": CodeFormat()}
 
 
 def get_format(name: str) -> ActionFormat:

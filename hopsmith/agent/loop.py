@@ -182,6 +182,7 @@ def _result_row(ep: _Episode, backend: Backend) -> dict:
         "question_id": q.id,
         "dataset": q.dataset,
         "hops": q.hops,
+        "type": q.type,
         "question": q.question,
         "answers": list(q.answers),
         "prediction": prediction,
@@ -198,5 +199,5 @@ def _result_row(ep: _Episode, backend: Backend) -> dict:
         "model": getattr(backend, "name", "?"),
         "messages": ep.messages,
     }
-    row["metrics"] = score(prediction or "", list(q.answers))
+    row["metrics"] = score(prediction, list(q.answers), q.dataset)
     return row

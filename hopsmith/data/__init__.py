@@ -5,18 +5,21 @@ collections each question is searched over.
     questions = load_questions("musique", split="eval")
     pools = build_pools(questions, size=400)   # question id -> ~400 paragraphs
 """
-from hopsmith.data.loaders import BUNDLED, SPLITS, DataError, hop_question, load_questions, split_of
+from hopsmith.data.loaders import BUNDLED, SPLITS, DataError, hop_question, load_questions
 from hopsmith.data.pools import build_pools, corpus_pools, load_corpus, pool_key
+from hopsmith.data.split import assign_splits, single_hop_ids, split_of
 
 __all__ = [
     "BUNDLED",
     "SPLITS",
     "DataError",
+    "assign_splits",
     "build_pools",
     "corpus_pools",
     "hop_question",
     "load_corpus",
     "load_questions",
     "pool_key",
+    "single_hop_ids",
     "split_of",
 ]

@@ -1,23 +1,28 @@
-"""Load MuSiQue, HotpotQA and 2WikiMultiHopQA rows, in their original formats, into `Question` records.
+"""Load MuSiQue, HotpotQA, 2WikiMultiHopQA and Bamboogle rows, in their original formats, into `Question` records.
 
     from hopsmith.data import load_questions, hop_question
     qs = load_questions("musique", split="eval", limit=20)    # a bundled sample
     qs = load_questions("path/to/hotpot_dev_distractor_v1.json")  # an official release file
+    qs = load_questions("Bamboogle Prerelease - Sheet1.csv")     # Bamboogle as its authors published it
     hop_question(qs[0], 1)  # hop 2 as plain text, hop 1's answer filled in
 
 The format of a file is detected from the keys of its rows, so the official releases (MuSiQue `.jsonl`,
-HotpotQA and 2Wiki `.json` lists) and their JSONL forms load the same way, as do files of
-`Question.to_dict()` rows written by hopsmith itself. Every problem with the input raises `DataError`
-naming the file and the line (JSONL) or row (JSON list) at fault.
+HotpotQA and 2Wiki `.json` lists, Bamboogle's CSV of Question/Answer columns) and their JSON/JSONL forms
+load the same way, as do files of `Question.to_dict()` rows written by hopsmith itself. MuSiQue rows marked
+unanswerable (MuSiQue-Full) are left out, as the official script leaves them out of answer EM/F1. Every
+problem with the input raises `DataError` naming the file and the line (JSONL, CSV) or row (JSON list) at fault.
 """
 from __future__ import annotations
 
-import hashlib
+import csv
+import functools
+import io
 import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from hopsmith.data.split import assign_splits
 from hopsmith.records import Hop, Paragraph, Question
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
@@ -36,37 +41,74 @@ class DataError(ValueError):
     """Input data that cannot be loaded: missing file, unknown name or format, malformed row, empty set."""
 
 
-def split_of(question_id: str) -> str:
-    """`"eval"` when the SHA-256 of the id is even, else `"train"`: about half each, fixed per id."""
-    digest = hashlib.sha256(question_id.encode("utf-8")).digest()
-    return "eval" if digest[-1] % 2 == 0 else "train"
-
-
 def load_questions(source: str | Path, *, limit: int | None = None, split: str | None = None) -> list[Question]:
     """Questions from a bundled set (`"musique"`, `"hotpotqa"`, `"2wiki"`) or a file path.
 
-    `split` keeps only the `"train"` or `"eval"` questions (see `split_of`); `limit` then keeps the first
-    `limit` of them in file order. Raises `DataError` when nothing is left.
+    Every question carries its side in `meta["split"]` (see `hopsmith.data.split`: questions sharing a
+    single-hop id, an answer, a question text or a supporting paragraph stay on one side; the bundled sets
+    are split together). `split` keeps only the `"train"` or `"eval"` questions; `limit` then keeps the
+    first `limit` of them in file order. Raises `DataError` when nothing is left.
     """
     if split is not None and split not in SPLITS:
         raise DataError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     if limit is not None and limit < 0:
         raise DataError(f"limit must be >= 0, got {limit}")
     path = _resolve(source)
+    if path.resolve() in _BUNDLED_PATHS:
+        questions = list(_bundled_questions()[path.resolve()])
+    else:
+        questions = _load_file(path)
+        sides = assign_splits(questions)
+        for q in questions:
+            q.meta["split"] = sides[q.id]
+    if split is not None:
+        questions = [q for q in questions if q.meta["split"] == split]
+    if limit is not None:
+        questions = questions[:limit]
+    if not questions:
+        why = f"limit={limit}" if limit == 0 else f"split {split!r}"
+        raise DataError(f"{path}: {why} leaves no questions")
+    return [_copy(q) for q in questions]
+
+
+_BUNDLED_PATHS = frozenset(p.resolve() for p in BUNDLED.values())
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled_questions() -> dict[Path, tuple[Question, ...]]:
+    """Every bundled set, split as one graph (a train question of one set shares nothing with an eval
+    question of another); loaded once per process."""
+    by_path = {p.resolve(): _load_file(p) for p in BUNDLED.values()}
+    sides = assign_splits([q for qs in by_path.values() for q in qs])
+    for qs in by_path.values():
+        for q in qs:
+            q.meta["split"] = sides[q.id]
+    return {p: tuple(qs) for p, qs in by_path.items()}
+
+
+def _copy(q: Question) -> Question:
+    # Records are frozen but `meta` is a dict: a caller that edits it must not edit the cached copy.
+    return Question(**{**q.__dict__, "meta": dict(q.meta)})
+
+
+def _load_file(path: Path) -> list[Question]:
     rows = list(_read_rows(path))
     if not rows:
         raise DataError(f"{path} has no rows")
     convert = _detect(path, rows)
-    questions = []
-    for where, row in rows:
-        if limit is not None and len(questions) >= limit:
-            break
+    questions, seen = [], {}
+    for i, (where, row) in enumerate(rows):
+        if convert is _from_bamboogle:
+            row = {**row, "_row": i}
         question = _convert_row(convert, where, row)
-        if split is None or split_of(question.id) == split:
-            questions.append(question)
+        if question.dataset == "musique" and question.meta.get("answerable") is False:
+            continue
+        if question.id in seen:
+            raise DataError(f"{where}: duplicate question id {question.id!r} (first at {seen[question.id]})")
+        seen[question.id] = where
+        questions.append(question)
     if not questions:
-        why = f"limit={limit}" if limit == 0 else f"split {split!r}"
-        raise DataError(f"{path}: {why} leaves no questions")
+        raise DataError(f"{path}: every row is marked unanswerable; hopsmith scores answerable questions only")
     return questions
 
 
@@ -84,12 +126,24 @@ def _resolve(source: str | Path) -> Path:
 def _read_rows(path: Path) -> Iterator[tuple[str, dict]]:
     """Yield (where, row): `where` is "FILE:LINE" for JSON Lines, "FILE: row N (0-based)" for a JSON list.
 
-    A file whose text starts with `[` is read as one JSON list whatever its suffix, anything else as JSONL.
+    A file whose text starts with `[` is read as one JSON list whatever its suffix, a `.csv` file as CSV
+    with a header row ("FILE:LINE"), anything else as JSONL.
     """
+    csv_file = path.suffix.lower() == ".csv"
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        text = None
+        if csv_file:  # a spreadsheet export (Bamboogle's circulates so) may be in the Windows code page
+            try:
+                text = path.read_text(encoding="cp1252")
+            except UnicodeDecodeError:
+                pass
+        if text is None:
+            raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if csv_file:
+        yield from _read_csv(path, text)
+        return
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
@@ -113,6 +167,18 @@ def _read_rows(path: Path) -> Iterator[tuple[str, dict]]:
         yield f"{path}:{lineno}", row
 
 
+def _read_csv(path: Path, text: str) -> Iterator[tuple[str, dict]]:
+    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""))
+    try:
+        for row in reader:
+            # Bamboogle's sheet has unnamed empty columns; a short row leaves None values behind.
+            row = {k.strip(): (v or "") for k, v in row.items() if k and k.strip()}
+            if any(v.strip() for v in row.values()):
+                yield f"{path}:{reader.line_num}", row
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: invalid CSV ({e})") from None
+
+
 def _detect(path: Path, rows: list[tuple[str, dict]]) -> Callable[[dict], Question]:
     first = rows[0][1]
     paragraphs = first.get("paragraphs")
@@ -127,10 +193,13 @@ def _detect(path: Path, rows: list[tuple[str, dict]]) -> Callable[[dict], Questi
         if any("evidences" in r or r.get("type") in _TWOWIKI_ONLY_TYPES for _, r in rows):
             return _from_2wiki
         return _from_hotpotqa
+    if {"Question", "Answer"} <= first.keys() or {"question", "golden_answers"} <= first.keys():
+        return _from_bamboogle
     raise DataError(
         f"{path}: unrecognised format; first row has keys {sorted(first)}. Expected MuSiQue "
         "(paragraphs, question_decomposition), HotpotQA (_id, context, supporting_facts), "
-        "2WikiMultiHopQA (_id, context, supporting_facts, evidences) or hopsmith (dataset, paragraphs)"
+        "2WikiMultiHopQA (_id, context, supporting_facts, evidences), Bamboogle (Question, Answer) "
+        "or hopsmith (dataset, paragraphs)"
     )
 
 
@@ -180,6 +249,25 @@ def _from_musique(row: dict) -> Question:
         type=qid.split("__")[0] if "__" in qid else None,
         meta={"answerable": bool(row.get("answerable", True))},
     )
+
+
+def _from_bamboogle(row: dict) -> Question:
+    """A Bamboogle row: the authors' sheet (Question, Answer, optional "Answer 2" alias) as CSV or JSON, or
+    the {id, question, golden_answers} JSONL some toolkits re-publish. Bamboogle has no paragraphs of its
+    own, so it is searched over a corpus (`hopsmith eval --corpus`). Ids are `bamboogle_<row>` (0-based)."""
+    if "golden_answers" in row:
+        question, answers = row["question"], list(row["golden_answers"])
+        qid = str(row.get("id") or f"bamboogle_{row['_row']}")
+    else:
+        question, answers = row["Question"], [row["Answer"], row.get("Answer 2") or ""]
+        qid = f"bamboogle_{row['_row']}"
+    question = _squash(str(question))
+    if not question:
+        raise ValueError("empty question")
+    if not answers:
+        raise ValueError("no answer")
+    return Question(id=qid, dataset="bamboogle", question=question, answers=_answers(answers[0], answers[1:]),
+                    hops=2, paragraphs=(), meta={"answerable": True})
 
 
 def _context_paragraphs(row: dict, sep: str) -> tuple[Paragraph, ...]:

@@ -3,7 +3,9 @@
 A question's own paragraphs (20 in MuSiQue, 10 in HotpotQA and 2Wiki) are too few for retrieval to be
 hard, so, as in the seed write-up, each question gets a pool of about 400 paragraphs: its own plus
 whole blocks of other questions' paragraphs as distractors. Only a question's own supporting paragraphs
-are flagged `supporting` in its pool. A user corpus replaces the pools: every question then searches the
+are flagged `supporting` in its pool. Distractors never cross the train/eval split: an eval question's
+pool draws from eval questions only and a train question's from train questions only, and a train pool
+holds no paragraph that is also an eval question's, so training traces never show eval evidence. A user corpus replaces the pools: every question then searches the
 whole corpus (`load_corpus`, `corpus_pools`). `pool_key` names a pool so an index is built once per pool.
 """
 from __future__ import annotations
@@ -16,7 +18,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from hopsmith.data.loaders import DataError
+from hopsmith.data.split import paragraph_key
 from hopsmith.records import Paragraph, Question
+
+_content_key = paragraph_key
 
 
 def build_pools(
@@ -27,21 +32,29 @@ def build_pools(
 ) -> dict[str, list[Paragraph]]:
     """Map each question id to its pool: its own paragraphs first, then distractors up to `size`.
 
-    Distractors come from `others` (default: `questions`), excluding the question itself: the donor
-    questions are shuffled with a generator seeded by `seed` and the question id, and their paragraphs
-    are taken block by block, the last block cut at `size`. A paragraph whose normalised title and text
-    equal one already in the pool is skipped, so the question's own copy always wins. The pool is smaller
-    than `size` when the donors run out, and holds all own paragraphs even if they exceed `size`.
-    Sorting the donors by id first makes a pool independent of the order and of the other members of
-    `questions`, so a 20-question eval run sees the same pools as the full set.
+    Distractors come from `others` (default: `questions`), excluding the question itself and every
+    question on the other side of the split (`meta["split"]`, set by `load_questions`; questions without
+    it are all one side): the donor questions are shuffled with a generator seeded by `seed` and the
+    question id, and their paragraphs are taken block by block, the last block cut at `size`. A paragraph
+    whose normalised title and text equal one already in the pool is skipped, so the question's own copy
+    always wins. In a train question's pool, a paragraph that is also an eval question's (among
+    `questions` and `others`) is skipped, even one of the question's own distractors; its supporting
+    paragraphs never are (the split keeps questions sharing one on one side). The pool is smaller than
+    `size` when the donors run out, and holds all own paragraphs even if they exceed `size`. Sorting the
+    donors by id first makes a pool independent of the order and of the other members of `questions`, so
+    a 20-question eval run sees the same pools as the full set.
     """
     donors = sorted(questions if others is None else others, key=lambda q: q.id)
+    eval_keys = {_content_key(p) for d in (*donors, *questions) if d.meta.get("split") == "eval"
+                 for p in d.paragraphs}
     pools: dict[str, list[Paragraph]] = {}
     for q in questions:
-        order = [d for d in donors if d.id != q.id]
+        side = q.meta.get("split")
+        banned = eval_keys if side == "train" else set()
+        order = [d for d in donors if d.id != q.id and d.meta.get("split") == side]
         random.Random(f"{seed}:{q.id}").shuffle(order)
-        pool = list(q.paragraphs)
-        seen = {_content_key(p) for p in pool}
+        pool = [p for p in q.paragraphs if p.supporting or _content_key(p) not in banned]
+        seen = {_content_key(p) for p in pool} | banned
         distractors = (p for d in order for p in d.paragraphs)
         for p in distractors:
             if len(pool) >= size:
@@ -112,7 +125,3 @@ def pool_key(pool: Sequence[Paragraph]) -> str:
 
 def _flagged(p: Paragraph, supporting: bool) -> Paragraph:
     return p if p.supporting == supporting else replace(p, supporting=supporting)
-
-
-def _content_key(p: Paragraph) -> tuple[str, str]:
-    return " ".join(p.title.casefold().split()), " ".join(p.text.casefold().split())

@@ -1,0 +1,92 @@
+"""The learning-gain and preference-gain benchmarks' printouts, on saved records built from fake runs
+(the benchmarks themselves take 40+ minutes; their printing must not wait for that to be checked)."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from hopsmith.io import write_json, write_jsonl
+from hopsmith.metrics import aggregate
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(right: set[int], n: int = 12, searched: bool = True):
+    return [{"question_id": f"q{i}", "dataset": "musique", "hops": 2, "type": "2hop",
+             "prediction": "Stanley" if i in right else "Fargo", "answers": ["Stanley"], "finished": True, "turns": 2,
+             "tool_calls": [{"name": "search", "valid": True, "seconds": 0.01}] if searched else [],
+             "supporting_ids": ["a"], "retrieved_ids": ["a"] if searched else []} for i in range(n)]
+
+
+def _run(right, few_shot, **kw):
+    m = aggregate(_rows(right, **kw), n_boot=100)
+    m["setup"] = {"few_shot": few_shot, "thinking": False, "max_turns": 6}
+    return m
+
+
+def test_learning_gain_prints_paired_tests_for_both_base_runs(tmp_path, monkeypatch, capsys):
+    lg = _load("learning_gain")
+    record = {"base": _run({0}, True), "base_zeroshot": _run(set(), False, searched=False),
+              "tuned": _run({0, 1, 2, 3, 4, 5, 6}, False), "sft": {"steps": 40}, "traces": 80, "seconds": 600}
+    text = lg.report(record)
+    # one-shot base vs tuned: 6 questions right only after tuning, none lost -> McNemar p = 2 / 2^6
+    assert "McNemar exact p = 0.031; right in tuned only 6, in base 1-shot only 0" in text
+    # zero-shot base (nothing right) vs tuned: 7 discordant -> p = 2 / 2^7
+    assert "McNemar exact p = 0.016; right in tuned only 7, in base 0-shot only 0" in text
+    assert text.count("(paired bootstrap, n=12)") == 2
+    assert sum(1 for line in text.splitlines() if line.startswith("questions") and line.endswith("12 paired")) == 2
+    # the one-shot comparison says its sides were prompted differently; the zero-shot one compares like with like
+    first, second = text.split("\n\n")[:2]
+    assert "prompted differently" in first and "prompted differently" not in second
+    lines = text.splitlines()
+    assert any(line.startswith("base 1-shot -> tuned: EM 8.3% -> 58.3% (+50.0pt, McNemar p = 0.031); F1")
+               and line.endswith("EM 7.0x") for line in lines)
+    assert any(line.startswith("base 0-shot -> tuned: EM 0.0% -> 58.3%") and line.endswith("EM inf") for line in lines)
+    assert lines[-1] == "80 traces, 40 SFT steps; 10.0 min"
+
+    # --print-only reprints a saved record without running anything
+    write_json(tmp_path / "learning_gain.json", record)
+    monkeypatch.setattr(sys, "argv", ["learning_gain.py", "--out", str(tmp_path), "--print-only"])
+    lg.main()
+    assert capsys.readouterr().out.strip() == text.strip()
+
+
+def test_preference_gain_pairs_an_older_sft_eval_and_prints_the_test(tmp_path, monkeypatch, capsys):
+    pg = _load("preference_gain")
+    run = tmp_path / "lg"
+    rows = _rows({0, 1, 2})
+    old = {k: v for k, v in aggregate(rows, n_boot=100).items() if k not in ("per_question", "setup")}
+    old["em"] = {"mean": 0.99, "lo": 0.9, "hi": 1.0, "n": 12}  # scored under older rules: rescored on load
+    write_json(run / "eval-sft" / "metrics.json", old)
+    write_jsonl(run / "eval-sft" / "results.jsonl", rows)
+    write_json(run / "eval-sft" / "config.json", {"kind": "EvalConfig", "data": "hotpotqa", "few_shot": False,
+                                                 "max_turns": 6, "thinking": False})
+    sft = pg.sft_eval_metrics(run)
+    assert set(sft["per_question"]) == {f"q{i}" for i in range(12)} and sft["setup"]["few_shot"] is False
+    assert sft["em"]["mean"] == 0.25 and sft["em"]["interval"] == "wilson"
+
+    tuned = _run({0, 1, 2, 3, 4}, False)
+    record = {"sft": sft, "tuned": tuned, "summary": "30 pairs, 8 steps", "seconds": 120}
+    text = pg.report(record, "simpo")
+    assert "McNemar exact p = 0.500; right in simpo only 2, in sft only 0" in text
+    assert "change +16.7pt, 95% CI [" in text and "prompted differently" not in text
+    last = text.splitlines()[-1]
+    assert last.startswith("sft -> simpo: EM 25.0% -> 41.7% (+16.7pt, McNemar p = 0.500); F1 25.0 -> 41.7")
+    assert last.endswith("tool use 100% -> 100%; 30 pairs, 8 steps; 2.0 min")
+
+    write_json(run / "preference-seed002" / "preference_gain.json", record)
+    monkeypatch.setattr(sys, "argv", ["preference_gain.py", "--run", str(run), "--print-only"])
+    pg.main()
+    assert capsys.readouterr().out.strip() == text.strip()
+    monkeypatch.setattr(sys, "argv", ["preference_gain.py", "--run", str(run), "--method", "rft", "--print-only"])
+    with pytest.raises(SystemExit, match="rft/preference_gain.json is missing"):
+        pg.main()
