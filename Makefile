@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   - create .venv, install, run the training ladder on the embedded model (about 7 minutes)
+#   make demo   - create .venv, install, run the training ladder on the embedded model (about 7 minutes),
+#                 then print the path of its report.html
 #   make test   - create .venv, install, run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -22,6 +23,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(VENV)/bin/hopsmith pipeline --out runs/demo
+	@echo "report: $(CURDIR)/runs/demo/report.html"
 
 # The sandbox tests need bubblewrap: installed here when we are root on Debian/Ubuntu, else a note (they skip).
 bubblewrap:

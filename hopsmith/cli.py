@@ -7,6 +7,7 @@
     hopsmith check-leakage [--data musique] [--adapter DIR]       train/eval overlap of a split (and an adapter)
     hopsmith prepare-model                                        convert the embedded model once
     hopsmith cost --estimate | hopsmith cost runs/ladder          what seed 000's recipe / a cloud run costs
+    hopsmith report runs/ladder [runs/other ...]                  one HTML page: numbers, plots, traces
     hopsmith serve --adapter runs/ladder/sft                      the eval endpoint, locally (bearer token)
     hopsmith mine-pairs | simpo | rft | grpo ...                  learning from the model's own behaviour
 
@@ -179,6 +180,14 @@ def cmd_cost(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.runs, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from stages import serve
 
@@ -269,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the estimate as JSON")
     p.set_defaults(func=cmd_cost)
 
+    p = sub.add_parser("report", help="one self-contained HTML page: metrics, comparisons, curves, cost, traces")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories; the first is the baseline")
+    p.add_argument("--out", help="the page to write (default RUN_DIR/report.html, or report-compare.html "
+                                 "in the first RUN_DIR when given several)")
+    p.set_defaults(func=cmd_report)
+
     from stages.serve import ServeConfig
 
     p = sub.add_parser("serve", help="serve the agent over HTTP (/answer, /evaluate) behind a bearer token")
@@ -311,12 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     from stages.preference import PreferenceError
 
     from .cost import BudgetExceeded, CostError
+    from .report import ReportError
     from .volumes import LayoutError
 
     try:
         return args.func(args)
     except (ConfigError, DataError, ModelError, RunDirError, LeakageError, JudgeRunError, FileNotFoundError,
-            CostError, BudgetExceeded, LayoutError, PreferenceError) as exc:
+            CostError, BudgetExceeded, LayoutError, PreferenceError, ReportError) as exc:
         print(f"hopsmith: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,7 +4,7 @@
 - sft:  torch, transformers, peft, trl, bitsandbytes (QLoRA), datasets, accelerate + the CPU stack, FastAPI
         (the endpoint)
 - eval: vLLM (it brings its own torch and transformers) + the search stack
-- cpu:  bm25s, google-genai, openai-compatible clients: traces, judge, merges, no torch
+- cpu:  bm25s, google-genai, openai-compatible clients, matplotlib (report.html): traces, judge, merges
 
 Versions are the ones measured together on CPU here (README), except the eval image, whose torch and
 transformers are whatever vLLM 0.33.0 pins (torch 2.14.0, transformers < 5.21). The two transformers differ,
@@ -29,6 +29,7 @@ TRAIN = ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "trl==1.16.0",
 EVAL = ["vllm==0.33.0"]
 REMOTE = ["google-genai>=3.4,<4"]
 SERVE = ["fastapi==0.163.2"]
+REPORT = ["matplotlib==3.11.2"]  # merge_eval writes report.html (plots as SVG)
 IGNORE = [".venv", ".venv/**", "runs", "runs/**", ".cache", ".cache/**", ".git", ".git/**", "**/__pycache__/**",
           "*.pyc", ".pytest_cache/**"]
 ENV = {"PYTHONPATH": SRC, "HOPSMITH_CACHE": "/vol/models/hopsmith", "HF_HOME": "/vol/models/hf",
@@ -62,4 +63,4 @@ def cpu_image():
     base = modal.Image.debian_slim(python_version=PYTHON)
     # The judge and traces stages import transformers' tool-schema helper; a CPU torch keeps it small.
     return _finish(base.pip_install("torch==2.13.0", index_url="https://download.pytorch.org/whl/cpu")
-                   .pip_install("transformers==5.23.0", *SEARCH, *REMOTE))
+                   .pip_install("transformers==5.23.0", *SEARCH, *REMOTE, *REPORT))

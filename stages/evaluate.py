@@ -8,7 +8,8 @@ extraction benchmark, for the ceiling) and `metrics.json` (see `hopsmith.metrics
 the prompt setup, and `leakage`). Results are appended as episodes finish; a rerun into the same directory
 skips the questions already done, and a directory holding another configuration's results is refused
 rather than mixed. An adapter is evaluated only on questions that share nothing with its training data
-(`hopsmith.leakage`): overlap is refused, or left out and counted with `--drop-leakage`.
+(`hopsmith.leakage`): overlap is refused, or left out and counted with `--drop-leakage`. Last it writes
+`report.html` (`hopsmith.report`: the numbers, plots and every episode in one page).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from hopsmith.config import EvalConfig, to_dict
 from hopsmith.io import JsonlAppender, read_jsonl, write_json, write_jsonl
 from hopsmith.leakage import LeakageError  # noqa: F401  (re-exported: callers catch evaluate.LeakageError)
+from hopsmith.report import try_write_report
 
 # Keys whose change makes earlier results incomparable; limit/batch size/bootstrap may change on resume.
 _RESULT_KEYS = ("data", "split", "model", "adapter", "extractor", "corpus", "pool_size", "pool_seed", "max_turns",
@@ -119,6 +121,7 @@ def run(cfg: EvalConfig, root: str | Path, *, backend=None, extractor=None, prog
     metrics["wall_seconds_this_run"] = time.perf_counter() - started
     metrics["leakage"] = leakage
     write_json(root / "metrics.json", metrics)
+    try_write_report([root])
     return metrics
 
 
@@ -253,6 +256,7 @@ def merge(cfg: EvalConfig, root: str | Path, num_shards: int) -> dict:
     metrics["duplicates_dropped"] = dropped
     metrics["leakage"] = leakage
     write_json(root / "metrics.json", metrics)
+    try_write_report([root])
     return metrics
 
 

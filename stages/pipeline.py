@@ -7,7 +7,8 @@
 Every stage writes under the run root and resumes, so an interrupted ladder continues where it stopped:
 `eval-base/`, `traces/`, `judged/`, `kept.jsonl`, `train.jsonl` (the traces SFT used), `sft/` (the adapter),
 `eval-sft/`, and `comparison.json` / `comparison.txt` (base vs tuned, every metric with its CI, the failure
-taxonomy side by side). With `--with simpo`: `mine/` (the SFT adapter on train questions), `pairs/`
+taxonomy side by side), and last `report.html` (every number, curve and episode of the ladder in one page:
+`hopsmith report`). With `--with simpo`: `mine/` (the SFT adapter on train questions), `pairs/`
 (its failures against correct traces), `simpo/` (the adapter, its behaviour probes and collapse flags),
 `eval-simpo/` and `comparison-simpo.txt` / `.json` (SFT vs SimPO, with tool-use behaviour before and after). Training questions come from the `train` split and evaluation from `eval`; the
 leakage guard refuses any overlap.
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from hopsmith.config import EvalConfig
 from hopsmith.io import read_jsonl, write_json, write_jsonl
+from hopsmith.report import try_write_report
 
 # The local preset trades recipe size for minutes: few eval questions, few traces, shorter paragraphs.
 PRESETS = {
@@ -149,6 +151,9 @@ def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
     log(text)
     if "simpo" in cfg.with_stages:
         result["simpo"] = _simpo(cfg, root, tuned, log)
+    report = try_write_report([root])
+    if report:
+        log(f"report: {report}")
     return result
 
 

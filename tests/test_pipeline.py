@@ -23,7 +23,8 @@ def test_ladder_end_to_end_on_tiny_model(tiny_dir, tmp_path, capsys):
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     for path in ("eval-base/metrics.json", "kept.jsonl", "train.jsonl", "sft/adapter_config.json",
-                 "sft/training.json", "eval-sft/metrics.json", "comparison.json", "comparison.txt"):
+                 "sft/training.json", "eval-sft/metrics.json", "comparison.json", "comparison.txt", "eval-base/report.html",
+                 "report.html"):
         assert (out / path).exists(), path
     assert list((out / "traces").glob("shard-*.jsonl"))
     result = json.loads((out / "comparison.json").read_text())
