@@ -18,7 +18,10 @@ from hopsmith.io import JsonlAppender, read_jsonl, write_json, write_jsonl
 
 # Keys whose change makes earlier results incomparable; limit/batch size/bootstrap may change on resume.
 _RESULT_KEYS = ("data", "split", "model", "adapter", "extractor", "corpus", "pool_size", "pool_seed", "max_turns",
-                "max_new_tokens", "temperature", "thinking", "few_shot", "top_k", "max_chars", "one_call_per_turn", "max_context_tokens", "answer_at_cap", "seed", "allow_leakage")
+                "max_new_tokens", "temperature", "thinking", "few_shot", "top_k", "max_chars", "one_call_per_turn", "max_context_tokens", "answer_at_cap", "seed", "allow_leakage",
+                "search_failure_rate", "search_failure_seed")
+# What a key means in a config.json written before the key existed.
+_OLD_DEFAULTS = {"search_failure_rate": 0.0, "search_failure_seed": 0}
 
 
 class RunDirError(ValueError):
@@ -76,7 +79,7 @@ def check_run_dir(root: Path, cfg: EvalConfig) -> None:
 
     saved = json.loads(saved_path.read_text())
     mine = to_dict(cfg)
-    diff = [k for k in _RESULT_KEYS if saved.get(k) != mine.get(k)]
+    diff = [k for k in _RESULT_KEYS if saved.get(k, _OLD_DEFAULTS.get(k)) != mine.get(k)]
     if diff:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {mine.get(k)!r}" for k in diff)
         raise RunDirError(f"{root} holds results of another configuration ({detail}); use another --out")
