@@ -404,6 +404,23 @@ def read_call(name: str | None, arguments: Any, *, error: str | None = None) -> 
                error=problem, call_name=name)
 
 
+def read_reply(calls: list[tuple[str | None, Any, str | None]], *, body: str, thinking: str = "") -> Act:
+    """One assistant reply as an Act: its first call (name, arguments, parse error), or, with no call,
+    its text (`body`, thinking and imitated turns already removed) as a plain-text answer_directly.
+    An empty reply takes no action."""
+    if calls:
+        name, arguments, error = calls[0]
+        act = read_call(name, arguments, error=error)
+        act.extra_calls = len(calls) - 1
+    elif body.strip():
+        act = Act("answer_directly", text=body.strip(), plain_text=True)
+    else:
+        act = Act(None, error="the reply is empty")
+    act.thinking = thinking
+    act.think_names = think_names(thinking)
+    return act
+
+
 class EnterpriseEnv:
     """One episode of one case. `messages` starts as system prompt + history + request; `step(act)`
     returns the messages that follow an assistant turn and sets `done`/`stop`."""
@@ -492,9 +509,10 @@ class EnterpriseEnv:
             "stop": self.stop,
             "turns": len(self.acts),
             "acts": [a.to_dict() for a in self.acts],
-            "tool_calls": [{"name": c["tool"], "arguments": c["arguments"], "valid": c["ok"] or c["pattern"] is not None,
-                            "pattern": c["pattern"]} for c in live_log],
+            "tool_calls": [{"name": c["tool"], "arguments": c["arguments"], "ok": c["ok"], "pattern": c["pattern"]}
+                           for c in live_log],
             "faults_fired": sorted({c["pattern"] for c in self.sim.log if c["pattern"]}),
+            "rationale": self.case.rationale,
             "clarifications": len(self.user.asked),
             "messages": self.messages,
         }
