@@ -25,7 +25,11 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..backends import Backend
+from ..backends.factory import make_backend
 from ..envs.enterprise import EnterpriseEnv, action_schemas, read_reply
+from ..envs.enterprise_cases import load_cases
+from ..envs.enterprise_scoring import format_report, summarize
+from ..io import write_json, write_jsonl
 from .format import IMITATION_RE, ActionFormat, HermesFormat, strip_thinking, thinking_of
 
 
@@ -97,11 +101,6 @@ def run_enterprise_episodes(cases: Iterable, backend: Backend, cfg: EnterpriseCo
 
 
 def main(argv=None) -> int:
-    from ..backends.factory import make_backend
-    from ..envs.enterprise_cases import load_cases
-    from ..envs.enterprise_scoring import format_report, summarize
-    from ..io import write_json, write_jsonl
-
     ap = argparse.ArgumentParser(description="Run the enterprise agent (seed 002's five actions) on the bundled cases.")
     ap.add_argument("--model", default="embedded", help="backend spec (embedded, a model dir, openai:..., gemini:...)")
     ap.add_argument("--adapter", help="LoRA adapter directory (local models)")
@@ -132,6 +131,7 @@ def main(argv=None) -> int:
     order = {c.id: i for i, c in enumerate(cases)}
     rows.sort(key=lambda r: order[r["case_id"]])
     if args.judge:
+        # The judge module sits a floor above this loop (it builds on hopsmith.judge), hence the late import.
         from ..enterprise_judge import EpisodeJudge
 
         for row, verdict in zip(rows, EpisodeJudge(make_backend(args.judge)).judge_many(rows)):

@@ -384,15 +384,16 @@ def read_call(name: str | None, arguments: Any, *, error: str | None = None) -> 
     if name not in _ACTION_FNS:
         return Act(None, error=f"unknown action '{name}'; take one of {', '.join(ACTIONS)} "
                                f"(business tools run through call_tool)", call_name=name)
-    args = arguments if isinstance(arguments, dict) else {}
+    args = dict(arguments) if isinstance(arguments, dict) else {}
+    if name == "call_tool" and isinstance(args.get("arguments"), str):
+        # Double-encoded inner arguments: accept what decodes cleanly, as the Hermes reader does.
+        try:
+            args["arguments"] = json.loads(args["arguments"])
+        except json.JSONDecodeError:
+            pass
     problem = check_arguments(tool_schema(_ACTION_FNS[name]), args)
     if name == "call_tool":
         inner = args.get("arguments", {})
-        if isinstance(inner, str):  # double-encoded inner arguments: accept what decodes cleanly
-            try:
-                inner = json.loads(inner)
-            except json.JSONDecodeError:
-                pass
         tool = args.get("tool") if isinstance(args.get("tool"), str) else None
         if problem is None:
             problem = check_business_call(tool, inner if isinstance(inner, dict) else {})

@@ -24,6 +24,7 @@ Library use:
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import random
 import sys
@@ -33,6 +34,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
+from ..io import write_jsonl
 from ..tools.simulator import BUSINESS_SCHEMAS, Fault, check_business_call
 from .enterprise import ACTIONS, CATEGORIES, MAX_TURNS, TEAMS, TERMINAL, Case, Step, gold_trace, think_names
 
@@ -1096,8 +1098,6 @@ def _schedule(category: str, n: int) -> list[tuple[Template, int]]:
 
 
 def _takes_index(fn: Template) -> bool:
-    import inspect
-
     return "i" in inspect.signature(fn).parameters
 
 
@@ -1197,8 +1197,6 @@ def read_cases(path: str | Path) -> list[Case]:
 
 
 def write_cases(path: str | Path, cases) -> None:
-    from ..io import write_jsonl
-
     write_jsonl(path, [c.to_dict() for c in cases])
 
 

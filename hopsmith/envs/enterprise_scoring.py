@@ -129,13 +129,14 @@ def format_report(s: dict) -> str:
             lines.append(f"{a:<17}" + "".join(f"{row[t]:>10}" for t in TAKEN))
     named = sum(b["think_named"] for b in s["by_category"].values())
     k = s["think_mismatch"]["k"]
-    lines += ["", f"think vs action: {k} of {s['n']} episodes ({_pct(s['think_mismatch']['rate']).strip()}) name an "
-                  f"action in <think> and take another ({k} of {named} that named one)"]
+    lines += ["", f"think vs action: {k} of {s['n']} episodes ({_pct(s['think_mismatch']['rate']).strip()}) took "
+                  "another action than", f"  the one their <think> names ({k} of {named} whose <think> names one)"]
     for p in s["think_mismatch_pairs"][:6]:
         lines.append(f"  think says {'/'.join(p['think'])}, took {p['taken']}: {p['count']}")
-    lines.append(f"plain-text replies {_pct(s['plain_text_rate']).strip()}, direct business calls "
-                 f"{_pct(s['direct_call_rate']).strip()}, invalid turns/episode {s['invalid_turns_per_episode']:.2f}, "
-                 f"turns/episode {s['turns_per_episode']:.2f}")
+    lines += [f"plain-text replies {_pct(s['plain_text_rate']).strip()}, direct business calls "
+              f"{_pct(s['direct_call_rate']).strip()}",
+              f"invalid turns/episode {s['invalid_turns_per_episode']:.2f}, turns/episode {s['turns_per_episode']:.2f}, "
+              "stops " + ", ".join(f"{k} {v}" for k, v in sorted(s["stops"].items()))]
     j = s.get("judge")
     if j:
         lines += ["", f"judge (1-5; n={j['n']}, {j['errors']} judge errors)   mean   95% CI"]
@@ -143,6 +144,9 @@ def format_report(s: dict) -> str:
             m = j[d]
             if m:
                 lines.append(f"  {d:<34}{m['mean']:5.2f}   [{m['lo']:.2f}, {m['hi']:.2f}]")
-        lines.append("  composite by category: " + ", ".join(
-            f"{c} {b['composite']['mean']:.2f}" for c, b in s["judge_by_category"].items() if b and b.get("composite")))
+        lines.append("  composite by category:")
+        for c, b in s["judge_by_category"].items():
+            if b and b.get("composite"):
+                m = b["composite"]
+                lines.append(f"    {c:<32}{m['mean']:5.2f}   [{m['lo']:.2f}, {m['hi']:.2f}]  n={m['n']}")
     return "\n".join(lines)
