@@ -164,6 +164,8 @@ def _metrics(cfg: EvalConfig, questions, pools, rows, extraction_rows, cache=Non
     metrics["model"] = cfg.model if not cfg.adapter else f"{cfg.model}+{cfg.adapter}"
     metrics["data"] = cfg.data
     metrics["questions_not_in_results"] = sorted({q.id for q in questions} - {r["question_id"] for r in rows})
+    metrics["search_failure_rate"] = cfg.search_failure_rate  # noisy retrieval: the share of searches set to fail
+    metrics["search_failures"] = sum(int(r.get("search_failures") or 0) for r in rows)
     return metrics
 
 

@@ -11,7 +11,8 @@ import pytest
 from hopsmith.agent.enterprise import EnterpriseConfig, main as enterprise_main, run_enterprise_episodes
 from hopsmith.backends import Generation
 from hopsmith.envs.enterprise import (ACTIONS, CATEGORIES, MAX_TURNS, Act, EnterpriseEnv, ScriptedUser, action_schemas,
-                                      gold_trace, preference_pair, read_call, score_acts, think_names)
+                                      balanced_gold_traces, gold_trace, preference_pair, read_call, score_acts,
+                                      think_names)
 from hopsmith.envs.enterprise_cases import action_balance, generate_cases, load_cases, validate_case
 from hopsmith.envs.enterprise_scoring import format_report, summarize, wilson
 from hopsmith.tools.simulator import ERROR_PATTERNS, Fault, ToolSimulator
@@ -336,6 +337,8 @@ def test_validation_catches_broken_cases(cases):
     assert any("think names ['clarify']" in p for p in validate_case(wrong_think))
     no_end = replace(case, expected=case.expected[:1])
     assert any("last step" in p for p in validate_case(no_end))
+    bad_history = replace(case, history=({"user": "hi"}, {"action": "call_tool", "tool": "get_orders", "arguments": {}}))
+    assert any("history item 1: unknown business tool" in p for p in validate_case(bad_history))
 
 
 # -- scoring and its tables ------------------------------------------------------------------------------
@@ -401,6 +404,15 @@ def test_gold_trace_renders_with_real_chat_templates(cases, tiny_tokenizer):
     out = tiny_tokenizer.apply_chat_template(msgs, tools=trace["tools"], chat_template=CHATML_TOOLS_TEMPLATE,
                                              return_dict=True, return_assistant_tokens_mask=True)
     assert 0 < sum(out["assistant_masks"]) < len(out["input_ids"])
+
+
+def test_balanced_gold_traces(cases):
+    traces = balanced_gold_traces(cases, thinking=False)
+    counts = {a: sum(t["expected_action"] == a for t in traces) for a in ACTIONS}
+    assert counts == {a: 26 for a in ACTIONS}  # refuse, the rarest, has 26
+    assert [t["expected_action"] for t in traces[:5]] == list(ACTIONS)  # interleaved, not grouped
+    assert all(t["score"]["exact"] and "<think>" not in json.dumps(t["messages"]) for t in traces)
+    assert len(balanced_gold_traces(cases, per_action=40)) == 40 * 4 + 26
 
 
 def test_preference_pair_from_a_wrong_decision(cases):

@@ -99,5 +99,7 @@ def test_benchmark_compares_clean_and_noisy(tmp_path, musique_small):
     result = bench.compare(cfg, tmp_path, 1.0, backend=backend, extractor=None, progress=False)
     assert result["clean"]["acc"]["mean"] == 1.0 and result["noisy"]["acc"]["mean"] == 0.0
     assert result["search_failures"] == result["searches"] == 4
+    assert result["noisy"]["search_failures"] == 4 and result["noisy"]["search_failure_rate"] == 1.0
+    assert result["clean"]["search_failures"] == 0
     assert "accuracy clean 100.0% -> noisy 0.0%" in bench.describe(result)
     assert (tmp_path / "clean" / "config.json").exists() and (tmp_path / "noisy-1" / "results.jsonl").exists()

@@ -1147,6 +1147,14 @@ def validate_case(case: Case) -> list[str]:
             named = think_names(s.think)
             if named != [s.action]:
                 problems.append(f"step {k}: its think names {named or 'no action'}, not [{s.action!r}]: {s.think!r}")
+    for k, h in enumerate(case.history):
+        if "user" in h:
+            continue
+        step = Step.from_dict(h)
+        if step.action not in ACTIONS:
+            problems.append(f"history item {k}: unknown action {step.action!r}")
+        elif step.action == "call_tool" and check_business_call(step.tool or "", step.arguments):
+            problems.append(f"history item {k}: {check_business_call(step.tool or '', step.arguments)}")
     clarifies = sum(1 for s in case.expected if s.action == "clarify")
     if clarifies > len(case.user_replies):
         problems.append(f"{clarifies} clarify step(s) but {len(case.user_replies)} user reply/replies")
