@@ -2,6 +2,7 @@
 working and with a share of searches failing (an empty result or a service error), side by side in one run.
 
     python benchmarks/noisy_retrieval.py --data hotpotqa --limit 20 --rate 0.1
+    python benchmarks/noisy_retrieval.py --data hotpotqa --limit 40 --max-turns 6 --top-k 3 --max-chars 300
     python benchmarks/noisy_retrieval.py --data hotpotqa --limit 40 --adapter runs/lg-hotpotqa/sft --rate 0.1
 
 Which searches fail is drawn per question, query and attempt from `--seed`, so both runs and any rerun
@@ -62,6 +63,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=float, default=0.1, help="share of searches that fail (seed 001: 0.1)")
     ap.add_argument("--seed", type=int, default=0, help="which searches fail")
     ap.add_argument("--max-turns", type=int, default=20)
+    ap.add_argument("--top-k", type=int, default=5)
+    ap.add_argument("--max-chars", type=int, default=600, help="characters of each paragraph shown")
     ap.add_argument("--out", default="runs/noisy-retrieval")
     args = ap.parse_args(argv)
     from hopsmith.data import DataError
@@ -69,7 +72,8 @@ def main(argv=None) -> int:
 
     try:
         cfg = build(EvalConfig, data=args.data, split=args.split, limit=args.limit, model=args.model,
-                    adapter=args.adapter, extractor=args.extractor, max_turns=args.max_turns,
+                    adapter=args.adapter, extractor=args.extractor, max_turns=args.max_turns, top_k=args.top_k,
+                    max_chars=args.max_chars,
                     search_failure_seed=args.seed, search_failure_rate=args.rate, extraction_bench=False)
         result = compare(cfg, args.out, args.rate)
     except (ConfigError, DataError, ModelError, evaluate.RunDirError, evaluate.LeakageError, FileNotFoundError) as exc:

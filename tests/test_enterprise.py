@@ -504,6 +504,21 @@ def test_teacher_cases_pass_parse_validation_and_qa():
     assert any(r.startswith("QA: both shipments fit") for r in reasons) and any("QA judge error" in r for r in reasons)
 
 
+def test_case_tool_checks_files(tmp_path, capsys):
+    from hopsmith.envs.enterprise_cases import main as cases_main, write_cases
+
+    assert cases_main(["--check", str(tmp_path / "missing.jsonl")]) == 2
+    assert capsys.readouterr().err.strip() == f"enterprise_cases: error: no case file at {tmp_path / 'missing.jsonl'}"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x"}\n')
+    assert cases_main(["--check", str(bad)]) == 2
+    assert "bad.jsonl:1: not a valid case (case is missing category, expected)" in capsys.readouterr().err
+    good = tmp_path / "good.jsonl"
+    write_cases(good, generate_cases(1, seed=2))
+    assert cases_main(["--check", str(good)]) == 0
+    assert "14 cases, 0 with problems" in capsys.readouterr().out
+
+
 def test_driver_help_and_bad_input(capsys):
     with pytest.raises(SystemExit) as exc:
         enterprise_main(["--help"])

@@ -114,6 +114,10 @@ def _action_schemas() -> tuple[dict, ...]:
     return tuple(tool_schema(_ACTION_FNS[a]) for a in ACTIONS)
 
 
+def _action_schema(name: str) -> dict:
+    return _action_schemas()[ACTIONS.index(name)]
+
+
 def action_schemas() -> list[dict]:
     """The five actions' OpenAI-style schemas (what the backend's chat template lists as tools)."""
     return copy.deepcopy(list(_action_schemas()))
@@ -361,9 +365,8 @@ class Act:
     call_name: str | None = None  # the name the reply called, for the tool message
 
     def to_dict(self) -> dict:
-        out = {k: getattr(self, k) for k in ("action", "tool", "arguments", "team", "text", "error", "direct",
-                                             "plain_text", "extra_calls", "think_names")}
-        return out
+        return {k: getattr(self, k) for k in ("action", "tool", "arguments", "team", "text", "error", "direct",
+                                              "plain_text", "extra_calls", "think_names")}
 
 
 CLOSING = {
@@ -392,7 +395,7 @@ def read_call(name: str | None, arguments: Any, *, error: str | None = None) -> 
             args["arguments"] = json.loads(args["arguments"])
         except json.JSONDecodeError:
             pass
-    problem = check_arguments(tool_schema(_ACTION_FNS[name]), args)
+    problem = check_arguments(_action_schema(name), args)
     if name == "call_tool":
         inner = args.get("arguments", {})
         tool = args.get("tool") if isinstance(args.get("tool"), str) else None

@@ -1238,7 +1238,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="write the generated cases to this JSONL file")
     ap.add_argument("--check", help="validate the cases of this JSONL file instead")
     args = ap.parse_args(argv)
-    cases = read_cases(args.check) if args.check else generate_cases(args.per_category, seed=args.seed)
+    try:
+        cases = read_cases(args.check) if args.check else generate_cases(args.per_category, seed=args.seed)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"enterprise_cases: error: {exc}", file=sys.stderr)
+        return 2
     bad = {c.id: validate_case(c) for c in cases}
     bad = {k: v for k, v in bad.items() if v}
     for cid, problems in bad.items():
