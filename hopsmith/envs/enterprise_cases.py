@@ -147,7 +147,7 @@ class _Builder:
             sid = self.new_id("SHP", 1000, 9999)
             order["shipment_id"] = sid
             st = "delivered" if status == "delivered" else ship_status
-            eta = self.day(-1 if st == "delivered" else self.rng.randint(1, 6))
+            eta = self.day(-1 if st == "delivered" else 0 if st == "out_for_delivery" else self.rng.randint(1, 6))
             self.world["shipments"][sid] = {
                 "shipment_id": sid, "order_id": oid, "carrier": self.pick(CARRIERS), "status": st,
                 ("delivered_on" if st == "delivered" else "eta"): eta,
