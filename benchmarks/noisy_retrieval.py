@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=float, default=0.1, help="share of searches that fail (seed 001: 0.1)")
     ap.add_argument("--seed", type=int, default=0, help="which searches fail")
     ap.add_argument("--max-turns", type=int, default=20)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--top-k", type=int, default=5)
     ap.add_argument("--max-chars", type=int, default=600, help="characters of each paragraph shown")
     ap.add_argument("--out", default="runs/noisy-retrieval")
@@ -73,6 +74,7 @@ def main(argv=None) -> int:
     try:
         cfg = build(EvalConfig, data=args.data, split=args.split, limit=args.limit, model=args.model,
                     adapter=args.adapter, extractor=args.extractor, max_turns=args.max_turns, top_k=args.top_k,
+                    max_new_tokens=args.max_new_tokens,
                     max_chars=args.max_chars,
                     search_failure_seed=args.seed, search_failure_rate=args.rate, extraction_bench=False)
         result = compare(cfg, args.out, args.rate)

@@ -526,3 +526,13 @@ def test_driver_help_and_bad_input(capsys):
     assert enterprise_main(["--categories", "nonsense"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown categories" in err[0]
+
+
+def test_driver_runs_a_real_hf_backend(tiny_backend):
+    """A tiny random Llama through the HF backend: real chat template with the five tools, real stops."""
+    sample = load_cases(per_category=1)[:3]
+    rows = run_enterprise_episodes(sample, tiny_backend, EnterpriseConfig(max_turns=2, max_new_tokens=8, batch_size=3))
+    assert sorted(r["case_id"] for r in rows) == sorted(c.id for c in sample)
+    for r in rows:
+        assert r["stop"] in ("action", "max_turns", "context_overflow") and 1 <= r["turns"] <= 2
+        assert r["taken_action"] in (*ACTIONS, "none") and r["tokens"]["prompt"] > 1000
