@@ -40,6 +40,8 @@ class EvalConfig:
     one_call_per_turn: bool = True
     max_context_tokens: int = 8192
     answer_at_cap: bool = True
+    search_failure_rate: float = 0.0  # share of searches that fail (empty or an error): seed 001 used 0.1
+    search_failure_seed: int = 0
     extraction_bench: bool = True  # also score the extractor on gold paragraphs (for the ceiling)
     bootstrap: int = 1000
     seed: int = 0
@@ -50,6 +52,11 @@ class EvalConfig:
         if self.allow_leakage and self.drop_leakage:
             raise ConfigError("EvalConfig: allow_leakage keeps overlapping questions and drop_leakage drops them; "
                               "set one of them")
+
+    def __post_init__(self):
+        if not 0.0 <= self.search_failure_rate <= 1.0:
+            raise ConfigError(f"EvalConfig.search_failure_rate must be between 0 and 1 (0.1 fails a tenth of searches), "
+                              f"got {self.search_failure_rate}")
 
     def agent(self):
         from .agent.loop import AgentConfig

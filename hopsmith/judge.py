@@ -372,13 +372,15 @@ def _json_objects(text: str) -> Iterable[dict]:
         pos = text.find("{", end)
 
 
-def parse_judge_json(text: str) -> dict:
+def parse_judge_json(text: str, *, dimensions: tuple[str, ...] = DIMENSIONS, verdict: bool = True) -> dict:
     """The judge's verdict from its reply: the first JSON object with judge keys, validated.
 
-    Returns the four dimensions (ints 1-5), `verdict` ("pass"/"fail"), `reasons` (list of str) and
-    `score` (mean of the dimensions / 5). Raises JudgeParseError naming what is wrong."""
+    Returns the `dimensions` (ints 1-5), `verdict` ("pass"/"fail"; only asked for when `verdict`),
+    `reasons` (list of str) and `score` (mean of the dimensions / 5). Raises JudgeParseError naming
+    what is wrong. Other rubrics (the enterprise agent's four dimensions) pass their own dimensions."""
     body = strip_thinking(text or "")  # a thinking judge may write braces while it thinks
-    wanted = set(DIMENSIONS) | {"verdict"}
+    required = (*dimensions, *(("verdict",) if verdict else ()), "reasons")
+    wanted = set(dimensions) | ({"verdict"} if verdict else set())
     found = list(_json_objects(body))
     if not found:
         if "{" in body:
@@ -386,12 +388,12 @@ def parse_judge_json(text: str) -> dict:
         raise JudgeParseError("no JSON object in the reply")
     obj = next((o for o in found if wanted & set(o)), None)
     if obj is None:
-        raise JudgeParseError(f"no JSON object with the keys {', '.join(DIMENSIONS)}, verdict, reasons")
-    missing = [k for k in (*DIMENSIONS, "verdict", "reasons") if k not in obj]
+        raise JudgeParseError(f"no JSON object with the keys {', '.join(required)}")
+    missing = [k for k in required if k not in obj]
     if missing:
         raise JudgeParseError(f"missing key(s): {', '.join(missing)}")
     out: dict = {}
-    for k in DIMENSIONS:
+    for k in dimensions:
         v = obj[k]
         # bool is an int in Python; `true` is not a score.
         if isinstance(v, bool) or not isinstance(v, int):
@@ -399,17 +401,18 @@ def parse_judge_json(text: str) -> dict:
         if not 1 <= v <= 5:
             raise JudgeParseError(f"{k} must be from 1 to 5, got {v}")
         out[k] = v
-    verdict = obj["verdict"]
-    if not isinstance(verdict, str) or verdict.strip().lower() not in ("pass", "fail"):
-        raise JudgeParseError(f'verdict must be "pass" or "fail", got {verdict!r}')
-    out["verdict"] = verdict.strip().lower()
+    if verdict:
+        said = obj["verdict"]
+        if not isinstance(said, str) or said.strip().lower() not in ("pass", "fail"):
+            raise JudgeParseError(f'verdict must be "pass" or "fail", got {said!r}')
+        out["verdict"] = said.strip().lower()
     reasons = obj["reasons"]
     if isinstance(reasons, str):
         reasons = [reasons]  # a lone string is a harmless slip; the scores are what decide
     if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
         raise JudgeParseError(f"reasons must be a list of strings, got {reasons!r}")
     out["reasons"] = reasons
-    out["score"] = sum(out[k] for k in DIMENSIONS) / (5 * len(DIMENSIONS))
+    out["score"] = sum(out[k] for k in dimensions) / (5 * len(dimensions))
     return out
 
 
@@ -422,9 +425,13 @@ class LLMJudge:
     {"verdict": "judge_error", "error", "raw"}, which the stage never keeps."""
 
     def __init__(self, backend, *, retries: int = 2, max_new_tokens: int = 300, temperature: float = 0.0,
-                 max_result_chars: int = 600):
+                 max_result_chars: int = 600, render=None, parse=None):
         if retries < 0:
             raise ValueError("retries must be >= 0")
+        # Another rubric (the enterprise agent's, the case QA pass) brings its own conversation builder
+        # `render(item, max_result_chars=...)` and reply parser `parse(text)`; retries work the same.
+        self.render = render or judge_messages
+        self.parse = parse or parse_judge_json
         self.backend = backend
         self.retries = retries
         self.max_new_tokens = max_new_tokens
@@ -439,7 +446,7 @@ class LLMJudge:
         return self.judge_many([trace])[0]
 
     def judge_many(self, traces: list[dict]) -> list[dict]:
-        convs = [judge_messages(t, max_result_chars=self.max_result_chars) for t in traces]
+        convs = [self.render(t, max_result_chars=self.max_result_chars) for t in traces]
         results: list[dict | None] = [None] * len(traces)
         last: dict[int, tuple[str, str]] = {}
         pending = list(range(len(traces)))
@@ -458,7 +465,7 @@ class LLMJudge:
                     results[i] = _judge_error("the trace does not fit the judge's context", "", attempt)
                     continue
                 try:
-                    verdict = parse_judge_json(gen.text)
+                    verdict = self.parse(gen.text)
                 except JudgeParseError as exc:
                     last[i] = (gen.text, str(exc))
                     convs[i] = convs[i][:2] + [

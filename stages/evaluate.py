@@ -24,9 +24,9 @@ from hopsmith.report import try_write_report
 # Keys whose change makes earlier results incomparable; limit/batch size/bootstrap may change on resume.
 _RESULT_KEYS = ("data", "split", "model", "adapter", "extractor", "corpus", "pool_size", "pool_seed", "max_turns",
                 "max_new_tokens", "temperature", "thinking", "few_shot", "top_k", "max_chars", "one_call_per_turn", "max_context_tokens", "answer_at_cap", "seed", "allow_leakage",
-                "drop_leakage")
-# Keys added after runs were first written: a saved config without them holds their default.
-_ADDED_KEYS = {"drop_leakage": False}
+                "drop_leakage", "search_failure_rate", "search_failure_seed")
+# What a key means in a config.json written before the key existed.
+_ADDED_KEYS = {"drop_leakage": False, "search_failure_rate": 0.0, "search_failure_seed": 0}
 
 
 class RunDirError(ValueError):
@@ -172,6 +172,8 @@ def _metrics(cfg: EvalConfig, questions, pools, rows, extraction_rows, cache=Non
     metrics["data"] = cfg.data
     metrics["setup"] = prompt_setup(cfg)
     metrics["questions_not_in_results"] = sorted({q.id for q in questions} - {r["question_id"] for r in rows})
+    metrics["search_failure_rate"] = cfg.search_failure_rate  # noisy retrieval: the share of searches set to fail
+    metrics["search_failures"] = sum(int(r.get("search_failures") or 0) for r in rows)
     return metrics
 
 

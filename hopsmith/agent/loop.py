@@ -46,6 +46,10 @@ class AgentConfig:
     # At the turn cap, one more turn that asks for FINAL(answer) from what was found; off = the episode
     # ends there without an answer.
     answer_at_cap: bool = True
+    # Noisy retrieval (seed 001's robustness test): this share of searches fails (an empty result or a
+    # service error), drawn per question, query and attempt from `search_failure_seed`.
+    search_failure_rate: float = 0.0
+    search_failure_seed: int = 0
 
 
 ANSWER_NOW = "You have no searches left. Reply now with FINAL(answer), using what the searches returned."
@@ -89,7 +93,9 @@ def run_episodes(
     def admit():
         while pending and len(live) < batch_size:
             q = pending.pop(0)
-            env = MultihopEnv(cache.get(pools[q.id]), k=cfg.top_k, max_chars=cfg.max_chars, extractor=extractor)
+            env = MultihopEnv(cache.get(pools[q.id]), k=cfg.top_k, max_chars=cfg.max_chars, extractor=extractor,
+                              search_failure_rate=cfg.search_failure_rate, search_failure_seed=cfg.search_failure_seed,
+                              noise_key=q.id)
             msgs = [{"role": "system", "content": system}, {"role": "user", "content": agent_user_prompt(q.question)}]
             live.append(_Episode(q, env, msgs, time.perf_counter()))
 
@@ -194,6 +200,7 @@ def _result_row(ep: _Episode, backend: Backend) -> dict:
         "supporting_ids": q.supporting_ids,
         "retrieved_ids": retrieved,
         "retrieved_text_has_answer": has_answer,
+        "search_failures": ep.env.search_failures,
         "seconds": time.perf_counter() - ep.started,
         "tokens": {"prompt": ep.prompt_tokens, "completion": ep.completion_tokens},
         "model": getattr(backend, "name", "?"),

@@ -8,22 +8,34 @@ generated tokens, so the call can say "the last results" or name paragraph ids i
 """
 from __future__ import annotations
 
+import random
 import re
 from functools import lru_cache
 
 from ..records import Paragraph
 from ..tools import check_arguments, tool_schema
 from ..tools.extract import Extractor
-from ..tools.search import BM25Index, format_hits, paragraph_label
+from ..tools.search import NO_RESULTS, BM25Index, format_hits, paragraph_label
 
 _LABEL_RE = re.compile(r"\b(p[0-9a-f]{6})\b")
+# Seed 001's robustness test replaces a share of retrievals with failed ones; half of ours come back
+# empty, half as a service error.
+SEARCH_ERROR = "Error: the search service did not respond in time. Try the search again."
 
 
 class MultihopEnv:
     tool_names = ("search", "llm_query")
 
-    def __init__(self, index: BM25Index, *, k: int = 5, max_chars: int | None = None, extractor: Extractor | None = None):
+    def __init__(self, index: BM25Index, *, k: int = 5, max_chars: int | None = None, extractor: Extractor | None = None,
+                 search_failure_rate: float = 0.0, search_failure_seed: int = 0, noise_key: str = ""):
+        if not 0.0 <= search_failure_rate <= 1.0:
+            raise ValueError(f"search_failure_rate must be in [0, 1], got {search_failure_rate}")
         self.index = index
+        self.search_failure_rate = search_failure_rate
+        self.search_failure_seed = search_failure_seed
+        self.noise_key = noise_key  # the episode's id: which searches fail depends on it, the query and the attempt
+        self.search_failures = 0
+        self._attempts: dict[str, int] = {}
         self.k = k
         self.max_chars = max_chars
         self.extractor = extractor
@@ -49,6 +61,10 @@ class MultihopEnv:
         if key in self.queries:
             # The same results again would only grow the context; say so and nudge towards a new query.
             return f'You already searched for "{query}"; its results are above. Search for something else or answer.'
+        failed = self._failed_search(key)
+        if failed is not None:
+            # Not remembered as searched: retrying a failed search is what a robust agent should do.
+            return failed
         self.queries.add(key)
         hits = [p for p, _ in self.index.search(query, k=self.k)]
         self.last_hits = hits
@@ -56,6 +72,18 @@ class MultihopEnv:
             self.retrieved.setdefault(p.id, p)
             self.by_label[paragraph_label(p.id)] = p
         return format_hits([(p, 0.0) for p in hits], max_chars=self.max_chars)
+
+    def _failed_search(self, key: str) -> str | None:
+        """The failure text when this attempt of this query fails (noisy retrieval), else None."""
+        if self.search_failure_rate <= 0.0:
+            return None
+        n = self._attempts[key] = self._attempts.get(key, 0) + 1
+        # str seeds hash with SHA-512: the same episode, query and attempt fail the same way in every run.
+        rng = random.Random(f"{self.search_failure_seed}\x00{self.noise_key}\x00{key}\x00{n}")
+        if rng.random() >= self.search_failure_rate:
+            return None
+        self.search_failures += 1
+        return NO_RESULTS if rng.random() < 0.5 else SEARCH_ERROR
 
     def llm_query(self, question: str, text: str = "") -> str:
         """Ask a reader model one focused question about some text and get a short answer back.

@@ -29,6 +29,9 @@ def check_arguments(schema: dict, arguments: dict) -> str | None:
         expected = _JSON_TYPES.get(props[name].get("type"))
         if expected and not isinstance(value, expected):
             return f"argument '{name}' must be a {props[name]['type']}"
+        choices = props[name].get("enum")
+        if choices and value not in choices:
+            return f"argument '{name}' must be one of {', '.join(map(str, choices))}, got {value!r}"
     return None
 
 
