@@ -10,15 +10,16 @@ reply never counts as a pass, so a reply that does not parse is retried and then
 
 The stage that runs this over a run root is `stages/judge.py`:
 
-    python -m stages.judge runs/demo                        rules only
-    python -m stages.judge runs/demo --judge SPEC           rules, then the LLM judge
+    hopsmith judge --root runs/demo                         rules only
+    hopsmith judge --root runs/demo --judge SPEC            rules, then the LLM judge
 
 Library use:
 
-    from hopsmith.judge import rule_checks, LLMJudge, agreement
+    from hopsmith.judge import KeepRules, LLMJudge, agreement, judge_traces, rule_checks
     rules = [rule_checks(t) for t in traces]
     verdicts = LLMJudge(backend).judge_many(traces)
     print(agreement(rules, verdicts))
+    kept = [t for t in judge_traces(traces, KeepRules(), LLMJudge(backend), "SPEC") if t["judge"]["verdict"] == "pass"]
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .agent.format import HermesFormat, extract_answer, strip_thinking, thinking_of
+from .chat import HermesFormat, extract_answer, strip_thinking, thinking_of
+from .config import ConfigError
 from .metrics import contains_answer, score
 from .tools import check_arguments
 
@@ -485,6 +487,72 @@ class LLMJudge:
 
 def _judge_error(error: str, raw: str, attempts: int) -> dict:
     return {"verdict": "judge_error", "error": error, "raw": raw, "attempts": attempts}
+
+
+# -- the keep decision ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KeepRules:
+    """Which judged traces are kept for training."""
+
+    min_score: float = 0.7  # the judge's score (mean of its four 1-5 dimensions / 5) a kept trace reaches
+    require_rules: bool = True  # a trace must pass every rule to be kept
+    # Also ask the judge about traces the rules already failed: costs calls, but without it the
+    # rules/judge agreement is measured on rule-passing traces only and says little.
+    judge_failed: bool = True
+    max_chars: int = 20000  # rule `length`: characters of the whole transcript
+    max_turns: int = 20  # rule `length`: assistant turns
+
+    def __post_init__(self):
+        if not 0.0 <= self.min_score <= 1.0:
+            raise ConfigError(f"min_score must be in [0, 1], got {self.min_score}")
+
+
+def decide(rules: dict, llm: dict | None, keep: KeepRules, *, judged: bool) -> dict:
+    """The keep decision of one trace from its rule results and judge reply (None: not judged)."""
+    reasons = [f"rule {name} failed" for name in rules["failed"]]
+    if llm is not None and llm.get("verdict") != "judge_error":
+        reasons += list(llm.get("reasons") or [])
+        score = llm["score"]
+    else:
+        # Without a judge score, the share of rules passed is the best number there is.
+        score = (len(RULES) - len(rules["failed"])) / len(RULES)
+    if keep.require_rules and not rules["passed"]:
+        verdict = "fail"
+    elif not judged:
+        verdict = "pass"
+    elif llm is None:
+        # Only reachable with judge_failed=False and require_rules=False: a trace the judge never saw.
+        verdict, reasons = "fail", reasons + ["not judged"]
+    elif llm.get("verdict") == "judge_error":
+        verdict, reasons = "judge_error", reasons + [f"judge error: {llm.get('error')}"]
+    elif llm["verdict"] != "pass":
+        verdict = "fail"
+    elif llm["score"] < keep.min_score:
+        verdict, reasons = "fail", reasons + [f"judge score {llm['score']:.2f} < min_score {keep.min_score}"]
+    else:
+        verdict = "pass"
+    return {"score": score, "verdict": verdict, "reasons": reasons}
+
+
+def judge_field(trace: dict, keep: KeepRules, llm: dict | None, judge_model: str | None,
+                rules: dict | None = None) -> dict:
+    """A trace's `judge` field: its rule results (computed with `keep`'s limits unless given), the judge's
+    reply, the decision."""
+    rules = rules or rule_checks(trace, max_tokens_chars=keep.max_chars, max_turns=keep.max_turns)
+    return {"rules": rules, "llm": llm, **decide(rules, llm, keep, judged=judge_model is not None),
+            "judge_model": judge_model}
+
+
+def judge_traces(traces: list[dict], keep: KeepRules, judge: LLMJudge | None, judge_model: str | None) -> list[dict]:
+    """The traces with their `judge` field: rules on all, then one judge batch (see `judge_failed`)."""
+    rules = [rule_checks(t, max_tokens_chars=keep.max_chars, max_turns=keep.max_turns) for t in traces]
+    llm: list[dict | None] = [None] * len(traces)
+    if judge is not None:
+        ask = [i for i, r in enumerate(rules) if keep.judge_failed or r["passed"]]
+        for i, reply in zip(ask, judge.judge_many([traces[i] for i in ask])):
+            llm[i] = reply
+    return [{**t, "judge": judge_field(t, keep, j, judge_model, rules=r)} for t, r, j in zip(traces, rules, llm)]
 
 
 # -- rules vs judge -------------------------------------------------------------------------------

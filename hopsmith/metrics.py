@@ -28,8 +28,6 @@ Definitions followed:
 from __future__ import annotations
 
 import math
-import re
-import string
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from statistics import NormalDist
@@ -37,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = frozenset(string.punctuation)
+from .chat import normalize_answer
+
 _YES_NO = frozenset({"yes", "no", "noanswer"})
 FAILURE_KINDS = ("search_failure", "extraction_failure", "no_final_answer", "other")
 ANSWER_METRICS = ("acc", "em", "f1")
@@ -59,13 +57,6 @@ _BOOT_BLOCK = 2_000_000
 
 
 # -- answer metrics -----------------------------------------------------------------------------
-
-def normalize_answer(s: str | None) -> str:
-    """SQuAD normalisation: lowercase, no punctuation, no articles, single spaces."""
-    s = "".join(ch for ch in (s or "").lower() if ch not in _PUNCT)
-    s = _ARTICLES.sub(" ", s)
-    return " ".join(s.split())
-
 
 def scoring_of(dataset: str | None) -> str:
     """The official script a dataset's EM/F1 follow, in words."""

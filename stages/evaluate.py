@@ -1,6 +1,7 @@
-"""Evaluate a search agent on a multi-hop question set.
+"""Evaluate an agent: run it on a question set (or another environment's cases) and score it.
 
     hopsmith eval --data musique --limit 20 --model embedded --out runs/base
+    hopsmith eval --env enterprise --data enterprise --limit 1 --max-turns 16 --out runs/enterprise
 
 Writes into the run directory: `config.json`, `results.jsonl` (one finished episode a line: messages,
 prediction, tool calls, per-question metrics and failure kind), `extraction.jsonl` (the standalone
@@ -10,39 +11,48 @@ skips the questions already done, and a directory holding another configuration'
 rather than mixed. An adapter is evaluated only on questions that share nothing with its training data
 (`hopsmith.leakage`): overlap is refused, or left out and counted with `--drop-leakage`. Last it writes
 `report.html` (`hopsmith.report`: the numbers, plots and every episode in one page).
+
+Another environment (`--env`, `hopsmith.envs.ENVS`) brings its own items and scores: the enterprise
+environment runs the bundled cases (`--limit` of each category) and writes its per-category,
+per-action and confusion tables into `metrics.json`; `--judge SPEC` adds the four judge dimensions.
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
-from hopsmith.config import EvalConfig, to_dict
+from hopsmith.agent.backends import agent_backends
+from hopsmith.agent.loop import run_episodes
+from hopsmith.backends.factory import make_backend
+from hopsmith.ceiling import extraction_benchmark, extraction_items, oracle_retrieval
+from hopsmith.config import ConfigError, EvalConfig, RunDirError, refuse_other_config, to_dict
+from hopsmith.data import BUNDLED, load_with_pools
+from hopsmith.enterprise_judge import EpisodeJudge
+from hopsmith.envs import get_env
 from hopsmith.io import JsonlAppender, read_jsonl, write_json, write_jsonl
-from hopsmith.leakage import LeakageError  # noqa: F401  (re-exported: callers catch evaluate.LeakageError)
+from hopsmith.leakage import guard
+from hopsmith.metrics import aggregate, answer_summary, failure_kind, format_table
 from hopsmith.report import try_write_report
+from hopsmith.tools.search import IndexCache
+from tqdm.auto import tqdm
 
 # Keys whose change makes earlier results incomparable; limit/batch size/bootstrap may change on resume.
-_RESULT_KEYS = ("data", "split", "model", "adapter", "extractor", "corpus", "pool_size", "pool_seed", "max_turns",
-                "max_new_tokens", "temperature", "thinking", "few_shot", "top_k", "max_chars", "one_call_per_turn", "max_context_tokens", "answer_at_cap", "seed", "allow_leakage",
-                "drop_leakage", "search_failure_rate", "search_failure_seed")
+_RESULT_KEYS = ("data", "split", "model", "adapter", "extractor", "env", "corpus", "pool_size", "pool_seed",
+                "max_turns", "max_new_tokens", "temperature", "thinking", "few_shot", "top_k", "max_chars",
+                "one_call_per_turn", "max_context_tokens", "answer_at_cap", "seed", "allow_leakage", "drop_leakage",
+                "search_failure_rate", "search_failure_seed")
 # What a key means in a config.json written before the key existed.
-_ADDED_KEYS = {"drop_leakage": False, "search_failure_rate": 0.0, "search_failure_seed": 0}
-
-
-class RunDirError(ValueError):
-    pass
+_ADDED_KEYS = {"drop_leakage": False, "search_failure_rate": 0.0, "search_failure_seed": 0, "env": "multihop"}
+# The environments whose episodes an LLM judge scores here (multi-hop traces are judged by `hopsmith judge`).
+EPISODE_JUDGES = {"enterprise": EpisodeJudge}
 
 
 def check_leakage(cfg: EvalConfig, questions, *, quiet: bool = False) -> tuple[list, dict | None]:
     """(questions to evaluate, leakage report): refuse eval questions that overlap the adapter's training
     data, or drop and count them (drop_leakage), or keep and report them (allow_leakage)."""
-    import sys
-
-    from hopsmith.data import BUNDLED
-    from hopsmith.leakage import guard
-
     split = cfg.split if cfg.data in BUNDLED else None  # a file is evaluated whole
-    kept, report = guard(questions, cfg.adapter, split=split, allow=cfg.allow_leakage, drop=cfg.drop_leakage)
+    kept, report = guard(questions, cfg.agent.adapter, split=split, allow=cfg.allow_leakage, drop=cfg.drop_leakage)
     if report and report["message"] and not quiet:
         message = report["message"]
         if report["dropped"]:
@@ -59,65 +69,42 @@ def load_eval_questions(cfg: EvalConfig):
     """The questions to evaluate and every question's pool.
 
     Pools draw distractors from the evaluated questions' own side of the split only (see
-    `hopsmith.data.pools.build_pools`), from every row of that side, as in seed 000's 400-paragraph pools."""
-    from hopsmith.data import BUNDLED, DataError, load_questions
-    from hopsmith.data.pools import build_pools, corpus_pools, load_corpus
-
-    bundled = cfg.data in BUNDLED
-    split = (None if cfg.split in (None, "all") else cfg.split) if bundled else None
-    questions = load_questions(cfg.data, limit=cfg.limit, split=split)
-    if cfg.corpus:
-        pools = corpus_pools(questions, load_corpus(cfg.corpus))
-    else:
-        if not any(q.paragraphs for q in questions):
-            raise DataError(f"{cfg.data}: its questions come without paragraphs (Bamboogle does); "
-                            "give a corpus to search with --corpus FILE.jsonl")
-        pools = build_pools(questions, size=cfg.pool_size, seed=cfg.pool_seed, others=load_questions(cfg.data))
-    return questions, pools
+    `hopsmith.data.pools.build_pools`), from every row of that side, as in the LoRA multi-hop recipe's
+    400-paragraph pools."""
+    split = (None if cfg.split in (None, "all") else cfg.split) if cfg.data in BUNDLED else None
+    return load_with_pools(cfg.data, split=split, limit=cfg.limit, size=cfg.pool_size, seed=cfg.pool_seed,
+                           corpus=cfg.corpus)
 
 
 def check_run_dir(root: Path, cfg: EvalConfig) -> None:
-    saved_path = root / "config.json"
-    if not saved_path.exists():
-        return
-    import json
-
-    saved = {**_ADDED_KEYS, **json.loads(saved_path.read_text())}
-    mine = to_dict(cfg)
-    diff = [k for k in _RESULT_KEYS if saved.get(k) != mine.get(k)]
-    if diff:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {mine.get(k)!r}" for k in diff)
-        raise RunDirError(f"{root} holds results of another configuration ({detail}); use another --out")
-
-
-def make_backends(cfg: EvalConfig):
-    """The agent and its extractor, as every eval builds them (`hopsmith.agent.backends.agent_backends`)."""
-    from hopsmith.agent.backends import agent_backends
-
-    return agent_backends(cfg, engine="hf")
+    refuse_other_config(root / "config.json", cfg, _RESULT_KEYS, what="results", added=_ADDED_KEYS)
 
 
 def run(cfg: EvalConfig, root: str | Path, *, backend=None, extractor=None, progress: bool = True) -> dict:
     """Evaluate, resume-safe; returns the metrics dict (also written to `root/metrics.json`)."""
-    from hopsmith.tools.search import IndexCache
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     check_run_dir(root, cfg)
+    if get_env(cfg.agent.env).load is not None:
+        return _run_items(cfg, root, backend, progress)
     questions, pools = load_eval_questions(cfg)
     questions, leakage = check_leakage(cfg, questions)
+    if cfg.judge:
+        raise ConfigError(f"--judge scores episodes of {', '.join(EPISODE_JUDGES)}; multi-hop traces are judged by "
+                          "`hopsmith judge`")
     write_json(root / "config.json", to_dict(cfg))
     if backend is None:
-        backend, extractor = make_backends(cfg)
+        backend, extractor = agent_backends(cfg.agent)
 
     started = time.perf_counter()
     cache = IndexCache()
-    rows = _episodes(cfg, questions, pools, backend, extractor, root / "results.jsonl", cache, progress)
+    rows = _episodes(cfg, questions, backend, root / "results.jsonl", progress,
+                     pools=pools, extractor=extractor, index_cache=cache)
     extraction_rows = None
     if cfg.extraction_bench and extractor is not None:
         extraction_rows = _extraction(root, questions, extractor)
     metrics = _metrics(cfg, questions, pools, rows, extraction_rows, cache)
-    metrics["model"] = getattr(backend, "name", cfg.model)
+    metrics["model"] = getattr(backend, "name", cfg.agent.model)
     metrics["wall_seconds_this_run"] = time.perf_counter() - started
     metrics["leakage"] = leakage
     write_json(root / "metrics.json", metrics)
@@ -125,39 +112,63 @@ def run(cfg: EvalConfig, root: str | Path, *, backend=None, extractor=None, prog
     return metrics
 
 
-def _episodes(cfg: EvalConfig, questions, pools, backend, extractor, results_path: Path, cache, progress: bool):
-    """Run the episodes not yet in `results_path` (appending each as it ends); all rows, in question order."""
-    from hopsmith.agent.loop import run_episodes
-    from hopsmith.metrics import failure_kind
+def _run_items(cfg: EvalConfig, root: Path, backend, progress: bool) -> dict:
+    """An environment with its own items and scores (enterprise cases): episodes, an optional judge, its tables."""
+    spec = get_env(cfg.agent.env)
+    judge_cls = EPISODE_JUDGES.get(cfg.agent.env) if cfg.judge else None
+    if cfg.judge and judge_cls is None:
+        raise ConfigError(f"--judge scores episodes of {', '.join(EPISODE_JUDGES)}, not {cfg.agent.env}")
+    items = spec.load(cfg.data, cfg.limit)
+    write_json(root / "config.json", to_dict(cfg))
+    if backend is None:
+        backend, _ = agent_backends(cfg.agent)
+    rows = _episodes(cfg, items, backend, root / "results.jsonl", progress, seed=cfg.seed)
+    if judge_cls is not None:
+        todo = [r for r in rows if "judge" not in r]
+        for row, verdict in zip(todo, judge_cls(make_backend(cfg.judge)).judge_many(todo)):
+            row["judge"] = verdict
+        write_jsonl(root / "results.jsonl", rows)
+    metrics = spec.summarize(rows, n_boot=cfg.bootstrap, seed=cfg.seed)
+    metrics["config"] = to_dict(cfg)
+    write_json(root / "metrics.json", metrics)
+    return metrics
 
-    done = {r["question_id"]: r for r in read_jsonl(results_path, repair=True)}
-    todo = [q for q in questions if q.id not in done]
-    bar = _progress(len(questions), len(questions) - len(todo), progress)
+
+def describe(cfg: EvalConfig, metrics: dict) -> str:
+    """The metrics as the table `hopsmith eval` prints."""
+    return (get_env(cfg.agent.env).describe or format_table)(metrics)
+
+
+def _episodes(cfg: EvalConfig, items, backend, results_path: Path, progress: bool, **context):
+    """Run the episodes not yet in `results_path` (appending each as it ends); all rows, in item order."""
+    spec = get_env(cfg.agent.env)
+    key = spec.id_key
+    done = {r[key]: r for r in read_jsonl(results_path, repair=True)}
+    todo = [q for q in items if q.id not in done]
+    bar = _progress(len(items), len(items) - len(todo), progress)
     with JsonlAppender(results_path) as out:
         def finished(row):
-            row["failure"] = failure_kind(row)
+            if key == "question_id":
+                row["failure"] = failure_kind(row)
             out.append(row)
-            done[row["question_id"]] = row
+            done[row[key]] = row
             bar.update(1)
 
-        run_episodes(todo, pools, backend, cfg.agent(), extractor=extractor, index_cache=cache,
-                     batch_size=cfg.batch_size, on_done=finished)
+        run_episodes(todo, spec.make(cfg.agent, **context), backend, cfg.agent, on_done=finished)
     bar.close()
-    return [done[q.id] for q in questions if q.id in done]
+    return [done[q.id] for q in items if q.id in done]
 
 
 def prompt_setup(cfg: EvalConfig) -> dict:
     """What a comparison must show beside the numbers: how the run prompted the model (`metrics["setup"]`)."""
-    return {"few_shot": cfg.few_shot, "thinking": cfg.thinking, "max_turns": cfg.max_turns,
-            "temperature": cfg.temperature, "split": cfg.split, "limit": cfg.limit}
+    a = cfg.agent
+    return {"few_shot": a.shows_example, "thinking": a.thinking, "max_turns": a.max_turns, "temperature": a.temperature,
+            "split": cfg.split, "limit": cfg.limit}
 
 
 def _metrics(cfg: EvalConfig, questions, pools, rows, extraction_rows, cache=None) -> dict:
     """Everything `metrics.json` holds that depends on the results alone (no timing of this process)."""
-    from hopsmith.ceiling import oracle_retrieval
-    from hopsmith.metrics import aggregate, answer_summary
-
-    oracle = oracle_retrieval(questions, pools, k=cfg.top_k, cache=cache)
+    oracle = oracle_retrieval(questions, pools, k=cfg.agent.top_k, cache=cache)
     extraction = None
     if extraction_rows:
         extraction = answer_summary([r["metrics"] for r in extraction_rows], n_boot=cfg.bootstrap, seed=cfg.seed)
@@ -168,11 +179,11 @@ def _metrics(cfg: EvalConfig, questions, pools, rows, extraction_rows, cache=Non
                         oracle_retrieval=oracle["rate"], n_boot=cfg.bootstrap, seed=cfg.seed)
     metrics["oracle_retrieval"] = oracle
     metrics["extraction_benchmark"] = extraction
-    metrics["model"] = cfg.model if not cfg.adapter else f"{cfg.model}+{cfg.adapter}"
+    metrics["model"] = cfg.agent.model if not cfg.agent.adapter else f"{cfg.agent.model}+{cfg.agent.adapter}"
     metrics["data"] = cfg.data
     metrics["setup"] = prompt_setup(cfg)
     metrics["questions_not_in_results"] = sorted({q.id for q in questions} - {r["question_id"] for r in rows})
-    metrics["search_failure_rate"] = cfg.search_failure_rate  # noisy retrieval: the share of searches set to fail
+    metrics["search_failure_rate"] = cfg.agent.search_failure_rate  # noisy retrieval: the share of searches set to fail
     metrics["search_failures"] = sum(int(r.get("search_failures") or 0) for r in rows)
     return metrics
 
@@ -191,8 +202,8 @@ def run_shard(cfg: EvalConfig, root: str | Path, shard: int, num_shards: int, *,
     there), and the file is renamed to its final name only when every question of the shard is in it:
     a shard file that exists is complete, and a rerun returns at once. The extraction benchmark of the
     shard's questions goes to `extraction/shard-<i>.jsonl` the same way."""
-    from hopsmith.config import ConfigError
-
+    if get_env(cfg.agent.env).load is not None:
+        raise ConfigError(f"sharded eval runs question sets; run --env {cfg.agent.env} in one process")
     if num_shards < 1 or not 0 <= shard < num_shards:
         raise ConfigError(f"eval shard {shard} is not in 0..{num_shards - 1}")
     root = Path(root)
@@ -206,13 +217,11 @@ def run_shard(cfg: EvalConfig, root: str | Path, shard: int, num_shards: int, *,
     mine = questions[shard::num_shards]
     write_json(root / "config.json", to_dict(cfg))
     if backend is None:
-        backend, extractor = make_backends(cfg)
+        backend, extractor = agent_backends(cfg.agent)
     started = time.perf_counter()
     partial = final.with_name(f".shard-{shard}.partial.jsonl")
-    rows = _episodes(cfg, mine, pools, backend, extractor, partial, None, progress)
+    rows = _episodes(cfg, mine, backend, partial, progress, pools=pools, extractor=extractor)
     if cfg.extraction_bench and extractor is not None:
-        from hopsmith.ceiling import extraction_benchmark, extraction_items
-
         ex_path = root / "extraction" / f"shard-{shard}.jsonl"
         if not ex_path.exists() and extraction_items(mine):
             write_jsonl(ex_path, extraction_benchmark(mine, extractor, n_boot=10, seed=cfg.seed)["rows"])
@@ -264,8 +273,6 @@ def merge(cfg: EvalConfig, root: str | Path, num_shards: int) -> dict:
 
 def _extraction(root: Path, questions, extractor) -> list[dict] | None:
     """The extraction benchmark's rows, from `extraction.jsonl` when it holds every item, else run now."""
-    from hopsmith.ceiling import extraction_benchmark, extraction_items
-
     path = root / "extraction.jsonl"
     keys = {(it["question_id"], it["hop"]) for it in extraction_items(questions)}
     if not keys:
@@ -290,6 +297,4 @@ class _NoBar:
 def _progress(total: int, initial: int, enabled: bool):
     if not enabled:
         return _NoBar()
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=initial, desc="episodes", unit="q")

@@ -1,17 +1,18 @@
-"""GRPO with the search tools, multi-turn (seeds 003/004), on a LoRA adapter, through TRL's GRPOTrainer.
+"""GRPO with the search tools, multi-turn (the RL recipe and the code-as-action recipe), on a LoRA adapter,
+through TRL's GRPOTrainer.
 
-    from stages import grpo; grpo.run(grpo.GRPOConfig(adapter="runs/ladder/sft", max_steps=20), "runs/ladder/grpo")
+    hopsmith grpo --adapter runs/ladder/sft --max-steps 20 --out runs/ladder/grpo
 
 Rollouts are our own agent loop (`rollout_func`): each train question is played `num_generations` times,
-rollout k of a group at its own temperature from `temperature_min`..`temperature_max` (seed 004: 20
-rollouts at 0.7-1.15). The whole episode (assistant turns and tool results) is the completion; tool
+rollout k of a group at its own temperature from `temperature_min`..`temperature_max` (the code-as-action
+recipe: 20 rollouts at 0.7-1.15). The whole episode (assistant turns and tool results) is the completion; tool
 results are masked out of the loss (`env_mask`). The reward is 0.75 x correctness + 0.25 x approach plus
 format terms (`reward`): correctness is the rule (gold contained in the answer) or, with a judge, the
 judge's correctness score; approach is the judge's search-approach score or a rule score (searched,
 valid calls, no repeated queries).
 
-TRL normalises rewards per group and so drops every group whose rewards have no variance. Seed 004 keeps
-their signal instead: when a group's std < 0.01, skip it if its mean < 0.1, else use r - 0.5 as the
+TRL normalises rewards per group and so drops every group whose rewards have no variance. The code-as-action
+recipe keeps their signal instead: when a group's std < 0.01, skip it if its mean < 0.1, else use r - 0.5 as the
 advantage. `HopsmithGRPOTrainer` replaces TRL's advantages with that rule after each generation step and
 counts the groups each branch took. Every step logs tool use, answered-without-search, query diversity
 and turns of its rollouts (`behaviour.json`); the collapse guard stops training when tool use collapses.
@@ -20,39 +21,54 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from hopsmith.config import ConfigError
+from hopsmith.agent.loop import run_episodes
+from hopsmith.backends.factory import make_backend
+from hopsmith.backends.hf import HFBackend, check_adapter
+from hopsmith.backends.templates import chat_templates, render, tokenize_conversation
+from hopsmith.collapse import CollapseGuard, behaviour
+from hopsmith.config import AgentConfig, ConfigError
+from hopsmith.data import load_with_pools
+from hopsmith.envs import multihop
 from hopsmith.io import write_json
+from hopsmith.judge import LLMJudge
+from hopsmith.leakage import training_record
+from hopsmith.tools.extract import Extractor
+from hopsmith.training import load_policy
+from hopsmith.traces.synthetic import tool_schemas
 
 
 @dataclass(frozen=True)
 class GRPOConfig:
-    data: str = "musique"
-    model: str = "embedded"
-    adapter: str | None = None  # continue this adapter (the SFT one); None: a fresh LoRA on the base model
+    """`hopsmith grpo`: GRPO with multi-turn search rollouts on a LoRA adapter."""
+
+    data: str = "musique"  # bundled set or file whose train split the rollouts play
     limit: int | None = None  # train questions
-    num_generations: int = 4  # group size (seed 004: 20)
-    questions_per_step: int = 1
-    temperature_min: float = 0.7
-    temperature_max: float = 1.15
-    max_turns: int = 4
-    max_new_tokens: int = 96
-    top_k: int = 3
-    max_chars: int | None = 300
+    num_generations: int = 4  # group size (the code-as-action recipe: 20)
+    questions_per_step: int = 1  # groups per optimiser step
+    temperature_min: float = 0.7  # the coolest rollout of a group
+    temperature_max: float = 1.15  # the hottest rollout of a group
     judge: str | None = None  # backend spec; None: rule correctness and rule approach
-    correctness_weight: float = 0.75
-    approach_weight: float = 0.25
+    correctness_weight: float = 0.75  # reward weight of the answer's correctness
+    approach_weight: float = 0.25  # reward weight of the search approach
     format_bonus: float = 0.05  # a final answer given with FINAL(...)
     invalid_penalty: float = 0.05  # per invalid call, at most 0.2
-    learning_rate: float = 1e-5
-    max_steps: int = 20
-    lora_r: int = 16
-    min_tool_use: float = 0.3
-    stop_on_collapse: bool = True
-    seed: int = 0
+    learning_rate: float = 1e-5  # the optimiser's learning rate
+    max_steps: int = 20  # optimiser steps
+    lora_r: int = 16  # rank of a fresh LoRA (no adapter given)
+    min_tool_use: float = 0.3  # the collapse guard's floor for the rollouts' tool use
+    stop_on_collapse: bool = True  # stop training when the guard flags a collapse
+    seed: int = 0  # seeds the trainer
+    # The policy (model, adapter: continue the SFT one; none: a fresh LoRA on the base model) and its
+    # rollouts; each rollout's temperature comes from the range above.
+    agent: AgentConfig = field(default_factory=lambda: AgentConfig(max_turns=4, max_new_tokens=96, top_k=3, max_chars=300,
+                                                                   few_shot=False),
+                               metadata={"omit": ("env", "temperature", "thinking", "extractor")})
 
     def __post_init__(self):
         if self.num_generations < 2:
@@ -95,9 +111,8 @@ def reward(row: dict, cfg: GRPOConfig, judged: dict | None = None) -> dict:
 
 
 def group_advantages(rewards: list[float], group: int) -> tuple[list[float], dict]:
-    """Group-relative advantages with seed 004's zero-variance fallback; and how many groups took each branch."""
-    import statistics
-
+    """Group-relative advantages with the code-as-action recipe's zero-variance fallback; and how many groups took
+    each branch."""
     if len(rewards) % group:
         raise ValueError(f"{len(rewards)} rewards do not split into groups of {group}")
     out, counts = [], {"normalised": 0, "skipped_low": 0, "fallback_r_minus_half": 0}
@@ -120,8 +135,6 @@ def group_advantages(rewards: list[float], group: int) -> tuple[list[float], dic
 def episode_tokens(row: dict, tools: list[dict], tokenizer, template: str) -> dict:
     """prompt_ids, completion_ids and env_mask (1 = the model's own token) of a finished episode, rendered
     with the training template the rollouts were prompted with."""
-    from hopsmith.backends.templates import render, tokenize_conversation
-
     # thinking=False as the rollouts' AgentConfig: a template that pre-fills an empty think block puts it
     # in the prompt here too, so the completion starts where the model's own tokens did.
     prompt_text = render(tokenizer, template, row["messages"][:2], tools, add_generation_prompt=True, thinking=False)
@@ -139,8 +152,6 @@ class Rollouts:
     """`rollout_func` for GRPOTrainer: plays the agent loop for every prompt TRL hands over."""
 
     def __init__(self, cfg: GRPOConfig, questions, pools, tokenizer, template: str, judge=None):
-        from hopsmith.traces.synthetic import tool_schemas
-
         self.cfg, self.pools, self.tokenizer, self.template, self.judge = cfg, pools, tokenizer, template, judge
         self.by_text = {q.question: q for q in questions}
         self.tools = tool_schemas(True)
@@ -148,33 +159,10 @@ class Rollouts:
         self.history: list[dict] = []
 
     def __call__(self, prompts: list, trainer) -> dict:
-        from hopsmith.agent.loop import AgentConfig, run_episodes
-        from hopsmith.agent.prompts import USER_TEMPLATE
-        from hopsmith.backends.hf import HFBackend
-        from hopsmith.collapse import behaviour
-        from hopsmith.tools.extract import Extractor
-
         model = trainer.accelerator.unwrap_model(trainer.model)
         was_training = model.training
         backend = HFBackend(model_obj=model, tokenizer=self.tokenizer, batch_size=len(prompts), chat_template=self.template)
-        prefix = USER_TEMPLATE.split("{question}")[0]
-        temps = temperatures(self.cfg)
-        jobs: dict[float, list] = {}
-        for i, prompt in enumerate(prompts):
-            user = next(m["content"] for m in prompt if m["role"] == "user")
-            text = user.removeprefix(prefix).split("\n", 1)[0]
-            q = self.by_text[text]
-            # Rollout i is member i % G of its group (TRL repeats each prompt G times in a row).
-            copy = dataclasses.replace(q, id=f"{q.id}#{i}")
-            self.pools[copy.id] = self.pools[q.id]
-            jobs.setdefault(temps[i % self.cfg.num_generations], []).append((i, copy))
-        rows: list[dict | None] = [None] * len(prompts)
-        for temp, items in sorted(jobs.items()):
-            agent = AgentConfig(max_turns=self.cfg.max_turns, max_new_tokens=self.cfg.max_new_tokens,
-                                temperature=temp, few_shot=False, top_k=self.cfg.top_k, max_chars=self.cfg.max_chars)
-            order = {c.id: i for i, c in items}
-            for row in run_episodes([c for _, c in items], self.pools, backend, agent, extractor=Extractor(backend)):
-                rows[order[row["question_id"]]] = {**row, "temperature": temp}
+        rows = self._play(prompts, backend)
         if was_training:
             model.train()
         tokens = [episode_tokens(r, self.tools, self.tokenizer, self.template) for r in rows]
@@ -187,6 +175,27 @@ class Rollouts:
         self.history.append({"step": trainer.state.global_step, **stats})
         return {"prompt_ids": [t["prompt_ids"] for t in tokens], "completion_ids": [t["completion_ids"] for t in tokens],
                 "logprobs": None, "env_mask": [t["env_mask"] for t in tokens], "reward_total": self.rewards}
+
+    def _play(self, prompts: list, backend) -> list[dict]:
+        """One episode per prompt, rollout i at its group member's temperature, in prompt order."""
+        prefix = multihop.USER_TEMPLATE.split("{question}")[0]
+        temps = temperatures(self.cfg)
+        jobs: dict[float, list] = {}
+        for i, prompt in enumerate(prompts):
+            user = next(m["content"] for m in prompt if m["role"] == "user")
+            q = self.by_text[user.removeprefix(prefix).split("\n", 1)[0]]
+            # Rollout i is member i % G of its group (TRL repeats each prompt G times in a row).
+            copy = dataclasses.replace(q, id=f"{q.id}#{i}")
+            self.pools[copy.id] = self.pools[q.id]
+            jobs.setdefault(temps[i % self.cfg.num_generations], []).append((i, copy))
+        rows: list[dict | None] = [None] * len(prompts)
+        for temp, items in sorted(jobs.items()):
+            agent = dataclasses.replace(self.cfg.agent, temperature=temp)
+            make_env = multihop.make(agent, pools=self.pools, extractor=Extractor(backend))
+            order = {c.id: i for i, c in items}
+            for row in run_episodes([c for _, c in items], make_env, backend, agent):
+                rows[order[row["question_id"]]] = {**row, "temperature": temp}
+        return rows
 
     def _judge(self, rows: list[dict]) -> list[dict | None]:
         if self.judge is None:
@@ -202,18 +211,16 @@ def _reward_from_rollout(prompts, completions, reward_total=None, **kw):
 
 
 def make_trainer(cfg: GRPOConfig, root: Path, model, tokenizer, dataset, rollouts: Rollouts):
-    import torch
+    import torch  # torch, peft and TRL load only when GRPO trains, never at `hopsmith --help`
     from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOConfig as TRLConfig
     from trl import GRPOTrainer
-
-    from hopsmith.collapse import CollapseGuard
 
     guard = CollapseGuard(min_tool_use=cfg.min_tool_use)
     flags: list[dict] = []
 
     class HopsmithGRPOTrainer(GRPOTrainer):
-        """TRL's GRPO with seed 004's zero-variance fallback in place of its group normalisation."""
+        """TRL's GRPO with the code-as-action recipe's zero-variance fallback in place of its group normalisation."""
 
         def _generate_and_score_completions(self, inputs):
             out = super()._generate_and_score_completions(inputs)
@@ -239,7 +246,7 @@ def make_trainer(cfg: GRPOConfig, root: Path, model, tokenizer, dataset, rollout
                      save_strategy="no", report_to=[], seed=cfg.seed, bf16=torch.cuda.is_available(),
                      activation_checkpointing=False, disable_tqdm=True, remove_unused_columns=False)
     peft_config = None
-    if not cfg.adapter:
+    if not cfg.agent.adapter:
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear",
@@ -253,61 +260,34 @@ def make_trainer(cfg: GRPOConfig, root: Path, model, tokenizer, dataset, rollout
 
 
 def run(cfg: GRPOConfig, root: str | Path, *, model=None, tokenizer=None, judge_backend=None) -> dict:
-    import os
-
+    """Train the policy with GRPO into `root`; returns the summary in `training.json`."""
     from datasets import Dataset
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from hopsmith.agent.prompts import agent_system_prompt, agent_user_prompt
-    from hopsmith.backends.hf import check_adapter, default_device
-    from hopsmith.backends.templates import load_tokenizer
-    from hopsmith.backends.templates import chat_templates
-    from hopsmith.models import resolve_model
-    from stages.traces import TracesConfig, load_train_questions
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    if cfg.adapter:
-        check_adapter(cfg.adapter)
+    policy = cfg.agent
+    if policy.adapter:
+        check_adapter(policy.adapter)
+    judge = LLMJudge(judge_backend or make_backend(cfg.judge)) if judge_backend is not None or cfg.judge else None
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    questions, pools = load_train_questions(TracesConfig(data=cfg.data, split="train", limit=cfg.limit))
-    if model is None:
-        import torch
-
-        device = default_device()  # the rollouts' backend follows the weights: load them where training runs
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), dtype=dtype).to(device)
-    if tokenizer is None:
-        tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.adapter)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if cfg.adapter:
-        model = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=True)
+    questions, pools = load_with_pools(cfg.data, split="train", limit=cfg.limit)
+    model, tokenizer = load_policy(policy.model, policy.adapter, model=model, tokenizer=tokenizer)
     # Rollouts are prompted, and their episodes tokenised, with the template the policy trains with.
     template = chat_templates(tokenizer).training
     tokenizer.chat_template = template
-    system = agent_system_prompt(few_shot=False)
+    system = multihop.agent_system_prompt(few_shot=False)
     dataset = Dataset.from_list([{"prompt": [{"role": "system", "content": system},
-                                             {"role": "user", "content": agent_user_prompt(q.question)}],
+                                             {"role": "user", "content": multihop.agent_user_prompt(q.question)}],
                                   "question_id": q.id} for q in questions])
-    judge = None
-    if judge_backend is not None or cfg.judge:
-        from hopsmith.judge import LLMJudge
-        from stages.judge import make_judge_backend
-
-        judge = LLMJudge(judge_backend or make_judge_backend(cfg.judge))
     rollouts = Rollouts(cfg, questions, dict(pools), tokenizer, template, judge)
     trainer, flags = make_trainer(cfg, root, model, tokenizer, dataset, rollouts)
     started = time.perf_counter()
     trainer.train()
     trainer.model.save_pretrained(root)
     tokenizer.save_pretrained(root)
-    from hopsmith.leakage import training_record
-
     summary = {"config": asdict(cfg), "steps": trainer.state.global_step, "seconds": time.perf_counter() - started,
                "groups": dict(trainer.group_counts), "collapse": flags, "behaviour": rollouts.history,
-               **training_record(questions, base_adapter=cfg.adapter)}
+               **training_record(questions, base_adapter=policy.adapter)}
     write_json(root / "training.json", summary)
     write_json(root / "behaviour.json", rollouts.history)
     (root / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1, default=str))

@@ -1,8 +1,8 @@
 """Judge traces before SFT: rules on every trace, then (given a judge model) an LLM judge; keep the good.
 
-    python -m stages.judge runs/demo                                   rules only
-    python -m stages.judge runs/demo --judge SPEC --min-score 0.7      rules, then the LLM judge
-    python -m stages.judge runs/demo --judge SPEC --shard 0 --num-shards 4   one of four workers
+    hopsmith judge --root runs/demo                                          rules only
+    hopsmith judge --root runs/demo --judge SPEC --min-score 0.7             rules, then the LLM judge
+    hopsmith judge --root runs/demo --judge SPEC --shard 0 --num-shards 4    one of four workers
 
 Reads `root/traces/shard-*.jsonl` (or the `--traces` glob). Writes under `root`:
 - `judged/<shard name>`: every trace of the shard with a `judge` field {rules, llm, score, verdict,
@@ -20,35 +20,29 @@ A root judged by one judge model is refused to another rather than mixed.
 from __future__ import annotations
 
 import glob
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from hopsmith.backends.factory import make_backend
 from hopsmith.config import ConfigError, to_dict
 from hopsmith.io import read_jsonl, write_json, write_jsonl
-from hopsmith.judge import DIMENSIONS, RULES, LLMJudge, agreement, rule_checks
+from hopsmith.judge import DIMENSIONS, RULES, KeepRules, LLMJudge, agreement, judge_field, judge_traces
 
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    """`python -m stages.judge`: filter traces with rules and an LLM judge."""
+    """`hopsmith judge`: filter traces with rules and an LLM judge."""
 
     traces: str | None = None  # glob of trace shards; None: <root>/traces/shard-*.jsonl
     judge: str | None = None  # backend spec of the judge model; None: rules only
-    min_score: float = 0.7  # mean of the four 1-5 dimensions / 5
-    require_rules: bool = True  # a trace must pass every rule to be kept
-    # Also ask the judge about traces the rules already failed: costs calls, but without it the
-    # rules/judge agreement is measured on rule-passing traces only and says little.
-    judge_failed: bool = True
-    retries: int = 2
-    max_new_tokens: int = 300
-    temperature: float = 0.0
+    retries: int = 2  # asks again when a judge reply does not parse, then records judge_error
+    max_new_tokens: int = 300  # tokens of each judge reply
+    temperature: float = 0.0  # the judge's sampling temperature
     max_result_chars: int = 600  # of each tool result shown to the judge
-    max_chars: int = 20000  # rule `length`: characters of the whole transcript
-    max_turns: int = 20  # rule `length`: assistant turns
     shard: int = 0  # this worker takes the input shards whose position % num_shards == shard
-    num_shards: int = 1
+    num_shards: int = 1  # workers judging side by side
     seed: int = 0  # recorded with the run; the stage draws no random numbers itself
+    keep: KeepRules = field(default_factory=KeepRules)
 
     def __post_init__(self):
         if self.judge is not None and self.judge.strip().lower() in ("", "none", "null"):
@@ -56,26 +50,10 @@ class JudgeConfig:
             object.__setattr__(self, "judge", None)
         if self.num_shards < 1 or not 0 <= self.shard < self.num_shards:
             raise ConfigError(f"JudgeConfig: shard {self.shard} is not in 0..{self.num_shards - 1}")
-        if not 0.0 <= self.min_score <= 1.0:
-            raise ConfigError(f"JudgeConfig.min_score must be in [0, 1], got {self.min_score}")
 
 
 class JudgeRunError(ValueError):
     pass
-
-
-def make_judge_backend(spec: str):
-    """A Backend for the judge from a spec string, through the shared backend factory when there is one."""
-    try:
-        from hopsmith.backends.factory import make_backend
-    except ImportError as exc:
-        # Only a missing factory is ours to explain; a factory that fails on its own imports is not.
-        if exc.name not in ("hopsmith.backends.factory", "hopsmith.backends"):
-            raise
-        raise JudgeRunError(
-            f"cannot build judge backend {spec!r}: hopsmith.backends.factory.make_backend does not exist; "
-            "pass a backend object to stages.judge.run(..., backend=...)") from None
-    return make_backend(spec)
 
 
 def _input_shards(cfg: JudgeConfig, root: Path) -> list[Path]:
@@ -93,49 +71,6 @@ def _input_shards(cfg: JudgeConfig, root: Path) -> list[Path]:
     return shards
 
 
-def decide(rules: dict, llm: dict | None, cfg: JudgeConfig, *, judged: bool) -> dict:
-    """The keep decision of one trace from its rule results and judge reply (None: not judged)."""
-    reasons = [f"rule {name} failed" for name in rules["failed"]]
-    if llm is not None and llm.get("verdict") != "judge_error":
-        reasons += list(llm.get("reasons") or [])
-        score = llm["score"]
-    else:
-        # Without a judge score, the share of rules passed is the best number there is.
-        score = (len(RULES) - len(rules["failed"])) / len(RULES)
-    if cfg.require_rules and not rules["passed"]:
-        verdict = "fail"
-    elif not judged:
-        verdict = "pass"
-    elif llm is None:
-        # Only reachable with judge_failed=False and require_rules=False: a trace the judge never saw.
-        verdict, reasons = "fail", reasons + ["not judged"]
-    elif llm.get("verdict") == "judge_error":
-        verdict, reasons = "judge_error", reasons + [f"judge error: {llm.get('error')}"]
-    elif llm["verdict"] != "pass":
-        verdict = "fail"
-    elif llm["score"] < cfg.min_score:
-        verdict, reasons = "fail", reasons + [f"judge score {llm['score']:.2f} < min_score {cfg.min_score}"]
-    else:
-        verdict = "pass"
-    return {"score": score, "verdict": verdict, "reasons": reasons}
-
-
-def _judge_field(trace: dict, rules: dict, llm: dict | None, cfg: JudgeConfig, judge_model: str | None) -> dict:
-    return {"rules": rules, "llm": llm, **decide(rules, llm, cfg, judged=judge_model is not None),
-            "judge_model": judge_model}
-
-
-def judge_traces(traces: list[dict], cfg: JudgeConfig, judge: LLMJudge | None, judge_model: str | None) -> list[dict]:
-    """The traces with their `judge` field: rules on all, then one judge batch (see `judge_failed`)."""
-    rules = [rule_checks(t, max_tokens_chars=cfg.max_chars, max_turns=cfg.max_turns) for t in traces]
-    llm: list[dict | None] = [None] * len(traces)
-    if judge is not None:
-        ask = [i for i, r in enumerate(rules) if cfg.judge_failed or r["passed"]]
-        for i, reply in zip(ask, judge.judge_many([traces[i] for i in ask])):
-            llm[i] = reply
-    return [{**t, "judge": _judge_field(t, r, j, cfg, judge_model)} for t, r, j in zip(traces, rules, llm)]
-
-
 def _ids(rows: list[dict]) -> list:
     return [r.get("id") for r in rows]
 
@@ -147,7 +82,7 @@ def run(cfg: JudgeConfig, root: str | Path, *, backend=None) -> dict:
     if not shards:
         raise JudgeRunError(f"no trace shards match {cfg.traces or root / 'traces' / 'shard-*.jsonl'}")
     if backend is None and cfg.judge:
-        backend = make_judge_backend(cfg.judge)
+        backend = make_backend(cfg.judge)
     judge = None
     judge_model = None
     if backend is not None:
@@ -170,7 +105,7 @@ def run(cfg: JudgeConfig, root: str | Path, *, backend=None) -> dict:
         if saved is not None:
             # Input shard regenerated, or judged by rules only and now a judge is given.
             rejudged.append(path.name)
-        write_jsonl(out, judge_traces(traces, cfg, judge, judge_model))
+        write_jsonl(out, judge_traces(traces, cfg.keep, judge, judge_model))
         judged_now.append(path.name)
 
     # Gather every complete judged shard, this worker's and the others'. Rules and the decision are
@@ -216,8 +151,7 @@ def _refuse_other_judge(out_dir: Path, shards: list[Path], judge_model: str | No
 def _redecide(row: dict, cfg: JudgeConfig) -> dict:
     old = row["judge"]
     trace = {k: v for k, v in row.items() if k != "judge"}
-    rules = rule_checks(trace, max_tokens_chars=cfg.max_chars, max_turns=cfg.max_turns)
-    return {**trace, "judge": _judge_field(trace, rules, old.get("llm"), cfg, old.get("judge_model"))}
+    return {**trace, "judge": judge_field(trace, cfg.keep, old.get("llm"), old.get("judge_model"))}
 
 
 def _rate(a: int, b: int) -> float | None:
@@ -243,8 +177,8 @@ def _summary(rows: list[dict], kept: list[dict], cfg: JudgeConfig, judge_model: 
         "rule_failures": rule_failures,
         "by_source": dict(sorted(by_source.items())),
         "judge_model": judge_model,
-        "min_score": cfg.min_score,
-        "require_rules": cfg.require_rules,
+        "min_score": cfg.keep.min_score,
+        "require_rules": cfg.keep.require_rules,
         "llm": None,
         "agreement": None,
     }
@@ -259,7 +193,7 @@ def _summary(rows: list[dict], kept: list[dict], cfg: JudgeConfig, judge_model: 
             "mean_score": _rate(sum(j["score"] for j in scored), len(scored)),
             "mean": {d: _rate(sum(j[d] for j in scored), len(scored)) for d in DIMENSIONS},
         }
-        summary["agreement"] = agreement([r["judge"]["rules"] for r in rows], llm, min_score=cfg.min_score)
+        summary["agreement"] = agreement([r["judge"]["rules"] for r in rows], llm, min_score=cfg.keep.min_score)
     return summary
 
 
@@ -276,14 +210,3 @@ def describe(s: dict, root) -> str:
     lines.append(f"wrote {root}/kept.jsonl, {root}/judge_summary.json"
                  + ("" if s["shards"]["complete"] else f" (shards still missing: {', '.join(s['shards']['missing'])})"))
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m stages.judge --root R ...`, the same as `hopsmith judge --root R ...`."""
-    from hopsmith.cli import main as cli_main
-
-    return cli_main(["judge", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

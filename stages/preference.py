@@ -1,7 +1,8 @@
-"""Preference pairs from the model's own failures, and SimPO (or DPO) on top of the SFT adapter (seed 002).
+"""Preference pairs from the model's own failures, and SimPO (or DPO) on top of the SFT adapter (the
+enterprise recipe).
 
-    hopsmith preference mine --results runs/ladder/mine/results.jsonl --chosen runs/ladder/kept.jsonl --out runs/ladder/pairs
-    hopsmith preference train --pairs runs/ladder/pairs/pairs.jsonl --adapter runs/ladder/sft --out runs/ladder/simpo
+    hopsmith mine-pairs --results runs/ladder/mine/results.jsonl --chosen runs/ladder/kept.jsonl --out runs/ladder/pairs
+    hopsmith simpo --pairs runs/ladder/pairs/pairs.jsonl --adapter runs/ladder/sft --out runs/ladder/simpo
 
 Mining: every failed episode of the adapter (run on *train* questions) becomes `rejected`, verbatim; the
 `chosen` side is a judged-correct trajectory for the same question (a kept synthetic or teacher trace,
@@ -22,12 +23,20 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from hopsmith.config import ConfigError
+from hopsmith.agent.loop import run_episodes
+from hopsmith.backends.hf import HFBackend, check_adapter
+from hopsmith.backends.templates import chat_templates, render, tokenize_conversation
+from hopsmith.collapse import CollapseGuard, behaviour
+from hopsmith.config import AgentConfig, ConfigError
+from hopsmith.data import BUNDLED, load_questions, load_with_pools
+from hopsmith.envs import multihop
 from hopsmith.io import read_jsonl, write_json, write_jsonl
+from hopsmith.leakage import training_record
+from hopsmith.traces import sample_traces
+from hopsmith.training import TrainingLog, load_policy
 
 FAILURE_KINDS = ("wrong_answer", "no_search", "invalid_call", "out_of_turns")
 
@@ -67,16 +76,12 @@ def _digest(msgs: list[dict]) -> str:
 
 
 def _eval_ids() -> set[str]:
-    from hopsmith.data import BUNDLED, load_questions
-
     return {q.id for name in BUNDLED for q in load_questions(name, split="eval")}
 
 
 def mine_pairs(results: list[dict], chosen: list[dict], *, max_pairs: int | None = None, seed: int = 0,
                allow_eval_questions: bool = False) -> dict:
     """Pairs (rejected = a failing episode, chosen = a correct trajectory of the same question)."""
-    from stages.pipeline import sample_traces
-
     eval_ids = set() if allow_eval_questions else _eval_ids()
     leaked = sorted({r["question_id"] for r in results if r["question_id"] in eval_ids})
     if leaked:
@@ -119,11 +124,13 @@ def mine_pairs(results: list[dict], chosen: list[dict], *, max_pairs: int | None
 
 @dataclass(frozen=True)
 class MineConfig:
+    """`hopsmith mine-pairs`: the model's failed episodes against correct trajectories of the same questions."""
+
     results: str = "results.jsonl"  # the adapter's episodes on train questions
     chosen: str = "kept.jsonl"  # judged-correct trajectories (synthetic or teacher traces, resamples)
-    max_pairs: int | None = None
-    seed: int = 0
-    allow_eval_questions: bool = False
+    max_pairs: int | None = None  # keep at most this many, balanced over failure kinds
+    seed: int = 0  # seeds which pairs a cap keeps
+    allow_eval_questions: bool = False  # mine questions of a bundled eval split too (then that eval is not held out)
 
 
 def mine(cfg: MineConfig, root: str | Path) -> dict:
@@ -142,7 +149,7 @@ def mine(cfg: MineConfig, root: str | Path) -> dict:
 # -- training ---------------------------------------------------------------------------------------------
 
 PRESETS = {
-    # Seed 002's SimPO: beta 1.0, gamma 0.3, lr 5e-7, 2 epochs, tight gradient clipping.
+    # The enterprise recipe's SimPO: beta 1.0, gamma 0.3, lr 5e-7, 2 epochs, tight gradient clipping.
     "seed002": dict(loss="simpo", beta=1.0, gamma=0.3, learning_rate=5e-7, epochs=2.0, max_grad_norm=0.3),
     "dpo": dict(loss="dpo", beta=0.1, gamma=0.0, learning_rate=5e-6, epochs=2.0, max_grad_norm=1.0),
 }
@@ -150,30 +157,32 @@ PRESETS = {
 
 @dataclass(frozen=True)
 class PreferenceConfig:
-    pairs: str = "pairs.jsonl"
-    adapter: str = "sft"  # the SFT adapter to continue
-    model: str = "embedded"
-    preset: str = "seed002"
+    """`hopsmith simpo`: SimPO (or DPO) on preference pairs, continuing an SFT adapter."""
+
+    pairs: str = "pairs.jsonl"  # TRL preference pairs (prompt, chosen, rejected as message lists)
+    preset: str = "seed002"  # seed002 (the enterprise recipe's SimPO) | dpo; the keys below override it
     loss: str | None = None  # simpo | dpo
-    beta: float | None = None
-    gamma: float | None = None
-    learning_rate: float | None = None
-    epochs: float | None = None
-    max_grad_norm: float | None = None
-    batch_size: int = 2
+    beta: float | None = None  # SimPO's reward scale / DPO's KL weight
+    gamma: float | None = None  # SimPO's target reward margin
+    learning_rate: float | None = None  # the optimiser's learning rate
+    epochs: float | None = None  # passes over the pairs
+    max_grad_norm: float | None = None  # gradient clipping
+    batch_size: int = 2  # pairs per step
     max_length: int = 4096  # as SFT's; a pair with a longer side is left out (and counted)
-    max_steps: int = -1
+    max_steps: int = -1  # stop after this many steps; -1: the epochs decide
     probe_every: int = 0  # steps between behaviour probes (0: before and after only)
-    probe_data: str = "musique"
-    probe_questions: int = 4
-    probe_turns: int = 4
+    probe_data: str = "musique"  # the set whose train questions the probes play
+    probe_questions: int = 4  # questions per probe
     min_tool_use: float = 0.5  # the collapse guard's floor
-    stop_on_collapse: bool = True
-    seed: int = 0
+    stop_on_collapse: bool = True  # stop training when the guard flags a collapse
+    seed: int = 0  # seeds the trainer
+    # The policy trained (model, and adapter: the SFT adapter it continues) and how its probes play
+    agent: AgentConfig = field(default_factory=lambda: AgentConfig(adapter="sft", max_turns=4, max_new_tokens=96,
+                                                                   top_k=3, max_chars=300, few_shot=False,
+                                                                   extractor="none"),
+                               metadata={"omit": ("env", "extractor", "batch_size")})
 
     def resolved(self) -> "PreferenceConfig":
-        from dataclasses import replace
-
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown preference preset {self.preset!r}; known: {', '.join(PRESETS)}")
         cfg = replace(self, **{k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) is None})
@@ -185,8 +194,6 @@ class PreferenceConfig:
 def _tokenized_pair(pair: dict, tokenizer, template: str, max_length: int) -> dict | None:
     """Both sides tokenised with the training template and assistant-only labels; None when either side is
     longer than max_length (the caller counts and reports those)."""
-    from hopsmith.backends.templates import render, tokenize_conversation
-
     prompt_text = render(tokenizer, template, pair["prompt"], pair.get("tools"), add_generation_prompt=False)
     n_prompt = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
     out = {"prompt_input_ids": [], "prompt_attention_mask": []}
@@ -204,40 +211,22 @@ def _tokenized_pair(pair: dict, tokenizer, template: str, max_length: int) -> di
 
 def probe(model, tokenizer, cfg: PreferenceConfig, questions, pools) -> dict:
     """Greedy episodes of the model being trained, summarised by `hopsmith.collapse.behaviour`."""
-    from hopsmith.agent.loop import AgentConfig, run_episodes
-    from hopsmith.backends.hf import HFBackend
-    from hopsmith.collapse import behaviour
-
     was_training = model.training
     backend = HFBackend(model_obj=model, tokenizer=tokenizer, batch_size=len(questions))
-    rows = run_episodes(questions, pools, backend, AgentConfig(max_turns=cfg.probe_turns, max_new_tokens=96,
-                                                               few_shot=False, top_k=3, max_chars=300))
+    rows = run_episodes(questions, multihop.make(cfg.agent, pools=pools), backend, cfg.agent)
     if was_training:
         model.train()
     return behaviour(rows)
 
 
 def train(cfg: PreferenceConfig, root: str | Path, *, model=None, tokenizer=None) -> dict:
-    """SimPO/DPO on the pairs, continuing `cfg.adapter`; writes the new adapter and `training.json`."""
-    import torch
-    from datasets import Dataset
-    from transformers import PrinterCallback, TrainerCallback
-
-    from hopsmith.backends.hf import check_adapter
-    from hopsmith.backends.templates import chat_templates
-    from hopsmith.collapse import CollapseGuard
-    from hopsmith.leakage import training_record
-
+    """SimPO/DPO on the pairs, continuing `cfg.agent.adapter`; writes the new adapter and `training.json`."""
     cfg = cfg.resolved()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    if not Path(cfg.pairs).exists():
-        raise FileNotFoundError(f"no pairs file at {cfg.pairs}")
-    pairs = read_jsonl(cfg.pairs)
-    if not pairs:
-        raise PreferenceError(f"{cfg.pairs} holds no pairs: nothing to train on")
-    check_adapter(cfg.adapter)
-    model, tokenizer = _load_policy(cfg, model, tokenizer)
+    pairs = _read_pairs(cfg.pairs)
+    check_adapter(cfg.agent.adapter)
+    model, tokenizer = load_policy(cfg.agent.model, cfg.agent.adapter, model=model, tokenizer=tokenizer)
     # The SFT adapter saved the template it was trained with; SimPO trains, probes and saves with the same one.
     template = chat_templates(tokenizer).training
     tokenizer.chat_template = template
@@ -247,86 +236,94 @@ def train(cfg: PreferenceConfig, root: str | Path, *, model=None, tokenizer=None
               f"{cfg.max_length} tokens; raise --max-length to train on them", file=sys.stderr, flush=True)
     if not rows:
         raise PreferenceError(f"every pair in {cfg.pairs} is longer than max_length={cfg.max_length}")
-    dataset = Dataset.from_list(rows)
+    probes = Probes(cfg, tokenizer)
+    before = probes.run(model, step=0)
+    log = TrainingLog()
+    trainer = _trainer(cfg, model, tokenizer, rows, root, [log.callback(), probes.callback()])
+    trainer.train()
+    after = probes.run(trainer.model, step=trainer.state.global_step, final=True)
+    trainer.model.save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    trained = training_record([{"question_id": p["question_id"], "question": _question_of(p["prompt"])} for p in pairs],
+                              base_adapter=cfg.agent.adapter)
+    summary = {"config": asdict(cfg), "pairs": len(pairs), "pairs_used": len(rows), "steps": trainer.state.global_step,
+               "seconds": log.seconds, "behaviour_before": before, "behaviour_after": after, "collapse": probes.flags,
+               "stopped_on_collapse": bool(probes.flags) and cfg.stop_on_collapse, **trained,
+               "base_adapter": cfg.agent.adapter}
+    write_json(root / "training.json", summary)
+    write_json(root / "loss.json", probes.losses)
+    write_json(root / "behaviour.json", probes.guard.history)
+    return summary
 
-    from hopsmith.data import load_questions
-    from hopsmith.data.pools import build_pools
 
-    probe_qs = load_questions(cfg.probe_data, split="train", limit=cfg.probe_questions)
-    probe_pools = build_pools(probe_qs, others=load_questions(cfg.probe_data))
-    guard = CollapseGuard(min_tool_use=cfg.min_tool_use)
-    flags: list[dict] = []
-    before = probe(model, tokenizer, cfg, probe_qs, probe_pools)
-    guard.check(before, step=0)
-    losses: list[dict] = []
+def _read_pairs(path: str) -> list[dict]:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no pairs file at {path}")
+    pairs = read_jsonl(path)
+    if not pairs:
+        raise PreferenceError(f"{path} holds no pairs: nothing to train on")
+    return pairs
 
-    class Watch(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                losses.append({"step": state.global_step, **{k: float(v) for k, v in logs.items()
-                                                             if isinstance(v, (int, float))}})
 
-        def on_step_end(self, args, state, control, **kw):
-            if cfg.probe_every and state.global_step % cfg.probe_every == 0:
-                reasons = guard.check(probe(kw["model"], tokenizer, cfg, probe_qs, probe_pools), state.global_step)
-                if reasons:
-                    flags.append({"step": state.global_step, "reasons": reasons})
-                    if cfg.stop_on_collapse:
+class Probes:
+    """The collapse guard's probes: greedy episodes on a few train questions before training, every
+    `probe_every` steps (a collapse stops training when `stop_on_collapse`) and after; and the log of
+    every step's numbers (`loss.json`)."""
+
+    def __init__(self, cfg: PreferenceConfig, tokenizer):
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.questions, self.pools = load_with_pools(cfg.probe_data, split="train", limit=cfg.probe_questions)
+        self.guard = CollapseGuard(min_tool_use=cfg.min_tool_use)
+        self.flags: list[dict] = []
+        self.losses: list[dict] = []
+
+    def run(self, model, *, step: int, final: bool = False) -> dict:
+        """Probe `model` at `step`; a collapse is flagged during and after training (once per step)."""
+        stats = probe(model, self.tokenizer, self.cfg, self.questions, self.pools)
+        reasons = self.guard.check(stats, step=step)
+        if reasons and (step or final) and not any(f["step"] == step for f in self.flags):
+            self.flags.append({"step": step, "reasons": reasons})
+        return stats
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        probes = self
+
+        class Watch(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kw):
+                if logs and "loss" in logs:
+                    probes.losses.append({"step": state.global_step, **{k: float(v) for k, v in logs.items()
+                                                                        if isinstance(v, (int, float))}})
+
+            def on_step_end(self, args, state, control, **kw):
+                if probes.cfg.probe_every and state.global_step % probes.cfg.probe_every == 0:
+                    flagged = len(probes.flags)
+                    probes.run(kw["model"], step=state.global_step)
+                    if len(probes.flags) > flagged and probes.cfg.stop_on_collapse:
                         control.should_training_stop = True
 
+        return Watch()
+
+
+def _trainer(cfg: PreferenceConfig, model, tokenizer, rows: list[dict], root: Path, callbacks):
+    """CPOTrainer as SimPO, or DPOTrainer with the SFT policy as reference, over the pre-tokenised pairs."""
+    import torch  # torch, datasets and TRL load only when preference training runs
+    from datasets import Dataset
+    from transformers import PrinterCallback
+
+    dataset = Dataset.from_list(rows)
     common = dict(output_dir=str(root / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
                   per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                   max_grad_norm=cfg.max_grad_norm, lr_scheduler_type="cosine", logging_steps=1, save_strategy="no",
                   report_to=[], seed=cfg.seed, bf16=torch.cuda.is_available(), fp16=False, remove_unused_columns=False,
                   disable_tqdm=True, max_length=cfg.max_length, beta=cfg.beta)
-    started = time.perf_counter()
-    trainer = _trainer(cfg, model, tokenizer, dataset, common, [Watch()])
+    trainer = _simpo_or_dpo(cfg, model, tokenizer, dataset, common, callbacks)
     trainer.remove_callback(PrinterCallback)
-    trainer.train()
-    seconds = time.perf_counter() - started
-    after = probe(trainer.model, tokenizer, cfg, probe_qs, probe_pools)
-    reasons = guard.check(after, step=trainer.state.global_step)
-    if reasons and not any(f["step"] == trainer.state.global_step for f in flags):
-        flags.append({"step": trainer.state.global_step, "reasons": reasons})
-    trainer.model.save_pretrained(root)
-    tokenizer.save_pretrained(root)
-    trained = training_record([{"question_id": p["question_id"], "question": _question_of(p["prompt"])} for p in pairs],
-                              base_adapter=cfg.adapter)
-    summary = {"config": asdict(cfg), "pairs": len(pairs), "pairs_used": len(rows), "steps": trainer.state.global_step,
-               "seconds": seconds, "behaviour_before": before, "behaviour_after": after, "collapse": flags,
-               "stopped_on_collapse": bool(flags) and cfg.stop_on_collapse, **trained,
-               "base_adapter": cfg.adapter}
-    write_json(root / "training.json", summary)
-    write_json(root / "loss.json", losses)
-    write_json(root / "behaviour.json", guard.history)
-    return summary
+    return trainer
 
 
-def _load_policy(cfg: PreferenceConfig, model, tokenizer):
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from hopsmith.backends.hf import default_device
-    from hopsmith.backends.templates import load_tokenizer
-    from hopsmith.models import resolve_model
-
-    if model is None:
-        # The one device rule: the policy loads where training runs, so the probes' backend (which follows
-        # the model's weights) and the trainer agree; nothing is left on the CPU while inputs go to the GPU.
-        import torch
-
-        device = default_device()
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), dtype=dtype).to(device)
-    if tokenizer is None:
-        tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.adapter)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    policy = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=True)
-    return policy, tokenizer
-
-
-def _trainer(cfg: PreferenceConfig, model, tokenizer, dataset, common: dict, callbacks):
+def _simpo_or_dpo(cfg: PreferenceConfig, model, tokenizer, dataset, common: dict, callbacks):
     if cfg.loss == "simpo":
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 

@@ -1,52 +1,61 @@
-"""Rejection fine-tuning (seed 001): sample the model N times per train question, keep what a judge
-accepts, and fine-tune on those episodes.
+"""Rejection fine-tuning (the always-search recipe): sample the model N times per train question, keep what a
+judge accepts, and fine-tune on those episodes.
 
-    from stages import rft; rft.run(rft.RFTConfig(adapter="runs/ladder/sft", samples=4), "runs/ladder/rft")
+    hopsmith rft --adapter runs/ladder/sft --samples 4 --out runs/ladder/rft
 
 Each question gets `samples` episodes at `temperature` (sample i seeds the sampler with seed + i). An
 episode is kept when it passes the same rule checks as any trace (`hopsmith.judge.rule_checks`: calls
 parse, final answer, answer matches gold, no repeated calls, length) and, like seed 001's ASP filter, it
 searched at least once; with `--judge SPEC` the LLM judge must pass it too. The kept episodes, plus the
-original SFT traces when `mix_traces` is given, train the sampled adapter further (seed 001 runs RFT as a
-final stage on the distilled model; `continue_adapter=False` trains a new adapter from the base). Writes
+original SFT traces when `mix_traces` is given, train the sampled adapter further (the always-search recipe
+runs RFT as a final stage on the distilled model; `continue_adapter=False` trains a new adapter from the base). Writes
 `samples.jsonl` (every episode, with its verdict), `kept.jsonl`, `train.jsonl`, `behaviour.json`
 (tool use etc. of the samples) and the adapter under `adapter/`.
 """
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from hopsmith.config import ConfigError
+from hopsmith.agent.backends import agent_backends
+from hopsmith.agent.loop import run_episodes
+from hopsmith.backends.factory import make_backend
+from hopsmith.backends.hf import check_adapter
+from hopsmith.collapse import behaviour
+from hopsmith.config import AgentConfig, ConfigError
+from hopsmith.data import load_with_pools
+from hopsmith.envs import multihop
 from hopsmith.io import JsonlAppender, read_jsonl, write_json, write_jsonl
+from hopsmith.judge import KeepRules, LLMJudge, judge_traces, rule_checks
+from hopsmith.tools.extract import Extractor
+from hopsmith.traces.synthetic import tool_schemas
+from hopsmith.training import SFTConfig, train_sft
 
 
 @dataclass(frozen=True)
 class RFTConfig:
-    data: str = "musique"
-    model: str = "embedded"
-    adapter: str | None = None  # the policy to sample (the SFT adapter); None: the base model, few-shot
+    """`hopsmith rft`: sample the policy, keep the judged-correct episodes, train it further on them."""
+
+    data: str = "musique"  # bundled set or file whose train split is sampled
     limit: int | None = None  # train questions
-    samples: int = 4
-    temperature: float = 0.8
-    max_turns: int = 6
-    max_new_tokens: int = 96
-    top_k: int = 3
-    max_chars: int | None = 300
-    judge: str | None = None
+    samples: int = 4  # episodes per question (sample i seeds the sampler with seed + i)
+    judge: str | None = None  # backend spec of an LLM judge a kept episode must also pass; None: rules only
     mix_traces: str | None = None  # also train on these traces (e.g. the SFT train.jsonl)
-    continue_adapter: bool = True  # train `adapter` further; False: a new adapter from the base model
-    epochs: float = 2.0
-    learning_rate: float = 1e-3
-    max_length: int = 1536
-    batch_size: int = 16
-    seed: int = 0
+    continue_adapter: bool = True  # train the sampled adapter further; False: a new adapter from the base model
+    epochs: float = 2.0  # SFT epochs over the kept episodes
+    learning_rate: float = 1e-3  # SFT learning rate
+    max_length: int = 1536  # SFT: longer episodes are left out (and counted)
+    seed: int = 0  # seeds the samplers and SFT
+    # The policy sampled (model and adapter: the SFT adapter; no adapter samples the base model, few-shot)
+    agent: AgentConfig = field(default_factory=lambda: AgentConfig(temperature=0.8, max_turns=6, max_new_tokens=96,
+                                                                   top_k=3, max_chars=300, few_shot=None),
+                               metadata={"omit": ("env",)})
 
     def __post_init__(self):
         if self.samples < 1:
             raise ConfigError(f"RFTConfig.samples must be >= 1, got {self.samples}")
-        if self.temperature <= 0:
+        if self.agent.temperature <= 0:
             raise ConfigError("RFTConfig.temperature must be > 0: rejection sampling needs varied samples")
 
 
@@ -64,51 +73,23 @@ def accept(trace: dict, rules: dict) -> bool:
 
 
 def run(cfg: RFTConfig, root: str | Path, *, backend=None) -> dict:
-    import torch
-
-    from hopsmith.agent.loop import AgentConfig, run_episodes
-    from hopsmith.collapse import behaviour
-    from hopsmith.judge import rule_checks
-    from hopsmith.tools.extract import Extractor
-    from hopsmith.traces.synthetic import tool_schemas
-    from stages import sft
-    from stages.traces import TracesConfig, load_train_questions
-
-    if cfg.adapter:
-        from hopsmith.backends.hf import check_adapter
-
-        check_adapter(cfg.adapter)  # before sampling, not after it when SFT would load the adapter
+    """Sample (resuming from `samples.jsonl`), keep, and train; returns the summary in `rft_summary.json`."""
+    policy = cfg.agent
+    if policy.adapter:
+        check_adapter(policy.adapter)  # before sampling, not after it when SFT would load the adapter
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "config.json", asdict(cfg))
-    questions, pools = load_train_questions(TracesConfig(data=cfg.data, split="train", limit=cfg.limit))
+    questions, pools = load_with_pools(cfg.data, split="train", limit=cfg.limit)
     if backend is None:
-        from hopsmith.backends.hf import HFBackend
-
-        backend = HFBackend(cfg.model, adapter=cfg.adapter, batch_size=cfg.batch_size)
-    agent = AgentConfig(max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                        few_shot=cfg.adapter is None, top_k=cfg.top_k, max_chars=cfg.max_chars)
-    tools = tool_schemas(True)
-    extractor = Extractor(backend)  # as in eval: the policy's own model reads for llm_query
-    done = {(r["question_id"], r["sample"]) for r in read_jsonl(root / "samples.jsonl", repair=True)}
-    with JsonlAppender(root / "samples.jsonl") as out:
-        for i in range(cfg.samples):
-            todo = [q for q in questions if (q.id, i) not in done]
-            if not todo:
-                continue
-            torch.manual_seed(cfg.seed + i)
-            for row in run_episodes(todo, pools, backend, agent, extractor=extractor, batch_size=cfg.batch_size):
-                trace = episode_trace(row, tools, i)
-                rules = rule_checks(trace)
-                out.append({**trace, "sample": i, "rules": rules, "kept": accept(trace, rules)})
+        backend, extractor = agent_backends(policy)
+    else:  # as in eval: the policy's own model (adapter included) reads for llm_query
+        extractor = Extractor(backend) if policy.extractor == "self" else None
+    _sample(cfg, questions, pools, backend, extractor, root / "samples.jsonl")
     rows = read_jsonl(root / "samples.jsonl")
     kept = [r for r in rows if r["kept"]]
     if cfg.judge and kept:
-        from stages.judge import JudgeConfig, judge_traces, make_judge_backend
-        from hopsmith.judge import LLMJudge
-
-        jb = make_judge_backend(cfg.judge)
-        judged = judge_traces(kept, JudgeConfig(judge=cfg.judge), LLMJudge(jb), cfg.judge)
+        judged = judge_traces(kept, KeepRules(), LLMJudge(make_backend(cfg.judge)), cfg.judge)
         kept = [t for t in judged if t["judge"]["verdict"] == "pass"]
     write_jsonl(root / "kept.jsonl", kept)
     stats = behaviour(rows)
@@ -123,11 +104,30 @@ def run(cfg: RFTConfig, root: str | Path, *, backend=None) -> dict:
         write_json(root / "rft_summary.json", summary)
         return summary
     write_jsonl(root / "train.jsonl", train)
-    summary["sft"] = sft.run(sft.SFTConfig(traces=str(root / "train.jsonl"), model=cfg.model, epochs=cfg.epochs,
-                                           learning_rate=cfg.learning_rate, max_length=cfg.max_length, seed=cfg.seed,
-                                           init_adapter=cfg.adapter if cfg.continue_adapter else None),
-                             root / "adapter")
+    summary["sft"] = train_sft(SFTConfig(traces=str(root / "train.jsonl"), model=policy.model, epochs=cfg.epochs,
+                                         learning_rate=cfg.learning_rate, max_length=cfg.max_length, seed=cfg.seed,
+                                         init_adapter=policy.adapter if cfg.continue_adapter else None),
+                               root / "adapter")
     summary["trained"] = True
     write_json(root / "rft_summary.json", {k: v for k, v in summary.items() if k != "sft"}
                | {"sft_steps": summary["sft"]["steps"]})
     return summary
+
+
+def _sample(cfg: RFTConfig, questions, pools, backend, extractor, path: Path) -> None:
+    """`samples` episodes per question, appended to `path` with their rule verdicts (done ones skipped)."""
+    import torch  # torch and the trainers load only when a stage trains or samples, never at `hopsmith --help`
+
+    make_env = multihop.make(cfg.agent, pools=pools, extractor=extractor)
+    tools = tool_schemas(extractor is not None)
+    done = {(r["question_id"], r["sample"]) for r in read_jsonl(path, repair=True)}
+    with JsonlAppender(path) as out:
+        for i in range(cfg.samples):
+            todo = [q for q in questions if (q.id, i) not in done]
+            if not todo:
+                continue
+            torch.manual_seed(cfg.seed + i)
+            for row in run_episodes(todo, make_env, backend, cfg.agent):
+                trace = episode_trace(row, tools, i)
+                rules = rule_checks(trace)
+                out.append({**trace, "sample": i, "rules": rules, "kept": accept(trace, rules)})

@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import os
 import queue
 import tempfile
 import threading
@@ -40,7 +41,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from hopsmith.config import ConfigError, EvalConfig
+from hopsmith.agent.backends import agent_backends
+from hopsmith.agent.loop import run_episodes
+from hopsmith.config import AgentConfig, ConfigError, EvalConfig
+from hopsmith.data import BUNDLED, build_pools, load_questions
+from hopsmith.envs import multihop
+from hopsmith.records import Paragraph, Question
 
 MAX_BODY = 4 * 1024 * 1024
 
@@ -53,18 +59,17 @@ class HTTPError(Exception):
 
 @dataclass(frozen=True)
 class ServeConfig:
-    model: str = "embedded"
-    adapter: str | None = None
+    """`hopsmith serve`: the agent behind a bearer token, over HTTP."""
+
     token_env: str = "HOPSMITH_API_TOKEN"  # the bearer token is read from this environment variable
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_turns: int = 8
-    max_new_tokens: int = 160
-    top_k: int = 5
-    max_chars: int | None = 600
+    host: str = "127.0.0.1"  # the address uvicorn listens on
+    port: int = 8000  # the port uvicorn listens on
     max_eval: int = 50  # /evaluate refuses larger requests
     max_batch: int = 16  # /answer requests answered together
     batch_wait_ms: int = 20  # how long the first request of a batch waits for others to join
+    # The agent served (model, adapter) and how it answers; a request may lower max_turns
+    agent: AgentConfig = field(default_factory=lambda: AgentConfig(max_turns=8, max_new_tokens=160, few_shot=None),
+                               metadata={"omit": ("env", "batch_size")})
 
 
 # -- the worker that owns the model ---------------------------------------------------------------------
@@ -162,19 +167,21 @@ class AnswerRequest:
 
 
 class AgentService:
-    """Validates requests, runs batches of them on the backend, evaluates; `identity` describes the adapter."""
+    """Validates requests, runs batches of them on the backend, evaluates; `identity` describes the adapter.
+    `evaluate` runs an /evaluate job (the eval stage's `run`, handed in by whoever starts the endpoint:
+    `hopsmith serve`, the cloud's endpoint); without it /evaluate answers 501."""
 
-    def __init__(self, cfg: ServeConfig, backend, extractor=None, *, identity: dict | None = None):
-        self.cfg, self.backend, self.extractor = cfg, backend, extractor
-        self.identity = identity if identity is not None else (adapter_identity(cfg.adapter) if cfg.adapter else None)
+    def __init__(self, cfg: ServeConfig, backend, extractor=None, *, identity: dict | None = None,
+                 evaluate: Callable | None = None):
+        self.cfg, self.backend, self.extractor, self.run_eval = cfg, backend, extractor, evaluate
+        adapter = cfg.agent.adapter
+        self.identity = identity if identity is not None else (adapter_identity(adapter) if adapter else None)
         self._bundled_sets: dict[str, list] = {}
         self._ids = itertools.count(1)
         self._ids_lock = threading.Lock()
 
     # /answer
     def parse_answer(self, body: dict) -> AnswerRequest:
-        from hopsmith.records import Paragraph, Question
-
         question = body.get("question")
         if body.get("data") or body.get("question_id"):
             q, pool = self._bundled(body)
@@ -193,7 +200,7 @@ class AgentService:
                     raise HTTPError(400, f"paragraphs[{k}] must be an object with a string 'text'")
                 pool.append(Paragraph(id=str(p.get("id", k)), title=str(p.get("title", "")), text=p["text"]))
             answers = ()
-        max_turns = body.get("max_turns", self.cfg.max_turns)
+        max_turns = body.get("max_turns", self.cfg.agent.max_turns)
         if not isinstance(max_turns, int) or isinstance(max_turns, bool) or not 1 <= max_turns <= 20:
             raise HTTPError(400, "field 'max_turns' must be an integer from 1 to 20")
         with self._ids_lock:
@@ -203,15 +210,12 @@ class AgentService:
 
     def run_answers(self, requests: list[AnswerRequest]) -> list[dict]:
         """One set of episodes per distinct max_turns, every request of it stepped together."""
-        from hopsmith.agent.loop import AgentConfig, run_episodes
-
         rows: dict[str, dict] = {}
         for turns in sorted({r.max_turns for r in requests}):
             group = [r for r in requests if r.max_turns == turns]
-            agent = AgentConfig(max_turns=turns, max_new_tokens=self.cfg.max_new_tokens, top_k=self.cfg.top_k,
-                                max_chars=self.cfg.max_chars, few_shot=self.cfg.adapter is None)
-            out = run_episodes([r.question for r in group], {r.question.id: r.pool for r in group}, self.backend,
-                               agent, extractor=self.extractor, batch_size=len(group))
+            agent = replace(self.cfg.agent, max_turns=turns, batch_size=len(group))
+            make_env = multihop.make(agent, pools={r.question.id: r.pool for r in group}, extractor=self.extractor)
+            out = run_episodes([r.question for r in group], make_env, self.backend, agent)
             rows.update({row["question_id"]: row for row in out})
         return [self._answer_payload(rows[r.question.id], r) for r in requests]
 
@@ -225,9 +229,6 @@ class AgentService:
         return out
 
     def _bundled(self, body: dict):
-        from hopsmith.data import BUNDLED, load_questions
-        from hopsmith.data.pools import build_pools
-
         data, qid = body.get("data"), body.get("question_id")
         if data not in BUNDLED:
             raise HTTPError(400, f"field 'data' must name a bundled set ({', '.join(BUNDLED)}), got {data!r}")
@@ -241,8 +242,6 @@ class AgentService:
 
     # /evaluate
     def parse_evaluate(self, body: dict) -> EvalConfig:
-        from hopsmith.data import BUNDLED
-
         data, limit, split = body.get("data"), body.get("limit", 10), body.get("split", "eval")
         if data not in BUNDLED:
             raise HTTPError(400, f"field 'data' must name a bundled set ({', '.join(BUNDLED)}), got {data!r}")
@@ -254,10 +253,10 @@ class AgentService:
 
     def evaluate(self, ecfg: EvalConfig, root: str | Path | None = None) -> dict:
         """Run the evaluation on this service's backend (into `root`, else a temporary directory)."""
-        from stages import evaluate
-
+        if self.run_eval is None:
+            raise HTTPError(501, "this endpoint runs no evaluations (it was started without the eval stage)")
         with tempfile.TemporaryDirectory() as d:
-            metrics = evaluate.run(ecfg, root or d, backend=self.backend, extractor=self.extractor, progress=False)
+            metrics = self.run_eval(ecfg, root or d, backend=self.backend, extractor=self.extractor, progress=False)
         return summarise(metrics)
 
 
@@ -271,10 +270,8 @@ def summarise(metrics: dict) -> dict:
 
 def eval_config(cfg: ServeConfig, **kw) -> EvalConfig:
     """The EvalConfig of an /evaluate job: the served agent's settings on a bundled set."""
-    base = EvalConfig(model=cfg.model, adapter=cfg.adapter, max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
-                      top_k=cfg.top_k, max_chars=cfg.max_chars, few_shot=cfg.adapter is None, extraction_bench=False,
-                      bootstrap=500, batch_size=cfg.max_batch)
-    return replace(base, **kw)
+    agent = replace(cfg.agent, few_shot=cfg.agent.shows_example, batch_size=cfg.max_batch)
+    return replace(EvalConfig(agent=agent, extraction_bench=False, bootstrap=500), **kw)
 
 
 def adapter_identity(adapter: str | Path) -> dict:
@@ -375,7 +372,7 @@ def make_app(service: AgentService, token: str | None, *, jobs=None, batcher: Ba
 
     @app.get("/health")
     async def health():
-        return {"ok": True, "model": getattr(service.backend, "name", service.cfg.model), "adapter": service.identity,
+        return {"ok": True, "model": getattr(service.backend, "name", service.cfg.agent.model), "adapter": service.identity,
                 "queued": batcher.pending()}
 
     @app.post("/answer")
@@ -410,23 +407,21 @@ def _check_token(header: str, token: str) -> None:
         raise HTTPError(401, "wrong bearer token")
 
 
-def build_service(cfg: ServeConfig, *, backend=None, extractor=None, identity: dict | None = None) -> AgentService:
+def build_service(cfg: ServeConfig, *, backend=None, extractor=None, identity: dict | None = None,
+                  evaluate: Callable | None = None) -> AgentService:
     if backend is None:
-        from hopsmith.agent.backends import agent_backends
-
         # The same factory as `hopsmith eval`, so the endpoint answers as eval scores; one row per batched request.
-        backend, extractor = agent_backends(eval_config(cfg), batch_size=cfg.max_batch)
-    return AgentService(cfg, backend, extractor, identity=identity)
+        backend, extractor = agent_backends(eval_config(cfg).agent, batch_size=cfg.max_batch)
+    return AgentService(cfg, backend, extractor, identity=identity, evaluate=evaluate)
 
 
-def serve_forever(cfg: ServeConfig) -> None:
-    import os
-
-    import uvicorn
+def serve_forever(cfg: ServeConfig, *, evaluate: Callable | None = None) -> None:
+    """Serve under uvicorn until interrupted; `evaluate` runs /evaluate jobs (the eval stage's `run`)."""
+    import uvicorn  # the server loads only when one is started
 
     token = os.environ.get(cfg.token_env)
     if not token:  # before the model loads: a missing token is a one-line error, not a minute's wait
         raise ConfigError(f"no API token: set ${cfg.token_env} (the endpoint refuses to run without auth)")
-    app = make_app(build_service(cfg), token)
-    print(f"serving {cfg.adapter or cfg.model} on http://{cfg.host}:{cfg.port} (token from ${cfg.token_env})", flush=True)
+    app = make_app(build_service(cfg, evaluate=evaluate), token)
+    print(f"serving {cfg.agent.adapter or cfg.agent.model} on http://{cfg.host}:{cfg.port} (token from ${cfg.token_env})", flush=True)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")

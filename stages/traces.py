@@ -1,10 +1,10 @@
-"""Write agent traces for SFT from the train split: synthetic (seed 000's five types) or a teacher's
-(filtered by seed 001's Always-Search Policy).
+"""Write agent traces for SFT from the train split: synthetic (the LoRA multi-hop recipe's five types) or a
+teacher's (filtered by the always-search recipe's Always-Search Policy).
 
     hopsmith traces --root runs/ladder --data musique                        synthetic, train split
     hopsmith traces --root runs/ladder --weights "chain=2,retry=1" --per-question 1 --thinking-fraction 1
     hopsmith traces --root runs/ladder --teacher openai:gpt-4o-mini          a teacher, ASP-filtered
-    python -m stages.traces --root runs/ladder --shard 1 --num-shards 4      one of four workers
+    hopsmith traces --root runs/ladder --shard 1 --num-shards 4              one of four workers
 
 Writes under `root/traces/`:
 - `shard-<i>.jsonl`: the traces of shard i (questions[i::num_shards]); in teacher mode only the kept ones.
@@ -24,15 +24,20 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hopsmith.config import ConfigError, to_dict
+from hopsmith.agent.backends import agent_backends
+from hopsmith.agent.loop import run_episodes
+from hopsmith.config import AgentConfig, ConfigError, RunDirError, flat_config, refuse_other_config, to_dict
+from hopsmith.data import load_with_pools
+from hopsmith.envs import multihop
 from hopsmith.io import JsonlAppender, read_jsonl, write_json, write_jsonl
-from stages.evaluate import RunDirError
+from hopsmith.tools.search import IndexCache
+from hopsmith.traces import asp_filter, generate, hop_paragraph_ids, parse_weights
+from hopsmith.traces.synthetic import as_extractor, tool_schemas
 
 # Keys that do not change what a shard holds, so a rerun may change them.
 _FREE_KEYS = ("batch_size",)
@@ -44,14 +49,12 @@ class TracesConfig:
 
     data: str = "musique"  # bundled set name (musique | hotpotqa | 2wiki) or a file in an original format
     split: str = "train"  # train | eval | all (eval and all need allow_eval_questions)
-    allow_eval_questions: bool = False
+    allow_eval_questions: bool = False  # let traces be written for eval questions (then nothing evaluates held out)
     limit: int | None = None  # the first `limit` questions of the split
-    pool_size: int = 400
-    pool_seed: int = 0
-    top_k: int = 5  # the env of every trace; keep equal to eval's so traces show what inference shows
-    max_chars: int | None = 600
+    pool_size: int = 400  # paragraphs in each question's pool, as eval builds it
+    pool_seed: int = 0  # seeds which distractors join a pool
     # Synthetic traces: relative weights of the five types (left-out types weigh 0). Equal by default:
-    # seed 000 names the five types but not their mix.
+    # the LoRA multi-hop recipe names the five types but not their mix.
     weights: str = "chain=1,retry=1,labels=1,verify=1,warmup=1"
     per_question: int = 2  # traces of distinct types per question (teacher mode: always 1)
     fallback: bool = True  # a type that cannot be built for a question makes way for the next drawn
@@ -60,19 +63,18 @@ class TracesConfig:
     # List llm_query among a trace's tools even when no turn calls it: `hopsmith eval` offers it with
     # its default extractor, and SFT should render the prompt inference renders.
     advertise_llm_query: bool = True
-    teacher: str | None = None  # backend spec of a teacher model; None: synthetic traces
-    max_turns: int = 20  # teacher episodes
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    batch_size: int = 16
+    teacher: str | None = None  # backend spec of a teacher model whose episodes become traces; None: synthetic
     f1_threshold: float = 0.65  # ASP String-F1 cut for teacher traces
-    shard: int = 0
-    num_shards: int = 1
-    seed: int = 0
+    shard: int = 0  # this worker writes questions[shard::num_shards]
+    num_shards: int = 1  # workers writing traces side by side
+    seed: int = 0  # seeds the type order, the thinking variants and the poor queries of each question
+    # The env of every trace (top_k, max_chars: keep them equal to eval's, so traces show what inference
+    # shows) and the teacher's episodes; the teacher is `teacher`, its thinking drawn per question.
+    agent: AgentConfig = field(default_factory=lambda: AgentConfig(extractor="none", few_shot=False,
+                                                                   max_new_tokens=512),
+                               metadata={"omit": ("model", "adapter", "env", "thinking")})
 
     def __post_init__(self):
-        from hopsmith.traces import parse_weights
-
         if self.teacher is not None and self.teacher.strip().lower() in ("", "none", "null"):
             object.__setattr__(self, "teacher", None)  # how a flag or TOML says "no teacher"
         if self.split not in ("train", "eval", "all"):
@@ -86,8 +88,8 @@ class TracesConfig:
             raise ConfigError(f"TracesConfig.thinking_fraction must be in [0, 1], got {self.thinking_fraction}")
         if self.per_question < 1:
             raise ConfigError(f"TracesConfig.per_question must be >= 1, got {self.per_question}")
-        if self.top_k < 1:
-            raise ConfigError(f"TracesConfig.top_k must be >= 1, got {self.top_k}")
+        if self.agent.top_k < 1:
+            raise ConfigError(f"TracesConfig.top_k must be >= 1, got {self.agent.top_k}")
         try:
             parse_weights(self.weights)
         except ValueError as exc:
@@ -100,14 +102,8 @@ class TracesRunError(RunDirError):
 
 def load_train_questions(cfg: TracesConfig):
     """The shard's questions and their pools (built as `hopsmith eval` builds them)."""
-    from hopsmith.data import load_questions
-    from hopsmith.data.pools import build_pools
-
-    split = None if cfg.split == "all" else cfg.split
-    questions = load_questions(cfg.data, limit=cfg.limit, split=split)[cfg.shard::cfg.num_shards]
-    everything = load_questions(cfg.data)
-    pools = build_pools(questions, size=cfg.pool_size, seed=cfg.pool_seed, others=everything)
-    return questions, pools
+    return load_with_pools(cfg.data, split=None if cfg.split == "all" else cfg.split, limit=cfg.limit,
+                           size=cfg.pool_size, seed=cfg.pool_seed, shard=cfg.shard, num_shards=cfg.num_shards)
 
 
 def _paths(root: Path, i: int) -> dict[str, Path]:
@@ -117,14 +113,13 @@ def _paths(root: Path, i: int) -> dict[str, Path]:
 
 
 def _check_config(path: Path, cfg: TracesConfig) -> None:
-    if not path.exists():
-        return
-    saved = json.loads(path.read_text())
-    mine = to_dict(cfg)
-    diff = [k for k in mine if k not in _FREE_KEYS and saved.get(k) != mine[k]]
-    if diff:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {mine[k]!r}" for k in diff)
-        raise TracesRunError(f"{path.parent} holds traces of another configuration ({detail}); use another --root")
+    """A rerun into a root of another configuration is refused; a key a saved config lacks meant its default."""
+    defaults = flat_config(to_dict(TracesConfig()))
+    keys = [k for k in flat_config(to_dict(cfg)) if k not in _FREE_KEYS]
+    try:
+        refuse_other_config(path, cfg, keys, what="traces", added=defaults)
+    except RunDirError as exc:
+        raise TracesRunError(str(exc)) from None
 
 
 def run(cfg: TracesConfig, root: str | Path, *, backend=None, extractor=None) -> dict:
@@ -166,13 +161,11 @@ def _counts(traces: list[dict]) -> dict:
 
 
 def _run_synthetic(cfg: TracesConfig, questions, pools, paths, extractor) -> dict:
-    from hopsmith.traces import generate
-
     if cfg.use_llm_query and extractor is None:
         raise ConfigError("TracesConfig.use_llm_query needs an extractor: pass extractor= to stages.traces.run")
     traces, skips = generate(
         questions, pools, weights=cfg.weights, per_question=cfg.per_question, thinking_fraction=cfg.thinking_fraction,
-        fallback=cfg.fallback, seed=cfg.seed, top_k=cfg.top_k, max_chars=cfg.max_chars,
+        fallback=cfg.fallback, seed=cfg.seed, top_k=cfg.agent.top_k, max_chars=cfg.agent.max_chars,
         use_llm_query=cfg.use_llm_query, extractor=extractor, advertise_llm_query=cfg.advertise_llm_query)
     write_jsonl(paths["shard"], traces)
     by_type: dict[str, Counter] = {}
@@ -191,19 +184,9 @@ def _run_synthetic(cfg: TracesConfig, questions, pools, paths, extractor) -> dic
     }
 
 
-def _teacher_backend(cfg: TracesConfig, backend):
-    if backend is not None:
-        return backend
-    from hopsmith.backends.factory import make_backend
-
-    return make_backend(cfg.teacher)
-
-
 def teacher_trace(row: dict, question, *, thinking: bool, tools: list[dict], top_k: int, max_chars: int | None,
                   threshold: float) -> dict:
     """An agent-loop result row as a trace row, with the ASP verdict in `asp`."""
-    from hopsmith.traces import asp_filter, hop_paragraph_ids
-
     retrieved = set(row.get("retrieved_ids") or [])
     variant = "think" if thinking else "plain"
     trace = {
@@ -233,35 +216,33 @@ def teacher_trace(row: dict, question, *, thinking: bool, tools: list[dict], top
 
 
 def _run_teacher(cfg: TracesConfig, questions, pools, paths, backend, extractor) -> dict:
-    from hopsmith.agent.loop import AgentConfig, run_episodes
-    from hopsmith.tools.search import IndexCache
-    from hopsmith.traces.synthetic import as_extractor, tool_schemas
-
-    backend = _teacher_backend(cfg, backend)
+    teacher = replace(cfg.agent, model=cfg.teacher or "embedded")
+    if backend is None:
+        backend, own = agent_backends(teacher)
+        extractor = own if extractor is None else extractor
     extractor = as_extractor(extractor)
     tools = tool_schemas(extractor is not None)
     by_id = {q.id: q for q in questions}
     done = {t["question_id"]: t for t in read_jsonl(paths["partial"], repair=True) if t.get("question_id") in by_id}
     todo = [q for q in questions if q.id not in done]
     # Each question's variant is drawn from the seed and its id alone, as for synthetic traces.
-    thinking_of = {q.id: random.Random(f"{cfg.seed}:{q.id}:teacher").random() < cfg.thinking_fraction for q in questions}
+    thinks = {q.id: random.Random(f"{cfg.seed}:{q.id}:teacher").random() < cfg.thinking_fraction for q in questions}
     cache = IndexCache()
     with JsonlAppender(paths["partial"]) as out:
         for thinking in (False, True):
-            group = [q for q in todo if thinking_of[q.id] == thinking]
+            group = [q for q in todo if thinks[q.id] == thinking]
             if not group:
                 continue
-            agent = AgentConfig(max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                thinking=thinking, few_shot=False, top_k=cfg.top_k, max_chars=cfg.max_chars)
+            agent = replace(teacher, thinking=thinking)
 
             def finished(row, thinking=thinking):
-                trace = teacher_trace(row, by_id[row["question_id"]], thinking=thinking, tools=tools, top_k=cfg.top_k,
-                                      max_chars=cfg.max_chars, threshold=cfg.f1_threshold)
+                trace = teacher_trace(row, by_id[row["question_id"]], thinking=thinking, tools=tools,
+                                      top_k=agent.top_k, max_chars=agent.max_chars, threshold=cfg.f1_threshold)
                 out.append(trace)
                 done[trace["question_id"]] = trace
 
-            run_episodes(group, pools, backend, agent, extractor=extractor, index_cache=cache,
-                         batch_size=cfg.batch_size, on_done=finished)
+            make_env = multihop.make(agent, pools=pools, extractor=extractor, index_cache=cache)
+            run_episodes(group, make_env, backend, agent, on_done=finished)
     traces = [done[q.id] for q in questions if q.id in done]
     kept = [t for t in traces if t["asp"]["kept"]]
     rejected = [t for t in traces if not t["asp"]["kept"]]
@@ -278,14 +259,3 @@ def _run_teacher(cfg: TracesConfig, questions, pools, paths, backend, extractor)
                 "reasons": dict(reasons.most_common()),
                 "rejected_examples": [{"id": t["id"], "reasons": t["asp"]["reasons"]} for t in rejected[:20]]},
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m stages.traces --root R ...`, the same as `hopsmith traces --root R ...`."""
-    from hopsmith.cli import main as cli_main
-
-    return cli_main(["traces", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

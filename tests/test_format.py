@@ -1,5 +1,5 @@
 """Reading model replies: tool calls, malformed calls, final answers and thinking."""
-from hopsmith.agent.format import HermesFormat, extract_answer, get_format, strip_thinking
+from hopsmith.chat import HermesFormat, extract_answer, get_format, strip_thinking
 
 import pytest
 

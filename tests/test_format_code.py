@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from hopsmith.agent.format import CodeFormat, get_format
+from hopsmith.chat import CodeFormat, get_format
 
 fmt = CodeFormat()
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import pytest
 
-from hopsmith.agent.format import HermesFormat
+from hopsmith.chat import HermesFormat
 from hopsmith.backends.factory import make_backend
 from hopsmith.backends.gemini import GeminiBackend, clean_schema
 from hopsmith.backends.openai_compat import OpenAICompatBackend

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from conftest import ScriptedBackend, call
 
-from hopsmith.agent.format import HermesFormat
+from hopsmith.chat import HermesFormat
 from hopsmith.agent.prompts import agent_system_prompt
 from hopsmith.config import ConfigError, build
 from hopsmith.data import build_pools, hop_question, load_questions

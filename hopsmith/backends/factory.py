@@ -38,6 +38,12 @@ def split_openai_spec(rest: str) -> tuple[str, str | None]:
     return rest[:at], rest[at + 1 :]
 
 
+def is_remote(spec: str) -> bool:
+    """Whether a spec names a hosted model (`openai:...`, `gemini:...`) rather than local weights."""
+    spec = spec.strip()
+    return spec.lower().startswith(("openai:", "gemini:")) and not Path(spec).exists()
+
+
 def make_backend(spec: str, **kw) -> Backend:
     spec = spec.strip()
     if not spec:

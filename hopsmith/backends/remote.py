@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import timezone
 from typing import Any, Callable, TypeVar
 
-from ..agent.format import strip_thinking
+from ..chat import strip_thinking
 
 log = logging.getLogger(__name__)
 

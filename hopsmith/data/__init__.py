@@ -6,7 +6,7 @@ collections each question is searched over.
     pools = build_pools(questions, size=400)   # question id -> ~400 paragraphs
 """
 from hopsmith.data.loaders import BUNDLED, SPLITS, DataError, hop_question, load_questions
-from hopsmith.data.pools import build_pools, corpus_pools, load_corpus, pool_key
+from hopsmith.data.pools import build_pools, corpus_pools, load_corpus, load_with_pools, pool_key
 from hopsmith.data.split import assign_splits, single_hop_ids, split_of
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "corpus_pools",
     "hop_question",
     "load_corpus",
+    "load_with_pools",
     "load_questions",
     "pool_key",
     "single_hop_ids",

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from hopsmith.data.loaders import DataError
+from hopsmith.data.loaders import DataError, load_questions
 from hopsmith.data.split import paragraph_key
 from hopsmith.records import Paragraph, Question
 
@@ -65,6 +65,22 @@ def build_pools(
                 pool.append(_flagged(p, False))
         pools[q.id] = pool
     return pools
+
+
+def load_with_pools(data: str, *, split: str | None = None, limit: int | None = None, size: int = 400, seed: int = 0,
+                    corpus: str | Path | None = None, shard: int = 0,
+                    num_shards: int = 1) -> tuple[list[Question], dict[str, list[Paragraph]]]:
+    """The questions of `data` (its `split` side, the first `limit`, then every `num_shards`-th from `shard`) and
+    every one's pool: `size` paragraphs with distractors from every question of `data` on its side of the
+    split (`build_pools`), or the whole `corpus` file when given. Eval, traces, RFT and GRPO load this way,
+    so a trace's searches return what eval's do."""
+    questions = load_questions(data, limit=limit, split=split)[shard::num_shards]
+    if corpus:
+        return questions, corpus_pools(questions, load_corpus(corpus))
+    if not any(q.paragraphs for q in questions):
+        raise DataError(f"{data}: its questions come without paragraphs (Bamboogle does); "
+                        "give a corpus to search with --corpus FILE.jsonl")
+    return questions, build_pools(questions, size=size, seed=seed, others=load_questions(data))
 
 
 def load_corpus(path: str | Path) -> list[Paragraph]:

@@ -32,7 +32,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 
-from hopsmith.metrics import normalize_answer
+from hopsmith.chat import normalize_answer
 from hopsmith.records import Paragraph, Question
 
 _MUSIQUE_ID = re.compile(r"^\d+hop\d*__(\d+(?:_\d+)*)$")

@@ -22,9 +22,10 @@ tool and arguments / team / facts mentioned, `trajectory` = every later action f
 too. `think_names` reads which action(s) the decision turn's `<think>` says it will take, so a turn that
 reasons "I should ask which shipment" and then calls a tool is caught (seed 002 found 73 of 77).
 
-The episode driver is `hopsmith.agent.enterprise.run_enterprise_episodes`; the environment itself takes
-parsed calls (`read_reply`) and returns the messages to append (`step`), so it plugs into a loop that
-takes an environment as input.
+The agent loop (`hopsmith.agent.loop.run_episodes`) drives it like any environment: `make(cfg)` builds
+`make_env(case)`, and `step` reads each reply's first call as one action (`read_reply`) and appends what the
+back office, the caller or the closing note answers (`apply`). `hopsmith eval --env enterprise` runs it on
+the bundled cases and prints `enterprise_scoring.format_report`.
 
     from hopsmith.envs.enterprise import EnterpriseEnv, gold_trace
     from hopsmith.envs.enterprise_cases import load_cases
@@ -43,7 +44,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
+from ..chat import IMITATION_RE, Action, HermesFormat, strip_thinking, thinking_of
+from ..config import AgentConfig
 from ..tools import check_arguments, tool_schema
+from .base import Episode
 from ..tools.simulator import BUSINESS_SCHEMAS, Fault, ToolSimulator, business_tool_lines, check_business_call
 
 ACTIONS = ("call_tool", "answer_directly", "clarify", "escalate", "refuse")
@@ -426,11 +430,26 @@ def read_reply(calls: list[tuple[str | None, Any, str | None]], *, body: str, th
     return act
 
 
+def make(cfg: AgentConfig, *, seed: int = 0, **_context):
+    """`make_env(case)` for a run; `seed` seeds the tool simulator (which error wording, cut position, ids)."""
+    return lambda case: EnterpriseEnv(case, seed=seed, thinking=cfg.thinking, max_turns=cfg.max_turns)
+
+
+def reply_body(text: str) -> str:
+    """A reply's own words: thinking removed, cut where it starts imitating a tool reply or a new turn."""
+    body = strip_thinking(text)
+    cut = IMITATION_RE.search(body)
+    return body[: cut.start()] if cut else body
+
+
 class EnterpriseEnv:
-    """One episode of one case. `messages` starts as system prompt + history + request; `step(act)`
+    """One episode of one case. `messages` starts as system prompt + history + request; `apply(act)`
     returns the messages that follow an assistant turn and sets `done`/`stop`."""
 
     name = "enterprise"
+    format = HermesFormat()
+    stop_strings = ("</tool_call>", "<tool_response>")
+    answer_now = None  # the episode ends at the turn cap
 
     def __init__(self, case: Case, *, seed: int = 0, thinking: bool = False, max_turns: int = MAX_TURNS):
         self.case = case
@@ -447,6 +466,8 @@ class EnterpriseEnv:
 
     def schemas(self) -> list[dict]:
         return action_schemas()
+
+    tools = property(schemas)
 
     def system_prompt(self) -> str:
         return system_prompt(self.case.context, thinking=self.thinking)
@@ -485,7 +506,17 @@ class EnterpriseEnv:
             return out
         return [{"role": "tool", "name": act.action, "content": CLOSING[act.action].format(team=act.team or "?")}]
 
-    def step(self, act: Act) -> list[dict]:
+    def step(self, action: Action, text: str) -> str | None:
+        """The agent loop's turn: the reply's first call read as one action and applied."""
+        self.apply(read_reply([(c.name, c.arguments, c.error) for c in action.calls], body=reply_body(text),
+                              thinking=thinking_of(text)))
+        return self.stop
+
+    @classmethod
+    def finish_turn(cls, envs) -> None:
+        pass
+
+    def apply(self, act: Act) -> list[dict]:
         """Run one assistant turn's action; returns the messages to append after the assistant message."""
         if self.done:
             raise RuntimeError("the episode is over")
@@ -498,14 +529,12 @@ class EnterpriseEnv:
         self.messages += out
         return out
 
-    def end(self, stop: str) -> None:
-        """End from outside (context overflow)."""
-        self.done, self.stop = True, stop
-
-    def result(self) -> dict:
-        """The scored row fields of this episode (see `score_acts`)."""
+    def result(self, ep: Episode | None = None) -> dict:
+        """The scored row of this episode (see `score_acts`); with the loop's record, also its cost."""
+        if ep is not None:
+            self.done, self.stop = True, ep.stop
         live_log = self.sim.log[self.history_calls:]
-        return {
+        row = {
             "case_id": self.case.id,
             "category": self.case.category,
             "expected_action": self.case.expected_action,
@@ -521,6 +550,9 @@ class EnterpriseEnv:
             "clarifications": len(self.user.asked),
             "messages": self.messages,
         }
+        if ep is not None:
+            row.update(tokens=ep.tokens, seconds=ep.seconds, model=ep.model, seed=self.seed, thinking=self.thinking)
+        return row
 
 
 # -- scoring one episode ---------------------------------------------------------------------------
@@ -596,7 +628,7 @@ def gold_trace(case: Case, *, thinking: bool = True, seed: int = 0) -> dict:
         env.messages.append(msg)
         act = read_call(*step.call())
         act.thinking, act.think_names = step.think, think_names(step.think)
-        env.step(act)
+        env.apply(act)
     row = env.result()
     return {"id": f"{case.id}:gold:{'think' if thinking else 'plain'}", "case_id": case.id, "category": case.category,
             "source": "synthetic:enterprise", "expected_action": case.expected_action, "messages": env.messages,

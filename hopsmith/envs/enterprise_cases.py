@@ -34,6 +34,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
+from ..data import DataError
 from ..io import write_jsonl
 from ..tools.simulator import BUSINESS_SCHEMAS, Fault, check_business_call
 from .enterprise import ACTIONS, CATEGORIES, MAX_TURNS, TEAMS, TERMINAL, Case, Step, gold_trace, think_names
@@ -1229,6 +1230,18 @@ def load_cases(path: str | Path | None = None, *, categories=None, per_category:
                 seen[c.category] += 1
         cases = kept
     return cases
+
+
+def load_for_eval(data: str, limit: int | None) -> list[Case]:
+    """`hopsmith eval --env enterprise`'s cases: `data` "enterprise" (the bundled ones) or a case file, the
+    first `limit` of each category."""
+    if data != "enterprise" and not Path(data).is_file():
+        raise DataError(f"--env enterprise runs on cases: --data enterprise (the bundled {len(CATEGORIES)} "
+                        f"categories) or a case JSONL file, got {data!r}")
+    try:
+        return load_cases(None if data == "enterprise" else data, per_category=limit)
+    except ValueError as exc:
+        raise DataError(f"{data}: {exc}") from None
 
 
 def main(argv=None) -> int:

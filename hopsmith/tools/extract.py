@@ -42,7 +42,7 @@ class Extractor:
 
 
 def clean_extraction(text: str) -> str:
-    from ..agent.format import strip_thinking
+    from ..chat import strip_thinking
 
     text = strip_thinking(text).strip()
     first = text.split("\n")[0].strip()

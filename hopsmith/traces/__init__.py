@@ -1,5 +1,6 @@
-"""Agent traces for SFT: synthetic traces of seed 000's five types, and seed 001's ASP filters for
-teacher traces. The stage that writes them is `stages/traces.py`:
+"""Agent traces for SFT: synthetic traces of the LoRA multi-hop recipe's five types, the always-search recipe's
+ASP filters for teacher traces, and the sampling that picks which train. The stage that writes them is
+`stages/traces.py`:
 
     hopsmith traces --root runs/ladder --data musique                  synthetic traces, train split
     hopsmith traces --root runs/ladder --teacher openai:gpt-4o-mini     teacher traces, ASP-filtered
@@ -28,6 +29,7 @@ from hopsmith.traces.synthetic import (
     tool_schemas,
     warmup_plan,
 )
+from hopsmith.traces.select import sample_traces
 
 __all__ = [
     "TRACE_TYPES",
@@ -45,6 +47,7 @@ __all__ = [
     "parse_weights",
     "plan_for",
     "replay_trace",
+    "sample_traces",
     "string_f1",
     "string_f1_ok",
     "tool_exchanges",

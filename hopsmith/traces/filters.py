@@ -22,7 +22,7 @@ import json
 import re
 from collections.abc import Iterator
 
-from hopsmith.agent.format import extract_answer, strip_thinking
+from hopsmith.chat import extract_answer, strip_thinking
 from hopsmith.metrics import f1, normalize_answer
 from hopsmith.tools import check_arguments
 

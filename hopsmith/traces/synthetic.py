@@ -32,9 +32,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from hopsmith.agent.prompts import agent_system_prompt, agent_user_prompt
 from hopsmith.data.loaders import hop_question
-from hopsmith.envs.multihop import MultihopEnv
+from hopsmith.envs.multihop import MultihopEnv, agent_system_prompt, agent_user_prompt
 from hopsmith.metrics import f1, normalize_answer
 from hopsmith.records import Paragraph, Question
 from hopsmith.tools.search import BM25Index, IndexCache, format_hits

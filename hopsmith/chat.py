@@ -1,6 +1,9 @@
-"""Action formats: how an agent's reply is read into tool calls or a final answer.
+"""Reading a model's reply: `<think>` blocks, imitated turns, tool calls, final answers, answer normalisation.
 
-The loop only needs two things from a format: `parse(text) -> Action` and `assistant_message(text,
+The ground floor of the text every other floor reads: the backends strip thinking from a reply, the
+extractor cleans its answer, the environments parse actions, the judge and the metrics normalise answers.
+
+Action formats: the loop only needs two things from a format: `parse(text) -> Action` and `assistant_message(text,
 action)` (the chat message stored in the trace, the shape TRL's SFTTrainer takes). `HermesFormat` reads
 Hermes-style `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks, the format of Qwen and
 of our ChatML template for SmolLM. `CodeFormat` ("python") reads seed 004's code-as-action protocol,
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -62,6 +66,17 @@ class ActionFormat(Protocol):
     def parse(self, text: str) -> Action: ...
 
     def assistant_message(self, text: str, action: Action) -> dict: ...
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = frozenset(string.punctuation)
+
+
+def normalize_answer(s: str | None) -> str:
+    """SQuAD normalisation: lowercase, no punctuation, no articles, single spaces."""
+    s = "".join(ch for ch in (s or "").lower() if ch not in _PUNCT)
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
 
 
 def strip_thinking(text: str) -> str:

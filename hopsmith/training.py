@@ -1,0 +1,315 @@
+"""Training helpers every training stage shares: LoRA SFT on traces, the traces that fit, the policy to
+continue. The SFT stage (`hopsmith sft`), rejection fine-tuning, SimPO and GRPO all train through here.
+
+    summary = train_sft(SFTConfig(traces="runs/ladder/train.jsonl"), "runs/ladder/sft")
+    kept, rows, report = fit_traces(traces, tokenizer, chat_templates(tokenizer).training, max_length=1536)
+    policy, tokenizer = load_policy("embedded", "runs/ladder/sft")
+
+torch, transformers, peft and TRL are imported inside the functions that train, so `hopsmith --help` and the
+remote-only paths never load them.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import jinja2
+
+from .backends.hf import check_adapter, default_device
+from .backends.templates import (TemplateError, chat_templates, check_prompts_are_prefixes, load_tokenizer,
+                                 tokenize_conversation)
+from .config import ConfigError
+from .io import read_jsonl, write_json
+from .leakage import training_record
+from .models import resolve_model
+
+PRESETS = {
+    "seed000": dict(lora_r=16, lora_alpha=32, lora_dropout=0.05, target_modules="attention", epochs=3.0,
+                    learning_rate=2e-4, lr_scheduler="cosine", warmup_ratio=0.0, neftune_alpha=None),
+    "seed002": dict(lora_r=32, lora_alpha=64, lora_dropout=0.05, target_modules="all-linear", epochs=2.0,
+                    learning_rate=2e-4, lr_scheduler="cosine", warmup_ratio=0.03, neftune_alpha=5.0),
+}
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """`hopsmith sft`: LoRA SFT on judged traces."""
+
+    traces: str = "kept.jsonl"  # JSONL of traces (rows with `messages` and `tools`)
+    model: str = "embedded"  # the base model: embedded, a model directory or a hub id
+    # seed000 (the LoRA multi-hop recipe) | seed002 (the enterprise recipe) | none; the keys below override it
+    preset: str = "seed000"
+    lora_r: int | None = None  # LoRA rank
+    lora_alpha: int | None = None  # LoRA scaling numerator (alpha / r scales the update)
+    lora_dropout: float | None = None  # dropout on the LoRA input
+    target_modules: str | None = None  # attention | all-linear | comma-separated module names
+    epochs: float | None = None  # passes over the traces
+    learning_rate: float | None = None  # peak learning rate
+    lr_scheduler: str | None = None  # transformers scheduler name (cosine, linear, ...)
+    warmup_ratio: float | None = None  # share of the steps spent warming up
+    neftune_alpha: float | None = None  # NEFTune embedding noise; None: off
+    qlora: str = "auto"  # auto: NF4 when CUDA is present and the preset is seed002; on | off
+    batch_size: int = 2  # traces per step
+    grad_accum: int = 1  # steps whose gradients add up before an update
+    max_length: int = 4096  # the pipeline's and the cloud ladder's; longer traces are left out (and said so)
+    max_steps: int = -1  # stop after this many steps; -1: the epochs decide
+    save_steps: int = 25  # steps between checkpoints (a rerun resumes from the last)
+    seed: int = 0  # seeds the trainer (LoRA init, shuffling)
+    # Continue this LoRA adapter instead of starting a new one (its rank and targets are kept; the lora_*
+    # keys are then unused). Rejection fine-tuning uses it to train the sampled policy further.
+    init_adapter: str | None = None
+
+    def resolved(self) -> "SFTConfig":
+        """The preset's values for every key left unset."""
+        if self.preset not in (*PRESETS, "none"):
+            raise ConfigError(f"unknown SFT preset {self.preset!r}; known: {', '.join(PRESETS)}, none")
+        base = PRESETS.get(self.preset, PRESETS["seed000"])
+        return replace(self, **{k: v for k, v in base.items() if getattr(self, k) is None})
+
+
+def target_modules(spec: str):
+    if spec == "attention":
+        return ATTENTION
+    if spec == "all-linear":
+        return "all-linear"
+    return [s.strip() for s in spec.split(",") if s.strip()]
+
+
+def fit_traces(traces: list[dict], tokenizer, chat_template: str, max_length: int, *, what: str = "traces",
+               log=None) -> tuple[list[dict], list[dict], dict]:
+    """Tokenise every trace; leave out (never cut: a cut trace loses its final answer) those longer than
+    max_length and those the chat template cannot render. Returns (kept traces, their rows, a report) and
+    prints one line per kind of drop, with the count and the fix."""
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    kept, rows, too_long, refused = [], [], [], {}
+    for t in traces:
+        try:
+            row = tokenize_conversation(tokenizer, t["messages"], t.get("tools"), chat_template)
+        except (TemplateError, jinja2.TemplateError) as exc:  # e.g. Llama 3.2's "only supports single tool-calls"
+            refused.setdefault(f"{type(exc).__name__}: {exc}"[:200], []).append(t.get("id"))
+            continue
+        if len(row["input_ids"]) > max_length:
+            too_long.append(len(row["input_ids"]))
+            continue
+        kept.append(t)
+        rows.append(row)
+    if too_long:
+        log(f"left out {len(too_long)} of {len(traces)} {what} longer than max_length={max_length} tokens (longest "
+            f"{max(too_long)}); raise --max-length to train on them")
+    for reason, ids in refused.items():
+        log(f"left out {len(ids)} of {len(traces)} {what} the chat template cannot render ({reason}; e.g. {ids[0]})")
+    report = {"too_long": len(too_long), "longest_dropped": max(too_long, default=None),
+              "template_refused": sum(len(v) for v in refused.values()), "refused_reasons": sorted(refused),
+              "tokens": sum(len(r["input_ids"]) for r in rows)}
+    return kept, rows, report
+
+
+def load_model_for_training(cfg: SFTConfig):
+    """(model, tokenizer, its ChatTemplates, whether QLoRA is on). The model loads on the CPU (or 4-bit on
+    the GPU); the Trainer moves it to the device it trains on."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(cfg.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    cuda = torch.cuda.is_available()
+    use_qlora = cfg.qlora == "on" or (cfg.qlora == "auto" and cuda and cfg.preset == "seed002")
+    kwargs = {"dtype": torch.bfloat16 if cuda else torch.float32}
+    if use_qlora:
+        if not cuda:
+            raise RuntimeError("qlora=on needs a CUDA GPU (bitsandbytes NF4)")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if use_qlora:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model, tokenizer, chat_templates(tokenizer), use_qlora
+
+
+def train_sft(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_seconds: float | None = None) -> dict:
+    """Train (or resume) the adapter; returns a summary also written to `root/training.json`.
+
+    `max_seconds` (the budget guard's time left) stops training at the first step past it, saves a
+    checkpoint and the adapter, and marks the summary `stopped_early`; a rerun resumes from there."""
+    cfg = cfg.resolved()
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    traces = _read_traces(Path(cfg.traces))
+    use_qlora = False
+    if model is None:
+        model, tokenizer, templates, use_qlora = load_model_for_training(cfg)
+    else:
+        templates = chat_templates(tokenizer)
+    if cfg.init_adapter:
+        model = continue_adapter(model, cfg.init_adapter)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kept, rows, dropped = fit_traces(traces, tokenizer, templates.training, cfg.max_length)
+    if not rows:
+        raise ConfigError(f"none of the {len(traces)} traces in {cfg.traces} can train: {dropped['too_long']} are "
+                          f"longer than max_length={cfg.max_length} tokens, {dropped['template_refused']} refused by "
+                          "the chat template; raise --max-length")
+    # Inference after training renders with the training template: prove on one trace that every prompt the
+    # agent will see is a prefix of what was trained on (raises TemplateError, a one-line CLI error).
+    check_prompts_are_prefixes(tokenizer, kept[0]["messages"], kept[0].get("tools"), templates)
+    log = TrainingLog(max_seconds)
+    trainer = _sft_trainer(cfg, root, model, tokenizer, rows, log)
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(root / "checkpoints"))
+    trainer.model.save_pretrained(root)
+    tokenizer.chat_template = templates.training
+    tokenizer.save_pretrained(root)
+    summary = {
+        "config": asdict(cfg),
+        "qlora": use_qlora,
+        "traces": len(kept),
+        "traces_given": len(traces),
+        "too_long_dropped": dropped["too_long"],
+        "template_refused": dropped["template_refused"],
+        "chat_template": templates.source,
+        "tokens": sum(len(r["input_ids"]) for r in rows),
+        "assistant_tokens": sum(sum(1 for x in r["labels"] if x != -100) for r in rows),
+        "steps": trainer.state.global_step,
+        "steps_per_epoch": math.ceil(len(rows) / (cfg.batch_size * cfg.grad_accum)),
+        "train_loss": float(result.training_loss),
+        "seconds": log.seconds,
+        "stopped_early": log.stopped,
+        # What the leakage guard reads: ids, answers and question texts trained on (and a continued adapter's).
+        **training_record(kept, base_adapter=cfg.init_adapter),
+        "sources": dict(Counter(t.get("source", "?").split(":")[0] for t in kept)),
+    }
+    write_json(root / "training.json", summary)
+    write_json(root / "loss.json", log.losses)
+    return summary
+
+
+def _read_traces(path: Path) -> list[dict]:
+    if not path.exists():
+        raise FileNotFoundError(f"no traces file at {path}")
+    traces = read_jsonl(path)
+    if not traces:
+        raise ConfigError(f"{path} holds no traces: nothing to train on")
+    return traces
+
+
+def _sft_trainer(cfg: SFTConfig, root: Path, model, tokenizer, rows: list[dict], log: "TrainingLog"):
+    """TRL's SFTTrainer over pre-tokenised rows (labels already masked), a new LoRA unless one is continued."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import PrinterCallback
+    from trl import SFTConfig as TRLConfig
+    from trl import SFTTrainer
+
+    args = TRLConfig(
+        output_dir=str(root / "checkpoints"),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float below 1 is a ratio of total steps
+        neftune_noise_alpha=cfg.neftune_alpha,
+        logging_steps=1,
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        report_to=[],
+        seed=cfg.seed,
+        # bf16 on CPU is ~17x slower here; checkpointing costs more than it saves on small models.
+        bf16=torch.cuda.is_available(),
+        fp16=False,
+        activation_checkpointing=False,
+        max_length=None,  # fit_traces already left out what is longer
+        dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+    peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                             target_modules=target_modules(cfg.target_modules), task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=None if cfg.init_adapter else peft_config, callbacks=[log.callback()])
+    # With tqdm off the Trainer prints every log dict; loss.json keeps the curve instead.
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def last_checkpoint(directory: Path) -> str | None:
+    """The newest `checkpoint-<step>` under `directory` (a rerun resumes there), or None."""
+    checkpoints = sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+class TrainingLog:
+    """What a Trainer run leaves besides its weights: the loss curve, the wall time, and whether the
+    deadline (`max_seconds`, the budget's time left) stopped it, saving a checkpoint first."""
+
+    def __init__(self, max_seconds: float | None = None):
+        self.max_seconds = max_seconds
+        self.losses: list[dict] = []
+        self.started = time.perf_counter()
+        self.ended: float | None = None
+        self.stopped = False
+
+    @property
+    def seconds(self) -> float:
+        return (self.ended or time.perf_counter()) - self.started
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        log = self
+
+        class Log(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):
+                log.started = time.perf_counter()
+
+            def on_train_end(self, args, state, control, **kw):
+                log.ended = time.perf_counter()
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                if logs and "loss" in logs:
+                    log.losses.append({"step": state.global_step, "epoch": state.epoch, "loss": float(logs["loss"])})
+
+            def on_step_end(self, args, state, control, **kw):
+                if log.max_seconds is not None and log.seconds > log.max_seconds:
+                    log.stopped = True
+                    control.should_save = True
+                    control.should_training_stop = True
+
+        return Log()
+
+
+def continue_adapter(model, adapter: str | Path):
+    """`model` with the LoRA adapter at `adapter` on it, trainable (SFT, SimPO and GRPO continue one)."""
+    from peft import PeftModel
+
+    check_adapter(adapter)
+    return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+
+
+def load_policy(model_name: str, adapter: str | Path | None, *, model=None, tokenizer=None):
+    """(policy, tokenizer) to train further: the base model loaded where training runs (the one device rule:
+    the probes' and rollouts' backend follows the weights, so nothing is left on the CPU while inputs go to
+    the GPU), the adapter continued when given, the tokenizer with the adapter's chat template."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if model is None:
+        device = default_device()
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(model_name), dtype=dtype).to(device)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(resolve_model(model_name), adapter)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return (continue_adapter(model, adapter) if adapter else model), tokenizer
