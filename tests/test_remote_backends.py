@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
 
 import pytest
+from fake_servers import FakeServer, Sleeps, chat_reply, gemini_error, gemini_reply, models_list
 
 from hopsmith.agent.format import HermesFormat
 from hopsmith.backends.factory import make_backend
@@ -28,121 +25,6 @@ from hopsmith.backends.remote import (
     parse_retry_after,
     with_retries,
 )
-
-# A reply: (status, json-able body or raw str, extra headers).
-Reply = tuple[int, Any, dict]
-
-
-class FakeServer:
-    """Records every POST and answers from `replies` (a list used in order, the last one repeating)
-    or from a function of the recorded request."""
-
-    def __init__(self, replies: list[Reply] | Callable[[dict], Reply], delay: Callable[[dict], float] | None = None,
-                 get: Callable[[str], Reply] | None = None):
-        self.replies = replies
-        self.delay = delay
-        self.get = get  # GET path -> reply (e.g. /v1/models); None: 404
-        self.gets: list[str] = []
-        self.requests: list[dict] = []
-        self.lock = threading.Lock()
-        self.in_flight = 0
-        self.max_in_flight = 0
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                request = {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
-                           "body": json.loads(raw or b"{}")}
-                with server.lock:
-                    n = len(server.requests)
-                    server.requests.append(request)
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    if server.delay:
-                        time.sleep(server.delay(request))
-                    if callable(server.replies):
-                        status, body, headers = server.replies(request)
-                    else:
-                        status, body, headers = server.replies[min(n, len(server.replies) - 1)]
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
-                self.answer(status, body, headers)
-
-            def do_GET(self):
-                server.gets.append(self.path)
-                if server.get is None:
-                    self.answer(404, {"detail": "Not Found"}, {})
-                else:
-                    self.answer(*server.get(self.path))
-
-            def answer(self, status, body, headers):
-                data = (body if isinstance(body, str) else json.dumps(body)).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        # A short poll interval: shutdown() waits up to one interval, and every test shuts a server down.
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self) -> FakeServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-
-@pytest.fixture()
-def serve():
-    """serve(replies) -> a running FakeServer, shut down when the test ends."""
-    started: list[FakeServer] = []
-
-    def start(replies, delay=None, get=None) -> FakeServer:
-        server = FakeServer(replies, delay, get).__enter__()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.__exit__(None, None, None)
-
-
-class Sleeps(list):
-    """A `sleep` that records the waits instead of waiting."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-
-
-@pytest.fixture()
-def openai_sleeps(monkeypatch) -> Sleeps:
-    """The `openai` client's retry waits, recorded instead of slept (its module's `time`, not the global one)."""
-    import types
-
-    import openai._base_client as base
-
-    sleeps = Sleeps()
-    monkeypatch.setattr(base, "time", types.SimpleNamespace(sleep=sleeps, time=time.time))
-    return sleeps
-
 
 # A trace as the agent loop builds it: a structured call, its result, then a malformed call (kept as text)
 # whose error comes back as a tool message named "invalid", plus the loop's internal "_call" key.
@@ -173,20 +55,6 @@ TOOLS = [
 
 # ---------------------------------------------------------------------------------------------------
 # OpenAI-compatible
-
-
-def chat_reply(content: str | None = "Eldon", *, tool_calls=None, usage=(11, 3), **message) -> Reply:
-    msg = {"role": "assistant", "content": content, **message}
-    if tool_calls:
-        msg["tool_calls"] = tool_calls
-    body = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "model": "m",
-        "choices": [{"index": 0, "message": msg, "finish_reason": "tool_calls" if tool_calls else "stop"}],
-        "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)},
-    }
-    return 200, body, {}
 
 
 def openai_backend(server: FakeServer, **kw) -> OpenAICompatBackend:
@@ -415,11 +283,6 @@ def test_openai_drives_the_agent_loop(serve, musique_small):
 # The check before a run: key, URL, model name, and how the server treats the tools field
 
 
-def models_list(*ids: str):
-    return lambda path: (200, {"object": "list", "data": [{"id": i, "object": "model", "created": 0, "owned_by": "x"}
-                                                        for i in ids]}, {}) if path == "/v1/models" else (404, {}, {})
-
-
 def counting_server(serve, *, renders_tools: bool, refuse_tools: bool = False, ids=("test-model",)):
     """A server whose prompt token count grows with the messages, and with the tools when its template renders them."""
     def reply(request):
@@ -519,22 +382,6 @@ def test_tools_in_prompt_renders_as_the_project_template_does():
 
 
 GEMINI_PATH = re.compile(r"^/(v1|v1beta)/models/gemini-2\.5-flash:generateContent$")
-
-
-def gemini_reply(parts: list[dict], usage=(21, 5), thoughts=None) -> Reply:
-    meta = {"promptTokenCount": usage[0], "candidatesTokenCount": usage[1], "totalTokenCount": sum(usage)}
-    if thoughts:
-        meta["thoughtsTokenCount"] = thoughts
-    body = {
-        "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
-        "usageMetadata": meta,
-        "modelVersion": "gemini-2.5-flash",
-    }
-    return 200, body, {}
-
-
-def gemini_error(code: int, status: str, message: str) -> dict:
-    return {"error": {"code": code, "message": message, "status": status}}
 
 
 def gemini_backend(server: FakeServer, **kw) -> GeminiBackend:

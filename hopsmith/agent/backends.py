@@ -88,7 +88,9 @@ def cached_backend(cache: dict, role: str, spec, *, check: bool = True, **kw):
     from ..backends.factory import make_backend
 
     agent = role in ("agent", "teacher")
-    key = (spec.text, tuple(sorted(spec.options.items(), key=str)), kw.get("adapter"), kw.get("engine", "hf"),
+    import json
+
+    key = (spec.text, json.dumps(spec.options, sort_keys=True, default=str), kw.get("adapter"), kw.get("engine", "hf"),
            bool(kw.get("tools_in_prompt")) if agent and spec.remote else False, agent and spec.remote)
     if key not in cache:
         cache[key] = make_backend(spec, role=role, check=check, **kw)

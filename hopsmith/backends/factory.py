@@ -62,7 +62,7 @@ OPTIONS: dict[str, dict[str, type]] = {
     "openai": {"timeout": float, "concurrency": int, "max_retries": int, "max_completion_tokens": int,
                "max_tokens_field": str, "extra_body": dict, "tools": str, "api_key_env": str},
     "gemini": {"timeout": float, "concurrency": int, "max_retries": int, "api_version": str, "tools": str,
-               "api_key_env": str},
+               "api_key_env": str, "base_url": str},
 }
 
 
@@ -286,6 +286,8 @@ def _build(spec: BackendSpec, *, role, check, tools_in_prompt, engine, **kw) -> 
             from .gemini import GeminiBackend
 
             backend = GeminiBackend(spec.model, **args)
+        if tools_in_prompt:
+            backend.tools_detail = "--tools-in-prompt"
         if check:
             backend.check(tools=role in TOOL_ROLES)
         return backend
