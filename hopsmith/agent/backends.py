@@ -104,5 +104,8 @@ def describe_backends(cfg: EvalConfig, backend, extractor) -> dict:
     out = {"agent": describe(backend, cfg.model)}
     if extractor is not None:
         inner = getattr(extractor, "backend", extractor)
-        out["extractor"] = {**describe(inner, cfg.extractor), "same_as_agent": inner is backend}
+        record = describe(inner, cfg.extractor)
+        # The extractor is sent no tools: how a tool spec would have reached it says nothing about this run.
+        record.pop("tools"), record.pop("tools_detail")
+        out["extractor"] = {**record, "same_as_agent": inner is backend}
     return out
