@@ -83,8 +83,13 @@ def check_run_dir(root: Path, cfg: EvalConfig) -> None:
         return
     import json
 
+    from hopsmith.backends.factory import canonical
+
     saved = {**_ADDED_KEYS, **json.loads(saved_path.read_text())}
     mine = to_dict(cfg)
+    for d in (saved, mine):  # a spec's transport options (timeout, concurrency, ...) may change on a rerun
+        for key in ("model", "extractor"):
+            d[key] = canonical(d.get(key), d.get(f"{key}_options"))
     diff = [k for k in _RESULT_KEYS if saved.get(k) != mine.get(k)]
     if diff:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {mine.get(k)!r}" for k in diff)

@@ -148,7 +148,10 @@ def run(cfg: JudgeConfig, root: str | Path, *, backend=None) -> dict:
     if backend is not None:
         judge = LLMJudge(backend, retries=cfg.retries, max_new_tokens=cfg.max_new_tokens,
                          temperature=cfg.temperature, max_result_chars=cfg.max_result_chars)
-        judge_model = cfg.judge or judge.name
+        from hopsmith.backends.factory import canonical
+
+        # The spec without its transport options: a rerun with another timeout reuses the replies.
+        judge_model = canonical(cfg.judge, cfg.judge_options) if cfg.judge else judge.name
     out_dir = root / "judged"
     _refuse_other_judge(out_dir, shards, judge_model)
 

@@ -127,8 +127,12 @@ def _paths(root: Path, i: int) -> dict[str, Path]:
 def _check_config(path: Path, cfg: TracesConfig) -> None:
     if not path.exists():
         return
+    from hopsmith.backends.factory import canonical
+
     saved = {**_ADDED_KEYS, **json.loads(path.read_text())}
     mine = to_dict(cfg)
+    for d in (saved, mine):  # the teacher's transport options (timeout, concurrency, ...) may change on a rerun
+        d["teacher"] = canonical(d.get("teacher"), d.get("teacher_options"))
     diff = [k for k in mine if k not in _FREE_KEYS and saved.get(k) != mine[k]]
     if diff:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {mine[k]!r}" for k in diff)

@@ -184,3 +184,16 @@ def test_a_served_judge(serve, tmp_path):
     assert read_jsonl(tmp_path / "kept.jsonl")[0]["judge"]["llm"]["verdict"] == "pass"
     # the probe, then the one judge call: its rubric as the system turn
     assert judge.requests[-1]["body"]["messages"][0]["content"].startswith("You review one transcript")
+
+
+def test_a_rerun_may_change_transport_options_but_not_what_the_model_answers(serve, tmp_path, capsys):
+    oa = agent_server(serve)
+    out = tmp_path / "run"
+    base = ["eval", "--limit", "1", "--max-turns", "3", "--extractor", "none", "--bootstrap", "50", "--quiet", "--out", str(out)]
+    assert main([*base, "--model", f"openai:{AGENT}@{oa.url}/v1"]) == 0
+    turns = len(oa.requests)
+    assert main([*base, "--model", f"openai:{AGENT}@{oa.url}/v1?timeout=300&concurrency=2"]) == 0
+    assert [r["body"]["max_completion_tokens"] for r in oa.requests[turns:]] == [1, 1]  # only the check: resumed
+    capsys.readouterr()
+    assert main([*base, "--model", f'openai:{AGENT}@{oa.url}/v1?extra_body={{"seed":1}}']) == 2
+    assert "holds results of another configuration" in one_line_error(capsys)

@@ -200,6 +200,26 @@ def parse_spec(spec: "str | BackendSpec", options: dict | None = None) -> Backen
     return BackendSpec(text, kind, model, base_url, opts)
 
 
+# Options that change how requests travel, not what the model answers: a rerun may change them and resume.
+TRANSPORT_OPTIONS = ("timeout", "concurrency", "max_retries", "api_key_env", "batch_size")
+
+
+def canonical(text: str | None, options: dict | None = None) -> str | None:
+    """A spec as a run's identity: its options that change answers kept (sorted), the transport ones dropped,
+    so `?timeout=300` added on a rerun resumes the run instead of being refused as another configuration.
+    Not a spec (`self`, `none`, None) comes back as it is."""
+    if not text:
+        return text
+    try:
+        spec = parse_spec(text, options)
+    except ConfigError:
+        return text
+    kept = {k: v for k, v in sorted(spec.options.items()) if k not in TRANSPORT_OPTIONS}
+    head = text.strip().partition("?")[0] if not Path(text.strip()).exists() else text.strip()
+    return head + ("?" + "&".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in kept.items())
+                   if kept else "")
+
+
 def check_local(spec: BackendSpec, *, adapter: str | None = None) -> None:
     """A local spec's model and adapter exist (no weights are read); vLLM is importable for `vllm:`."""
     import importlib.util
