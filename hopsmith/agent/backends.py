@@ -14,6 +14,8 @@ one loads, so a bad `--extractor` fails in seconds, not after the agent's model 
 """
 from __future__ import annotations
 
+import json
+
 from ..config import ConfigError, EvalConfig
 from ..tools.extract import Extractor
 
@@ -88,8 +90,6 @@ def cached_backend(cache: dict, role: str, spec, *, check: bool = True, **kw):
     from ..backends.factory import make_backend
 
     agent = role in ("agent", "teacher")
-    import json
-
     key = (spec.text, json.dumps(spec.options, sort_keys=True, default=str), kw.get("adapter"), kw.get("engine", "hf"),
            bool(kw.get("tools_in_prompt")) if agent and spec.remote else False, agent and spec.remote)
     if key not in cache:
