@@ -1,6 +1,8 @@
 """The `hopsmith` command.
 
     hopsmith eval --data musique --limit 20 --out runs/base       run and score the search agent
+    hopsmith eval --model openai:M@http://host:8000/v1 --extractor gemini:gemini-2.5-flash   any backend in any role
+    hopsmith matrix --orchestrators A,B --extractors X,Y          seed 000's orchestrator x extractor table
     hopsmith pipeline --out runs/ladder                           base eval -> traces -> judge -> SFT -> tuned eval
     hopsmith traces | judge | sft ...                             one stage of the ladder
     hopsmith bench-extraction --data musique --limit 50           the extractor alone, on gold paragraphs
@@ -11,7 +13,8 @@
     hopsmith serve --adapter runs/ladder/sft                      the eval endpoint, locally (bearer token)
     hopsmith mine-pairs | simpo | rft | grpo ...                  learning from the model's own behaviour
 
-Every flag of `eval` is also a key of a TOML file given with `--config`; flags win over the file.
+Every flag of `eval` is also a key of a TOML file given with `--config`; flags win over the file. Every role's
+model (`--model`, `--extractor`, `--teacher`, `--judge`) is a backend spec (`hopsmith.backends.factory`).
 """
 from __future__ import annotations
 
@@ -58,8 +61,21 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_matrix(args) -> int:
+    from stages import matrix
+
+    cfg = config_from_args(matrix.MatrixConfig, args)
+    out = Path(args.out or "runs/matrix")
+    print(f"hopsmith matrix: {len(cfg.rows)} orchestrator(s) x {len(cfg.cols)} extractor(s) on {cfg.data} "
+          f"(split {cfg.split}, limit {cfg.limit}) -> {out}", file=sys.stderr)
+    summary = matrix.run(cfg, out, progress=not args.quiet)
+    print(matrix.format_matrix(summary))
+    print(f"\nwrote {out}/matrix.json, {out}/matrix.txt, {out}/cells/")
+    return 0
+
+
 def cmd_bench_extraction(args) -> int:
-    from .backends.hf import HFBackend
+    from .backends.factory import make_backend
     from .ceiling import extraction_benchmark
     from .data import BUNDLED, load_questions
     from .io import write_json, write_jsonl
@@ -67,7 +83,8 @@ def cmd_bench_extraction(args) -> int:
 
     split = args.split if args.data in BUNDLED and args.split != "all" else None
     questions = load_questions(args.data, limit=args.limit, split=split)
-    extractor = Extractor(HFBackend(args.model, adapter=args.adapter, batch_size=args.batch_size))
+    extractor = Extractor(make_backend(args.model, role="extractor", check=True, adapter=args.adapter,
+                                       batch_size=args.batch_size))
     result = extraction_benchmark(questions, extractor)
     s = result["summary"]
     for key, label in (("em", "EM"), ("f1", "F1"), ("acc", "cover-EM")):
@@ -229,6 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
+    from stages.matrix import MatrixConfig
+
+    p = sub.add_parser("matrix", help="seed 000's table: every orchestrator with every extractor, paired against the diagonal")
+    add_config_flags(p, MatrixConfig)
+    p.add_argument("--out", help="run root (default runs/matrix)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_matrix)
+
     p = sub.add_parser("pipeline", help="the ladder: base eval, traces, judge, LoRA SFT, tuned eval, comparison")
     add_config_flags(p, PipelineConfig, aliases={"with_stages": "--with"})
     p.add_argument("--out", help="run root (default runs/ladder)")
@@ -253,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="musique")
     p.add_argument("--split", default="eval")
     p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--model", default="embedded")
+    p.add_argument("--model", default="embedded", help="the extractor: any backend spec")
     p.add_argument("--adapter")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out")
@@ -325,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     from stages.judge import JudgeRunError
     from stages.preference import PreferenceError
 
+    from .backends.remote import BackendError, BackendSetupError
     from .cost import BudgetExceeded, CostError
     from .report import ReportError
     from .volumes import LayoutError
@@ -332,9 +358,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, DataError, ModelError, RunDirError, LeakageError, JudgeRunError, FileNotFoundError,
-            CostError, BudgetExceeded, LayoutError, PreferenceError, ReportError) as exc:
+            CostError, BudgetExceeded, LayoutError, PreferenceError, ReportError, BackendSetupError) as exc:
         print(f"hopsmith: error: {exc}", file=sys.stderr)
         return 2
+    except BackendError as exc:
+        # A backend that passed its check and failed later (a server gone, retries used up): what finished is kept.
+        print(f"hopsmith: error: {exc}; finished work is saved, rerun the same command to resume", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("hopsmith: interrupted; finished episodes are saved, rerun the same command to resume", file=sys.stderr)
         return 130

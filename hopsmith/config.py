@@ -6,6 +6,7 @@ keys and wrong types are errors that name the key, never silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 import typing
 from dataclasses import dataclass, fields
@@ -23,9 +24,16 @@ class EvalConfig:
     data: str = "musique"  # bundled set name (musique | hotpotqa | 2wiki) or a file in an original format
     split: str | None = "eval"  # bundled sets: eval | train | all; files are used whole
     limit: int | None = 20
-    model: str = "embedded"
+    model: str = "embedded"  # the agent: a backend spec (embedded, a model dir or hub id, openai:..., gemini:...)
     adapter: str | None = None
-    extractor: str = "self"  # self: the agent's model; none: no llm_query tool; else a model name/dir
+    extractor: str = "self"  # self: the agent's model (adapter included); none: no llm_query tool; else a backend spec
+    # Options of the two backends, under their specs' own `?key=value` options (hopsmith.backends.factory.OPTIONS):
+    # a TOML table or JSON, e.g. {"timeout": 300, "extra_body": {"top_k": 20}}
+    model_options: dict | None = None
+    extractor_options: dict | None = None
+    # A remote agent's tool specs go into its system prompt (the project's template), not the `tools` field;
+    # without it, a server that ignores the field is detected and gets them in the prompt as well.
+    tools_in_prompt: bool = False
     corpus: str | None = None  # a {id,title,text} JSONL used as every question's pool
     pool_size: int = 400
     pool_seed: int = 0
@@ -52,8 +60,6 @@ class EvalConfig:
         if self.allow_leakage and self.drop_leakage:
             raise ConfigError("EvalConfig: allow_leakage keeps overlapping questions and drop_leakage drops them; "
                               "set one of them")
-
-    def __post_init__(self):
         if not 0.0 <= self.search_failure_rate <= 1.0:
             raise ConfigError(f"EvalConfig.search_failure_rate must be between 0 and 1 (0.1 fails a tenth of searches), "
                               f"got {self.search_failure_rate}")
@@ -77,6 +83,14 @@ def _coerce(cls, key: str, value):
     if isinstance(value, str) and base is not str:
         if optional and value.lower() in ("none", "null", ""):
             return None
+        if base is dict:  # a table in TOML; JSON text on the command line
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{cls.__name__}.{key}: {value!r} is not a JSON object ({exc.msg})") from None
+            if not isinstance(value, dict):
+                raise ConfigError(f"{cls.__name__}.{key}: expected a JSON object, got {value!r}")
+            return value
         try:
             if base is bool:
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):

@@ -2,12 +2,15 @@
 
     hopsmith eval --data musique --limit 20 --model embedded --out runs/base
 
-Writes into the run directory: `config.json`, `results.jsonl` (one finished episode a line: messages,
+Writes into the run directory: `config.json` (the configuration and, under `backends`, what each role's
+spec built and how tool specs reached the agent), `results.jsonl` (one finished episode a line: messages,
 prediction, tool calls, per-question metrics and failure kind), `extraction.jsonl` (the standalone
 extraction benchmark, for the ceiling) and `metrics.json` (see `hopsmith.metrics.aggregate`, plus `setup`:
 the prompt setup, and `leakage`). Results are appended as episodes finish; a rerun into the same directory
 skips the questions already done, and a directory holding another configuration's results is refused
-rather than mixed. An adapter is evaluated only on questions that share nothing with its training data
+rather than mixed. The backends are built and checked (a remote one contacted) before anything is written,
+and `config.json` is written with the first result: a run that fails before it leaves nothing behind.
+An adapter is evaluated only on questions that share nothing with its training data
 (`hopsmith.leakage`): overlap is refused, or left out and counted with `--drop-leakage`. Last it writes
 `report.html` (`hopsmith.report`: the numbers, plots and every episode in one page).
 """
@@ -24,9 +27,9 @@ from hopsmith.report import try_write_report
 # Keys whose change makes earlier results incomparable; limit/batch size/bootstrap may change on resume.
 _RESULT_KEYS = ("data", "split", "model", "adapter", "extractor", "corpus", "pool_size", "pool_seed", "max_turns",
                 "max_new_tokens", "temperature", "thinking", "few_shot", "top_k", "max_chars", "one_call_per_turn", "max_context_tokens", "answer_at_cap", "seed", "allow_leakage",
-                "drop_leakage", "search_failure_rate", "search_failure_seed")
+                "drop_leakage", "search_failure_rate", "search_failure_seed", "tools_in_prompt")
 # What a key means in a config.json written before the key existed.
-_ADDED_KEYS = {"drop_leakage": False, "search_failure_rate": 0.0, "search_failure_seed": 0}
+_ADDED_KEYS = {"drop_leakage": False, "search_failure_rate": 0.0, "search_failure_seed": 0, "tools_in_prompt": False}
 
 
 class RunDirError(ValueError):
@@ -82,8 +85,13 @@ def check_run_dir(root: Path, cfg: EvalConfig) -> None:
         return
     import json
 
+    from hopsmith.backends.factory import canonical
+
     saved = {**_ADDED_KEYS, **json.loads(saved_path.read_text())}
     mine = to_dict(cfg)
+    for d in (saved, mine):  # a spec's transport options (timeout, concurrency, ...) may change on a rerun
+        for key in ("model", "extractor"):
+            d[key] = canonical(d.get(key), d.get(f"{key}_options"))
     diff = [k for k in _RESULT_KEYS if saved.get(k) != mine.get(k)]
     if diff:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {mine.get(k)!r}" for k in diff)
@@ -97,22 +105,38 @@ def make_backends(cfg: EvalConfig):
     return agent_backends(cfg, engine="hf")
 
 
+def config_writer(root: Path, cfg: EvalConfig, backend, extractor):
+    """A function that writes `config.json` (the config and the backends' description) once; called with the
+    first result, so a run that fails before any result leaves no config behind."""
+    from hopsmith.agent.backends import describe_backends
+
+    written = []
+
+    def write() -> None:
+        if not written:
+            write_json(root / "config.json", {**to_dict(cfg), "backends": describe_backends(cfg, backend, extractor)})
+            written.append(True)
+    return write
+
+
 def run(cfg: EvalConfig, root: str | Path, *, backend=None, extractor=None, progress: bool = True) -> dict:
     """Evaluate, resume-safe; returns the metrics dict (also written to `root/metrics.json`)."""
+    from hopsmith.agent.backends import describe_backends
     from hopsmith.tools.search import IndexCache
 
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     check_run_dir(root, cfg)
     questions, pools = load_eval_questions(cfg)
     questions, leakage = check_leakage(cfg, questions)
-    write_json(root / "config.json", to_dict(cfg))
     if backend is None:
         backend, extractor = make_backends(cfg)
+    write_config = config_writer(root, cfg, backend, extractor)
 
     started = time.perf_counter()
     cache = IndexCache()
-    rows = _episodes(cfg, questions, pools, backend, extractor, root / "results.jsonl", cache, progress)
+    rows = _episodes(cfg, questions, pools, backend, extractor, root / "results.jsonl", cache, progress,
+                     on_first=write_config)
+    write_config()
     extraction_rows = None
     if cfg.extraction_bench and extractor is not None:
         extraction_rows = _extraction(root, questions, extractor)
@@ -120,13 +144,16 @@ def run(cfg: EvalConfig, root: str | Path, *, backend=None, extractor=None, prog
     metrics["model"] = getattr(backend, "name", cfg.model)
     metrics["wall_seconds_this_run"] = time.perf_counter() - started
     metrics["leakage"] = leakage
+    metrics["backends"] = describe_backends(cfg, backend, extractor)
     write_json(root / "metrics.json", metrics)
     try_write_report([root])
     return metrics
 
 
-def _episodes(cfg: EvalConfig, questions, pools, backend, extractor, results_path: Path, cache, progress: bool):
-    """Run the episodes not yet in `results_path` (appending each as it ends); all rows, in question order."""
+def _episodes(cfg: EvalConfig, questions, pools, backend, extractor, results_path: Path, cache, progress: bool,
+              on_first=None):
+    """Run the episodes not yet in `results_path` (appending each as it ends); all rows, in question order.
+    `on_first()` runs before the first row is written (the run's config goes with its first result)."""
     from hopsmith.agent.loop import run_episodes
     from hopsmith.metrics import failure_kind
 
@@ -136,6 +163,8 @@ def _episodes(cfg: EvalConfig, questions, pools, backend, extractor, results_pat
     with JsonlAppender(results_path) as out:
         def finished(row):
             row["failure"] = failure_kind(row)
+            if on_first is not None:
+                on_first()
             out.append(row)
             done[row["question_id"]] = row
             bar.update(1)
@@ -199,17 +228,17 @@ def run_shard(cfg: EvalConfig, root: str | Path, shard: int, num_shards: int, *,
     final = shard_path(root, shard)
     if final.exists():
         return {"shard": shard, "questions": len(read_jsonl(final)), "resumed": True}
-    root.mkdir(parents=True, exist_ok=True)
     check_run_dir(root, cfg)
     questions, pools = load_eval_questions(cfg)
     questions, _ = check_leakage(cfg, questions)  # before sharding, so every shard drops the same questions
     mine = questions[shard::num_shards]
-    write_json(root / "config.json", to_dict(cfg))
     if backend is None:
         backend, extractor = make_backends(cfg)
+    write_config = config_writer(root, cfg, backend, extractor)
     started = time.perf_counter()
     partial = final.with_name(f".shard-{shard}.partial.jsonl")
-    rows = _episodes(cfg, mine, pools, backend, extractor, partial, None, progress)
+    rows = _episodes(cfg, mine, pools, backend, extractor, partial, None, progress, on_first=write_config)
+    write_config()
     if cfg.extraction_bench and extractor is not None:
         from hopsmith.ceiling import extraction_benchmark, extraction_items
 

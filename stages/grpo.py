@@ -269,6 +269,10 @@ def run(cfg: GRPOConfig, root: str | Path, *, model=None, tokenizer=None, judge_
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     if cfg.adapter:
         check_adapter(cfg.adapter)
+    if judge_backend is None and cfg.judge:
+        from stages.judge import make_judge_backend
+
+        judge_backend = make_judge_backend(cfg.judge)  # checked (and a remote one contacted) before weights load
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     questions, pools = load_train_questions(TracesConfig(data=cfg.data, split="train", limit=cfg.limit))
@@ -292,11 +296,10 @@ def run(cfg: GRPOConfig, root: str | Path, *, model=None, tokenizer=None, judge_
                                              {"role": "user", "content": agent_user_prompt(q.question)}],
                                   "question_id": q.id} for q in questions])
     judge = None
-    if judge_backend is not None or cfg.judge:
+    if judge_backend is not None:
         from hopsmith.judge import LLMJudge
-        from stages.judge import make_judge_backend
 
-        judge = LLMJudge(judge_backend or make_judge_backend(cfg.judge))
+        judge = LLMJudge(judge_backend)
     rollouts = Rollouts(cfg, questions, dict(pools), tokenizer, template, judge)
     trainer, flags = make_trainer(cfg, root, model, tokenizer, dataset, rollouts)
     started = time.perf_counter()

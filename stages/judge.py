@@ -35,6 +35,7 @@ class JudgeConfig:
 
     traces: str | None = None  # glob of trace shards; None: <root>/traces/shard-*.jsonl
     judge: str | None = None  # backend spec of the judge model; None: rules only
+    judge_options: dict | None = None  # the judge spec's options as a table (hopsmith.backends.factory)
     min_score: float = 0.7  # mean of the four 1-5 dimensions / 5
     require_rules: bool = True  # a trace must pass every rule to be kept
     # Also ask the judge about traces the rules already failed: costs calls, but without it the
@@ -64,18 +65,12 @@ class JudgeRunError(ValueError):
     pass
 
 
-def make_judge_backend(spec: str):
-    """A Backend for the judge from a spec string, through the shared backend factory when there is one."""
-    try:
-        from hopsmith.backends.factory import make_backend
-    except ImportError as exc:
-        # Only a missing factory is ours to explain; a factory that fails on its own imports is not.
-        if exc.name not in ("hopsmith.backends.factory", "hopsmith.backends"):
-            raise
-        raise JudgeRunError(
-            f"cannot build judge backend {spec!r}: hopsmith.backends.factory.make_backend does not exist; "
-            "pass a backend object to stages.judge.run(..., backend=...)") from None
-    return make_backend(spec)
+def make_judge_backend(spec: str, options: dict | None = None):
+    """The judge's backend from its spec, through the shared factory: parsed, checked and (a remote one)
+    contacted before any trace is judged."""
+    from hopsmith.backends.factory import make_backend
+
+    return make_backend(spec, role="judge", options=options, check=True)
 
 
 def _input_shards(cfg: JudgeConfig, root: Path) -> list[Path]:
@@ -147,16 +142,24 @@ def run(cfg: JudgeConfig, root: str | Path, *, backend=None) -> dict:
     if not shards:
         raise JudgeRunError(f"no trace shards match {cfg.traces or root / 'traces' / 'shard-*.jsonl'}")
     if backend is None and cfg.judge:
-        backend = make_judge_backend(cfg.judge)
+        backend = make_judge_backend(cfg.judge, cfg.judge_options)
     judge = None
     judge_model = None
     if backend is not None:
         judge = LLMJudge(backend, retries=cfg.retries, max_new_tokens=cfg.max_new_tokens,
                          temperature=cfg.temperature, max_result_chars=cfg.max_result_chars)
-        judge_model = cfg.judge or judge.name
+        from hopsmith.backends.factory import canonical
+
+        # The spec without its transport options: a rerun with another timeout reuses the replies.
+        judge_model = canonical(cfg.judge, cfg.judge_options) if cfg.judge else judge.name
     out_dir = root / "judged"
     _refuse_other_judge(out_dir, shards, judge_model)
-    write_json(root / "judge_config.json", {**to_dict(cfg), "judge_model": judge_model})
+
+    def write_config() -> None:  # with the first judged shard: a run that judged nothing leaves no config
+        from hopsmith.backends.factory import describe
+
+        backends = {"judge": describe(backend, cfg.judge)} if backend is not None else {}
+        write_json(root / "judge_config.json", {**to_dict(cfg), "judge_model": judge_model, "backends": backends})
 
     mine = [p for k, p in enumerate(shards) if k % cfg.num_shards == cfg.shard]
     judged_now, skipped, rejudged = [], [], []
@@ -170,7 +173,10 @@ def run(cfg: JudgeConfig, root: str | Path, *, backend=None) -> dict:
         if saved is not None:
             # Input shard regenerated, or judged by rules only and now a judge is given.
             rejudged.append(path.name)
-        write_jsonl(out, judge_traces(traces, cfg, judge, judge_model))
+        judged = judge_traces(traces, cfg, judge, judge_model)
+        if not judged_now:
+            write_config()
+        write_jsonl(out, judged)
         judged_now.append(path.name)
 
     # Gather every complete judged shard, this worker's and the others'. Rules and the decision are
@@ -189,6 +195,7 @@ def run(cfg: JudgeConfig, root: str | Path, *, backend=None) -> dict:
         rows += fresh
 
     kept = [r for r in rows if r["judge"]["verdict"] == "pass"]
+    write_config()
     write_jsonl(root / "kept.jsonl", kept)
     summary = _summary(rows, kept, cfg, judge_model)
     summary["shards"] = {"total": len(shards), "judged_now": judged_now, "skipped": skipped, "rejudged": rejudged,

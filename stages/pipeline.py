@@ -111,6 +111,8 @@ def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
     from stages import evaluate, judge, sft, traces
 
     cfg = cfg.resolved()
+    # A judge that cannot be used fails now, not after the base eval and the traces.
+    judge_backend = judge.make_judge_backend(cfg.judge) if cfg.judge else None
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "pipeline.json", {"kind": "PipelineConfig", **cfg.__dict__})
@@ -128,7 +130,7 @@ def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
         f"pairs skipped (details in traces/summary-0.json)")
 
     log("[3/5] judge (rules" + (f" + {cfg.judge})" if cfg.judge else ")"))
-    j_summary = judge.run(judge.JudgeConfig(judge=cfg.judge), root)
+    j_summary = judge.run(judge.JudgeConfig(judge=cfg.judge), root, backend=judge_backend)
     kept = read_jsonl(root / "kept.jsonl")
     train = sample_traces(kept, cfg.max_traces, cfg.seed)
     write_jsonl(root / "train.jsonl", train)

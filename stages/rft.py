@@ -78,6 +78,11 @@ def run(cfg: RFTConfig, root: str | Path, *, backend=None) -> dict:
         from hopsmith.backends.hf import check_adapter
 
         check_adapter(cfg.adapter)  # before sampling, not after it when SFT would load the adapter
+    judge_backend = None
+    if cfg.judge:
+        from stages.judge import make_judge_backend
+
+        judge_backend = make_judge_backend(cfg.judge)  # checked (a remote one contacted) before sampling
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "config.json", asdict(cfg))
@@ -104,11 +109,10 @@ def run(cfg: RFTConfig, root: str | Path, *, backend=None) -> dict:
     rows = read_jsonl(root / "samples.jsonl")
     kept = [r for r in rows if r["kept"]]
     if cfg.judge and kept:
-        from stages.judge import JudgeConfig, judge_traces, make_judge_backend
+        from stages.judge import JudgeConfig, judge_traces
         from hopsmith.judge import LLMJudge
 
-        jb = make_judge_backend(cfg.judge)
-        judged = judge_traces(kept, JudgeConfig(judge=cfg.judge), LLMJudge(jb), cfg.judge)
+        judged = judge_traces(kept, JudgeConfig(judge=cfg.judge), LLMJudge(judge_backend), cfg.judge)
         kept = [t for t in judged if t["judge"]["verdict"] == "pass"]
     write_jsonl(root / "kept.jsonl", kept)
     stats = behaviour(rows)

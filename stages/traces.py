@@ -11,9 +11,13 @@ Writes under `root/traces/`:
   Written whole under a temporary name and renamed, only when the shard is complete.
 - `rejected-<i>.jsonl` (teacher mode): traces the ASP filters rejected, each with its `asp` reasons.
 - `summary-<i>.json`: counts per type and variant, skipped types with their reasons, kept/rejected.
-- `config-<i>.json`: the configuration; a rerun with another one is refused rather than mixed.
+- `config-<i>.json`: the configuration (in teacher mode with `backends.teacher`: the spec, and how tool specs
+  reached the teacher: the `tools` field or its system prompt); a rerun with another one is refused rather
+  than mixed.
 A rerun skips a complete shard. Teacher episodes are costly, so they are also appended, as they finish,
-to `.teacher-<i>.partial.jsonl`, and an interrupted teacher shard resumes from there.
+to `.teacher-<i>.partial.jsonl`, and an interrupted teacher shard resumes from there. The teacher is built
+and checked (a remote one contacted: key, URL, model name, tool handling) before anything is written, and
+the config is written with the first trace: a shard that fails before it leaves nothing behind.
 
 Questions come from the `train` split by default, so training never sees an eval question; `eval` and
 `all` are refused unless `allow_eval_questions` is set. Pools are built as `hopsmith eval` builds them
@@ -34,8 +38,10 @@ from hopsmith.config import ConfigError, to_dict
 from hopsmith.io import JsonlAppender, read_jsonl, write_json, write_jsonl
 from stages.evaluate import RunDirError
 
-# Keys that do not change what a shard holds, so a rerun may change them.
-_FREE_KEYS = ("batch_size",)
+# Keys that do not change what a shard holds, so a rerun may change them (a teacher's timeout or concurrency).
+_FREE_KEYS = ("batch_size", "teacher_options")
+# Keys added after shards were first written: a saved config without them holds their default.
+_ADDED_KEYS = {"teacher_options": None, "tools_in_prompt": False}
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,8 @@ class TracesConfig:
     # its default extractor, and SFT should render the prompt inference renders.
     advertise_llm_query: bool = True
     teacher: str | None = None  # backend spec of a teacher model; None: synthetic traces
+    teacher_options: dict | None = None  # the teacher spec's options as a table (hopsmith.backends.factory)
+    tools_in_prompt: bool = False  # a remote teacher gets the tool specs in its system prompt, not the tools field
     max_turns: int = 20  # teacher episodes
     max_new_tokens: int = 512
     temperature: float = 0.0
@@ -119,8 +127,12 @@ def _paths(root: Path, i: int) -> dict[str, Path]:
 def _check_config(path: Path, cfg: TracesConfig) -> None:
     if not path.exists():
         return
-    saved = json.loads(path.read_text())
+    from hopsmith.backends.factory import canonical
+
+    saved = {**_ADDED_KEYS, **json.loads(path.read_text())}
     mine = to_dict(cfg)
+    for d in (saved, mine):  # the teacher's transport options (timeout, concurrency, ...) may change on a rerun
+        d["teacher"] = canonical(d.get("teacher"), d.get("teacher_options"))
     diff = [k for k in mine if k not in _FREE_KEYS and saved.get(k) != mine[k]]
     if diff:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {mine[k]!r}" for k in diff)
@@ -139,15 +151,25 @@ def run(cfg: TracesConfig, root: str | Path, *, backend=None, extractor=None) ->
     if paths["shard"].exists() and paths["summary"].exists():
         summary = json.loads(paths["summary"].read_text())
         return {**summary, "resumed": True}
-    write_json(paths["config"], to_dict(cfg))
 
     started = time.perf_counter()
     questions, pools = load_train_questions(cfg)
     teacher = backend is not None or cfg.teacher is not None
+    written: list[bool] = []
+
+    def write_config() -> None:  # once, with the first trace
+        if not written:
+            extra = {"backends": {"teacher": _describe(cfg, backend)}} if teacher else {}
+            write_json(paths["config"], {**to_dict(cfg), **extra})
+            written.append(True)
+
     if teacher:
-        summary = _run_teacher(cfg, questions, pools, paths, backend, extractor)
+        backend = _teacher_backend(cfg, backend)  # built and checked before anything is written
+        summary = _run_teacher(cfg, questions, pools, paths, backend, extractor, write_config)
+        summary["tools"] = _describe(cfg, backend)
     else:
-        summary = _run_synthetic(cfg, questions, pools, paths, extractor)
+        summary = _run_synthetic(cfg, questions, pools, paths, extractor, write_config)
+    write_config()
     summary.update(shard=cfg.shard, num_shards=cfg.num_shards, questions=len(questions),
                    seconds=time.perf_counter() - started, config=to_dict(cfg),
                    files={k: str(v) for k, v in paths.items() if k in ("shard", "rejected") and v.exists()})
@@ -165,7 +187,13 @@ def _counts(traces: list[dict]) -> dict:
     }
 
 
-def _run_synthetic(cfg: TracesConfig, questions, pools, paths, extractor) -> dict:
+def _describe(cfg: TracesConfig, backend) -> dict:
+    from hopsmith.backends.factory import describe
+
+    return describe(backend, cfg.teacher)
+
+
+def _run_synthetic(cfg: TracesConfig, questions, pools, paths, extractor, write_config) -> dict:
     from hopsmith.traces import generate
 
     if cfg.use_llm_query and extractor is None:
@@ -174,6 +202,7 @@ def _run_synthetic(cfg: TracesConfig, questions, pools, paths, extractor) -> dic
         questions, pools, weights=cfg.weights, per_question=cfg.per_question, thinking_fraction=cfg.thinking_fraction,
         fallback=cfg.fallback, seed=cfg.seed, top_k=cfg.top_k, max_chars=cfg.max_chars,
         use_llm_query=cfg.use_llm_query, extractor=extractor, advertise_llm_query=cfg.advertise_llm_query)
+    write_config()
     write_jsonl(paths["shard"], traces)
     by_type: dict[str, Counter] = {}
     for s in skips:
@@ -196,7 +225,8 @@ def _teacher_backend(cfg: TracesConfig, backend):
         return backend
     from hopsmith.backends.factory import make_backend
 
-    return make_backend(cfg.teacher)
+    return make_backend(cfg.teacher, role="teacher", options=cfg.teacher_options, check=True,
+                        tools_in_prompt=cfg.tools_in_prompt, batch_size=cfg.batch_size)
 
 
 def teacher_trace(row: dict, question, *, thinking: bool, tools: list[dict], top_k: int, max_chars: int | None,
@@ -232,12 +262,11 @@ def teacher_trace(row: dict, question, *, thinking: bool, tools: list[dict], top
     return trace
 
 
-def _run_teacher(cfg: TracesConfig, questions, pools, paths, backend, extractor) -> dict:
+def _run_teacher(cfg: TracesConfig, questions, pools, paths, backend, extractor, write_config) -> dict:
     from hopsmith.agent.loop import AgentConfig, run_episodes
     from hopsmith.tools.search import IndexCache
     from hopsmith.traces.synthetic import as_extractor, tool_schemas
 
-    backend = _teacher_backend(cfg, backend)
     extractor = as_extractor(extractor)
     tools = tool_schemas(extractor is not None)
     by_id = {q.id: q for q in questions}
@@ -257,6 +286,7 @@ def _run_teacher(cfg: TracesConfig, questions, pools, paths, backend, extractor)
             def finished(row, thinking=thinking):
                 trace = teacher_trace(row, by_id[row["question_id"]], thinking=thinking, tools=tools, top_k=cfg.top_k,
                                       max_chars=cfg.max_chars, threshold=cfg.f1_threshold)
+                write_config()
                 out.append(trace)
                 done[trace["question_id"]] = trace
 

@@ -433,16 +433,24 @@ def test_stage_traces_glob_and_no_shards(tmp_path):
         stage.run(stage.JudgeConfig(), tmp_path / "empty")
 
 
-def test_config_and_backend_hook(tmp_path, monkeypatch):
+def test_config_and_a_bad_judge_fails_before_anything_is_written(tmp_path, monkeypatch):
+    from hopsmith.backends.remote import MissingKeyError
+
     cfg = build(stage.JudgeConfig, min_score="0.8", judge="none", require_rules="false")
     assert cfg.min_score == 0.8 and cfg.judge is None and cfg.require_rules is False
     with pytest.raises(ConfigError):
         stage.JudgeConfig(shard=2, num_shards=2)
     with pytest.raises(ConfigError):
         build(stage.JudgeConfig, judges="x")
-    monkeypatch.setitem(__import__("sys").modules, "hopsmith.backends.factory", None)
-    with pytest.raises(stage.JudgeRunError, match="make_backend does not exist"):
-        stage.make_judge_backend("gemini:flash")
+    assert build(stage.JudgeConfig, judge_options='{"timeout": 30}').judge_options == {"timeout": 30}
+    _root(tmp_path)
+    for var in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(MissingKeyError, match=r"^judge=gemini:flash: .*GEMINI_API_KEY"):
+        stage.run(stage.JudgeConfig(judge="gemini:flash"), tmp_path)
+    with pytest.raises(ConfigError, match="unknown option 'timout'"):
+        stage.run(stage.JudgeConfig(judge="openai:m@http://127.0.0.1:9/v1?timout=3"), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["traces"]  # no judge_config.json, no judged/
 
 
 def test_command_line(tmp_path, capsys):
