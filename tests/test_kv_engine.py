@@ -166,14 +166,16 @@ def test_prefix_cache_evicts_least_recent_leaves_first():
     assert len(cache.match(a)) == 2 and len(cache.match(b)) == 2 and len(cache.match(c)) == 2
 
 
-def test_precision_without_bf16_hardware_is_float32_without_probing():
-    dtype, why = kv.choose_cpu_dtype(flags={"avx2", "fma"})
+def test_precision_without_bf16_hardware_is_float32_without_probing(tiny_model):
+    dtype, why = kv.choose_cpu_dtype(tiny_model.config, flags={"avx2", "fma"})
     assert dtype == torch.float32 and "no avx512_bf16" in why
 
 
-def test_precision_with_bf16_hardware_is_measured():
-    dtype, why = kv.choose_cpu_dtype(64, 128, flags={"avx512_bf16"}, rows=32)
-    assert dtype in (torch.float32, torch.bfloat16) and "probe" in why and "bf16" in why
+def test_precision_with_bf16_hardware_is_measured(tiny_model):
+    dtype, why = kv.choose_cpu_dtype(tiny_model.config, flags={"avx512_bf16"}, reps=2)
+    assert dtype in (torch.float32, torch.bfloat16) and "one-layer probe" in why
+    assert why.startswith("bfloat16" if dtype == torch.bfloat16 else "float32")
+    assert tiny_model.config.num_hidden_layers == 2  # the probe works on a copy of the config
 
 
 def test_engine_refuses_sliding_window_models():

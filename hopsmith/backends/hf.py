@@ -19,8 +19,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from . import Generation, cut_at_stop
-from .kv import DEFAULT_CACHE_GB
+from . import DEFAULT_KV_CACHE_GB, Generation, cut_at_stop
 
 CHATML_TOOLS_TEMPLATE = resources.files("hopsmith").joinpath("templates/chatml_tools.jinja").read_text()
 
@@ -73,7 +72,7 @@ class HFBackend:
         model_obj=None,
         tokenizer=None,
         engine: str = "kv",
-        kv_cache_gb: float = DEFAULT_CACHE_GB,
+        kv_cache_gb: float = DEFAULT_KV_CACHE_GB,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -103,9 +102,7 @@ class HFBackend:
             else:
                 from transformers import AutoConfig
 
-                cfg = AutoConfig.from_pretrained(path).get_text_config()
-                torch_dtype, precision = kv.choose_cpu_dtype(getattr(cfg, "hidden_size", 576),
-                                                             getattr(cfg, "intermediate_size", 1536))
+                torch_dtype, precision = kv.choose_cpu_dtype(AutoConfig.from_pretrained(path))
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device)
         if adapter:

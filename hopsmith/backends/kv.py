@@ -34,13 +34,16 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-DEFAULT_CACHE_GB = 3.0  # a few live episodes' full contexts of a <=1B model in fp32, on a 24 GB machine
+from . import DEFAULT_KV_CACHE_GB
+
+DEFAULT_CACHE_BYTES = int(DEFAULT_KV_CACHE_GB * 2**30)
 
 
 @dataclass
@@ -88,34 +91,55 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def choose_cpu_dtype(hidden: int = 576, intermediate: int = 1536, flags: set[str] | None = None,
-                     rows: int = 256) -> tuple[torch.dtype, str]:
-    """float32, or bfloat16 where this CPU multiplies the model's shapes faster in it.
+def choose_cpu_dtype(config, flags: set[str] | None = None, reps: int = 3) -> tuple[torch.dtype, str]:
+    """float32, or bfloat16 where this CPU runs the model's own layer faster in it.
 
-    Without AVX512-BF16 or AMX-BF16, bf16 matmuls are emulated and 5-8x slower, so fp32 is taken without
-    probing. With them, one linear layer's shapes are timed in both (a fraction of a second); bf16 must
-    win by 10% to be taken, since it also costs accuracy."""
+    Without AVX512-BF16 or AMX-BF16, bf16 is emulated and 5-8x slower, so fp32 is taken without probing.
+    With them, one decoder layer of the model's architecture (random weights, tiny vocabulary: built in
+    milliseconds whatever the model's size) is timed in both dtypes on a prefill (128 tokens) and a
+    batched decode step (16 rows over 256 cached tokens), interleaved, best of `reps`. bf16 must win both
+    by 20%: it also costs accuracy, and a plain matmul probe misleads (on an AVX512-BF16 Xeon without AMX
+    it showed bf16 2x faster while the model's prefill ran 1.5x slower). Once per process and config."""
     flags = cpu_flags() if flags is None else flags
     if not ({"avx512_bf16", "amx_bf16"} & flags):
         return torch.float32, "float32: this CPU has no avx512_bf16/amx_bf16"
-    hidden, intermediate = min(hidden, 4096), min(intermediate, 11008)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, hidden, generator=gen)
-    w = torch.randn(intermediate, hidden, generator=gen)
+    return _probe_dtype(config.to_json_string(use_diff=False), reps)
 
-    def best(dtype) -> float:
-        a, b = x.to(dtype), w.to(dtype)
-        torch.nn.functional.linear(a, b)  # warm-up: the first call picks kernels
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            torch.nn.functional.linear(a, b)
-            times.append(time.perf_counter() - t0)
-        return min(times)
 
-    fp32, bf16 = best(torch.float32), best(torch.bfloat16)
-    probe = f"probe {rows}x{hidden}x{intermediate}: bf16 {bf16 * 1e3:.2f} ms, fp32 {fp32 * 1e3:.2f} ms"
-    if bf16 < 0.9 * fp32:
+@lru_cache(maxsize=8)
+def _probe_dtype(config_json: str, reps: int) -> tuple[torch.dtype, str]:
+    import copy
+    import json
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    data = json.loads(config_json)
+    probe_cfg = AutoConfig.for_model(data.pop("model_type"), **data)
+    text = probe_cfg.get_text_config() if hasattr(probe_cfg, "get_text_config") else probe_cfg
+    text.num_hidden_layers, text.vocab_size = 1, 256
+    if getattr(text, "layer_types", None) is not None:
+        text.layer_types = text.layer_types[:1]
+    torch.manual_seed(0)
+    models = {dt: AutoModelForCausalLM.from_config(probe_cfg).to(dt).eval() for dt in (torch.float32, torch.bfloat16)}
+    prompt, rows = torch.randint(0, 256, (1, 128)), torch.randint(0, 256, (16, 257))
+    best = {(dt, kind): float("inf") for dt in models for kind in ("prefill", "decode")}
+    with torch.inference_mode():
+        kw = _cache_kwarg(models[torch.float32])
+        caches = {dt: m(rows[:, :-1], use_cache=True)[kw] for dt, m in models.items()}
+        for _ in range(reps):
+            for dt, m in models.items():
+                t0 = time.perf_counter()
+                m(prompt)
+                t1 = time.perf_counter()
+                m(rows[:, -1:], **{kw: copy.deepcopy(caches[dt])})  # a copy: the step appends to it
+                t2 = time.perf_counter()
+                best[dt, "prefill"] = min(best[dt, "prefill"], t1 - t0)
+                best[dt, "decode"] = min(best[dt, "decode"], t2 - t1)
+    ms = {k: v * 1e3 for k, v in best.items()}
+    f32, b16 = torch.float32, torch.bfloat16
+    probe = (f"one-layer probe: prefill bf16 {ms[b16, 'prefill']:.1f} vs fp32 {ms[f32, 'prefill']:.1f} ms, "
+             f"decode bf16 {ms[b16, 'decode']:.1f} vs fp32 {ms[f32, 'decode']:.1f} ms")
+    if all(best[b16, k] < 0.8 * best[f32, k] for k in ("prefill", "decode")):
         return torch.bfloat16, f"bfloat16: {probe}"
     return torch.float32, f"float32: {probe}"
 
@@ -136,7 +160,7 @@ class PrefixCache:
 
     ROOT = -1
 
-    def __init__(self, block_size: int = 32, budget_bytes: int = int(DEFAULT_CACHE_GB * 2**30)):
+    def __init__(self, block_size: int = 32, budget_bytes: int = DEFAULT_CACHE_BYTES):
         self.block_size = int(block_size)
         self.budget_bytes = int(budget_bytes)
         self._blocks: OrderedDict[tuple, _Block] = OrderedDict()  # least recently used first
@@ -274,7 +298,7 @@ class KVEngine:
         stop_ids: Sequence[int],
         decode: Callable[[list[int]], str],
         block_size: int = 32,
-        cache_bytes: int = int(DEFAULT_CACHE_GB * 2**30),
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
         prefill_chunk: int = 2048,
     ):
         why = supports_engine(model)
