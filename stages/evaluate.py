@@ -86,14 +86,21 @@ def make_backends(cfg: EvalConfig):
     from hopsmith.backends.hf import HFBackend
     from hopsmith.tools.extract import Extractor
 
-    backend = HFBackend(cfg.model, adapter=cfg.adapter, batch_size=cfg.batch_size)
+    backend = HFBackend(cfg.model, adapter=cfg.adapter, batch_size=cfg.batch_size, kv_cache_gb=cfg.kv_cache_gb)
     if cfg.extractor == "none":
         extractor = None
     elif cfg.extractor == "self":
         extractor = Extractor(backend)
     else:
-        extractor = Extractor(HFBackend(cfg.extractor, batch_size=cfg.batch_size))
+        extractor = Extractor(HFBackend(cfg.extractor, batch_size=cfg.batch_size, kv_cache_gb=cfg.kv_cache_gb))
     return backend, extractor
+
+
+def record_engine(root: Path, cfg: EvalConfig, backend) -> None:
+    """config.json also says how the model ran: engine, precision and why (the CPU dtype is measured)."""
+    info = getattr(backend, "engine_info", None)
+    if info is not None:
+        write_json(root / "config.json", {**to_dict(cfg), "engine": info})
 
 
 def run(cfg: EvalConfig, root: str | Path, *, backend=None, extractor=None, progress: bool = True) -> dict:
@@ -108,6 +115,7 @@ def run(cfg: EvalConfig, root: str | Path, *, backend=None, extractor=None, prog
     write_json(root / "config.json", to_dict(cfg))
     if backend is None:
         backend, extractor = make_backends(cfg)
+    record_engine(root, cfg, backend)
 
     started = time.perf_counter()
     cache = IndexCache()
@@ -194,6 +202,7 @@ def run_shard(cfg: EvalConfig, root: str | Path, shard: int, num_shards: int, *,
     write_json(root / "config.json", to_dict(cfg))
     if backend is None:
         backend, extractor = make_backends(cfg)
+    record_engine(root, cfg, backend)
     started = time.perf_counter()
     partial = final.with_name(f".shard-{shard}.partial.jsonl")
     rows = _episodes(cfg, mine, pools, backend, extractor, partial, None, progress)
