@@ -102,6 +102,19 @@ def tokenize_trace(trace: dict, tokenizer, chat_template: str, max_length: int) 
             "attention_mask": [1] * len(ids)}
 
 
+def trace_lengths(traces: list[dict], model: str = "embedded") -> list[int]:
+    """Tokens of each trace as SFT renders it (the model's tokenizer and chat template), so a caller can
+    pick traces that fit `max_length` before sampling instead of losing them here."""
+    from transformers import AutoTokenizer
+
+    from hopsmith.backends.hf import pick_chat_template
+    from hopsmith.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    template = pick_chat_template(tokenizer)
+    return [len(tokenize_trace(t, tokenizer, template, 0)["input_ids"]) for t in traces]
+
+
 def assistant_only_trainer():
     """TRL's SFTTrainer with a loss that computes logits only at positions whose next token is trained.
 
