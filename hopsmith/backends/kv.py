@@ -59,6 +59,8 @@ class EngineStats:
     generated_tokens: int = 0
     cache_evictions: int = 0  # blocks evicted for the byte budget
     cache_resets: int = 0  # times the cache was dropped because the weights changed
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -369,9 +371,12 @@ class KVEngine:
         self.stats.rows += B
 
         gen: list[list[int]] = [[] for _ in range(B)]
+        t0 = time.perf_counter()
         for i, ids in enumerate(prompts):
             logits = self._prefill(kv, i, list(ids), P - lens[i], device)
             gen[i].append(self._pick(logits[None], temperature, generator)[0])
+        t1 = time.perf_counter()
+        self.stats.prefill_seconds += t1 - t0
 
         slots = list(range(B))  # slot s of the buffer holds row slots[s]
         done = [self._finished(gen[r], max_new_tokens, stops, tail) for r in range(B)]
@@ -393,6 +398,7 @@ class KVEngine:
             finished = [s for s in range(n) if self._finished(gen[slots[s]], max_new_tokens, stops, tail)]
             if finished:
                 self._retire(kv, mask, slots, finished, prompts, gen, lens, P, width)
+        self.stats.decode_seconds += time.perf_counter() - t1
         self.stats.generated_tokens += sum(len(g) for g in gen)
         self.stats.cache_evictions = self.cache.evictions
         return gen
