@@ -31,6 +31,7 @@ a dense per-row buffer wins.
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -318,6 +319,7 @@ class KVEngine:
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
         self._cache_kw = _cache_kwarg(model)
         self._fingerprint = None
+        self._lock = threading.Lock()  # the cache is shared state; callers in threads take turns
 
     def _dtype_device(self):
         p = next(self.model.parameters())
@@ -340,6 +342,10 @@ class KVEngine:
     ) -> list[list[int]]:
         """The new tokens of each prompt, ending with a stop id when one was written (stop strings end a
         row after the token that completes them; the caller cuts the text)."""
+        with self._lock:
+            return self._generate(prompts, max_new_tokens, temperature, stop_strings, generator)
+
+    def _generate(self, prompts, max_new_tokens, temperature, stop_strings, generator) -> list[list[int]]:
         if not prompts:
             return []
         if max_new_tokens < 1:
