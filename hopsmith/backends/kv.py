@@ -163,7 +163,7 @@ class PrefixCache:
 
     ROOT = -1
 
-    def __init__(self, block_size: int = 32, budget_bytes: int = DEFAULT_CACHE_BYTES):
+    def __init__(self, block_size: int = 16, budget_bytes: int = DEFAULT_CACHE_BYTES):
         self.block_size = int(block_size)
         self.budget_bytes = int(budget_bytes)
         self._blocks: OrderedDict[tuple, _Block] = OrderedDict()  # least recently used first
@@ -300,7 +300,7 @@ class KVEngine:
         *,
         stop_ids: Sequence[int],
         decode: Callable[[list[int]], str],
-        block_size: int = 32,
+        block_size: int = 16,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         prefill_chunk: int = 2048,
     ):
