@@ -7,12 +7,14 @@ Loss is on assistant tokens only: every trace is rendered with the chat template
 assistant mask), tokenised here, and handed to TRL with its labels already masked. Tool results, the
 system prompt and the question never contribute to the loss.
 
-Collation (`collation="padding_free"`, the default): each batch is one flattened row with per-trace
-position ids (TRL's `padding_free=True`; SDPA masks the traces off from each other), so no pad token is
-computed, and the loss projects onto the vocabulary only the positions that predict an assistant token
-(`logits_to_keep`): tool results and prompts cost their forward pass and nothing more. On the embedded
-model this trains 2x+ the tokens per second of `collation="padded"` (TRL's padded batches with every
-position scored, the path before) on the same batches and the same loss curve; see benchmarks/sft_speed.py.
+Collation (`collation="per_trace"`, the default): every forward pass is one whole trace, the batch of
+`batch_size` traces made by gradient accumulation (same batches, same loss normalisation), so no pad token
+is computed and no attention mask is built (SDPA's causal kernel runs), and the loss projects onto the
+vocabulary only the positions that predict an assistant token (`logits_to_keep`): tool results and
+prompts cost their forward and backward pass and nothing more. `collation="padded"` is TRL's padded
+batches with every position scored, the path before; benchmarks/sft_speed.py compares the two on the
+same traces. (TRL's `padding_free=True` packs a batch into one row, but on CPU SDPA then needs a dense
+block mask over the whole row: measured slower than padded batches here.)
 
 Writes into `root`: the adapter (`adapter_model.safetensors`, `adapter_config.json`, the tokenizer with the
 template it was trained with), `training.json` (config, trained question ids, counts), `loss.json` (the
@@ -65,7 +67,7 @@ class SFTConfig:
     # Continue this LoRA adapter instead of starting a new one (its rank and targets are kept; the lora_*
     # keys are then unused). Rejection fine-tuning uses it to train the sampled policy further.
     init_adapter: str | None = None
-    collation: str = "padding_free"  # padding_free (one flat row, logits on assistant positions) | padded
+    collation: str = "per_trace"  # per_trace (one trace a forward, logits on assistant positions) | padded
 
     def resolved(self) -> "SFTConfig":
         """The preset's values for every key left unset."""
@@ -73,10 +75,10 @@ class SFTConfig:
             from hopsmith.config import ConfigError
 
             raise ConfigError(f"unknown SFT preset {self.preset!r}; known: {', '.join(PRESETS)}, none")
-        if self.collation not in ("padding_free", "padded"):
+        if self.collation not in ("per_trace", "padded"):
             from hopsmith.config import ConfigError
 
-            raise ConfigError(f"unknown SFT collation {self.collation!r}; known: padding_free, padded")
+            raise ConfigError(f"unknown SFT collation {self.collation!r}; known: per_trace, padded")
         base = PRESETS.get(self.preset, PRESETS["seed000"])
         return replace(self, **{k: v for k, v in base.items() if getattr(self, k) is None})
 
@@ -118,10 +120,11 @@ def trace_lengths(traces: list[dict], model: str = "embedded") -> list[int]:
 def assistant_only_trainer():
     """TRL's SFTTrainer with a loss that computes logits only at positions whose next token is trained.
 
-    TRL's own loss scores every position on CPU (its compact path needs Triton), which on a 49k vocabulary
-    is a third of a step spent on tool results and prompts. The batch is one padding-free row, so the
-    positions to keep are one index tensor (`logits_to_keep`); normalisation by `num_items_in_batch`
-    is TRL's, so gradient accumulation and logged losses mean what they meant."""
+    TRL's own loss scores every position on CPU (its compact path needs Triton): on a 49k vocabulary that
+    is the LM head and the log-softmax over every tool-result and prompt token. Each forward is one trace,
+    so the positions to keep are one index tensor (`logits_to_keep`); normalisation by
+    `num_items_in_batch` (every trace of the accumulated batch) is TRL's, so gradient accumulation and
+    logged losses mean what they meant."""
     import torch
     import torch.nn.functional as F
     from trl import SFTTrainer
@@ -131,7 +134,7 @@ def assistant_only_trainer():
             mode = "train" if self.model.training else "eval"
             labels = inputs.pop("labels")
             if labels.shape[0] != 1:
-                raise ValueError("assistant-only logits need padding-free batches (one flattened row)")
+                raise ValueError("assistant-only logits take one trace a forward (collation='per_trace')")
             target = labels[0, 1:]
             keep = (target != -100).nonzero().flatten()
             inputs["use_cache"] = False
@@ -244,12 +247,16 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_sec
 
     steps_per_epoch = math.ceil(len(rows) / (cfg.batch_size * cfg.grad_accum))
     cuda = torch.cuda.is_available()
+    # per_trace: one trace a forward, the same batches by accumulation (the sampler's order does not
+    # depend on the micro-batch size, so optimizer step k sees the traces it sees with padded batches).
+    per_trace = cfg.collation == "per_trace"
+    micro, accumulate = (1, cfg.batch_size * cfg.grad_accum) if per_trace else (cfg.batch_size, cfg.grad_accum)
     args = TRLConfig(
         output_dir=str(root / "checkpoints"),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accumulate,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a float below 1 is a ratio of total steps
@@ -264,22 +271,21 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_sec
         fp16=False,
         activation_checkpointing=False,
         max_length=None,  # already cut in tokenize_trace
-        padding_free=cfg.collation == "padding_free",
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
         disable_tqdm=True,
     )
     peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules=target_modules(cfg.target_modules), task_type="CAUSAL_LM")
-    trainer_cls = assistant_only_trainer() if cfg.collation == "padding_free" else SFTTrainer
+    trainer_cls = assistant_only_trainer() if per_trace else SFTTrainer
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=None if cfg.init_adapter else peft_config, callbacks=[LossLog(), Deadline()])
     # With tqdm off the Trainer prints every log dict; loss.json keeps the curve instead.
     trainer.remove_callback(PrinterCallback)
     checkpoints = sorted((root / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     trainer.model.save_pretrained(root)
     tokenizer.chat_template = template
     tokenizer.save_pretrained(root)
@@ -297,6 +303,7 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_sec
         "steps_per_epoch": steps_per_epoch,
         "train_loss": float(result.training_loss),
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,  # process CPU time of training: on a shared machine, the work done
         "stopped_early": bool(stopped),
         "trained_question_ids": question_ids,
         "sources": _count(t.get("source", "?").split(":")[0] for t in traces),

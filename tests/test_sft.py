@@ -140,14 +140,15 @@ def test_traces_longer_than_max_length_are_dropped_not_cut(tmp_path, tiny_dir):
                 model=AutoModelForCausalLM.from_pretrained(tiny_dir), tokenizer=AutoTokenizer.from_pretrained(tiny_dir))
 
 
-def test_padding_free_assistant_logits_train_like_padded_batches(tmp_path, tiny_dir):
-    """The fast collation (one flat row, logits only where labels are) is the same optimisation problem as
-    TRL's padded batches: same batches, same per-step losses (no dropout, so nothing random differs)."""
+def test_per_trace_assistant_logits_train_like_padded_batches(tmp_path, tiny_dir):
+    """The fast collation (one trace a forward, the batch by accumulation, logits only where labels are) is
+    the same optimisation problem as TRL's padded batches: same batches, same per-step losses (no dropout,
+    so nothing random differs)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     write_jsonl(tmp_path / "t.jsonl", _traces(n=4))
     losses = {}
-    for collation in ("padded", "padding_free"):
+    for collation in ("padded", "per_trace"):
         cfg = sft.SFTConfig(traces=str(tmp_path / "t.jsonl"), max_steps=3, batch_size=2, max_length=4096, lora_r=4,
                             lora_alpha=8, lora_dropout=0.0, learning_rate=5e-2, collation=collation)
         sft.run(cfg, tmp_path / collation, model=AutoModelForCausalLM.from_pretrained(tiny_dir),
@@ -156,6 +157,6 @@ def test_padding_free_assistant_logits_train_like_padded_batches(tmp_path, tiny_
     assert len(losses["padded"]) == 3
     # The learning rate is high enough that step 3's loss differs from step 1's: the steps really trained.
     assert abs(losses["padded"][2] - losses["padded"][0]) > 1e-3
-    assert losses["padding_free"] == pytest.approx(losses["padded"], rel=1e-4)
+    assert losses["per_trace"] == pytest.approx(losses["padded"], rel=1e-4)
     with pytest.raises(Exception, match="unknown SFT collation"):
         sft.SFTConfig(collation="packed").resolved()
