@@ -90,7 +90,9 @@ def main() -> None:
                                        thinking_fraction=0.0), sub)
         judge.run(judge.JudgeConfig(), sub)
         all_traces += read_jsonl(sub / "kept.jsonl")
-    train = sample_traces(all_traces, args.max_traces, seed=0)
+    # Sampled among the traces SFT can take whole (max_length 1536), so none is dropped after sampling.
+    fit = [t for t, n in zip(all_traces, sft.trace_lengths(all_traces)) if n <= 1536]
+    train = sample_traces(fit, args.max_traces, seed=0)
     write_jsonl(root / "train.jsonl", train)
     t_traces = time.perf_counter() - started
 

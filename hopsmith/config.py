@@ -38,6 +38,7 @@ class EvalConfig:
     pool_size: int = 400
     pool_seed: int = 0
     batch_size: int = 16
+    kv_cache_gb: float = 3.0  # the local engine's prefix cache (keys/values kept across turns); 0 turns it off
     max_turns: int = 20
     max_new_tokens: int = 256
     temperature: float = 0.0

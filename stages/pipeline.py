@@ -25,12 +25,12 @@ from hopsmith.report import try_write_report
 
 # The local preset trades recipe size for minutes: few eval questions, few traces, shorter paragraphs.
 PRESETS = {
-    # Measured in fresh clones on 2 CPU cores (a LoRA step on two ~1.2k-token traces takes ~25 s):
-    # 12 sampled traces of which the 4 under 1,024 tokens train, 6 turns: the whole ladder in 6 min 10 s; 14 traces
-    # at 1,536 tokens: about 12 min; 10 traces at 1,536 tokens with 4 turns: 15 min (the tuned agent's
-    # turns were long). The local preset is the first; `--max-traces` / `--max-length` trade minutes for data.
+    # Before the KV engine and padding-free SFT, 12 sampled traces of which only the 4 under 1,024 tokens
+    # trained (every retry/verify trace was longer) took 6 min 10 s on 2 idle CPU cores. Now the traces are
+    # sampled among those that fit 1,536 tokens (with the compact tool specs every 2-hop trace of every type
+    # does), so all 12 train and all five types are drawn. `--max-traces` / `--max-length` trade minutes for data.
     "local": dict(eval_limit=20, train_limit=None, max_traces=12, epochs=2.0, learning_rate=1e-3,
-                  max_turns=6, max_new_tokens=96, max_chars=200, top_k=3, max_length=1024, mine_limit=12,
+                  max_turns=6, max_new_tokens=96, max_chars=200, top_k=3, max_length=1536, mine_limit=12,
                   max_pairs=16, preference_learning_rate=1e-4),
     "full": dict(eval_limit=None, train_limit=None, max_traces=None, epochs=3.0, learning_rate=2e-4,
                  max_turns=20, max_new_tokens=512, max_chars=None, top_k=5, max_length=4096, mine_limit=None,
@@ -132,9 +132,13 @@ def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
     log("[3/5] judge (rules" + (f" + {cfg.judge})" if cfg.judge else ")"))
     j_summary = judge.run(judge.JudgeConfig(judge=cfg.judge), root, backend=judge_backend)
     kept = read_jsonl(root / "kept.jsonl")
-    train = sample_traces(kept, cfg.max_traces, cfg.seed)
+    # Sampled from the traces that fit max_length, so SFT drops none and every type that fits is drawn.
+    fit = [t for t, n in zip(kept, sft.trace_lengths(kept, cfg.model)) if n <= cfg.max_length]
+    train = sample_traces(fit, cfg.max_traces, cfg.seed)
     write_jsonl(root / "train.jsonl", train)
-    log(f"      kept {len(kept)} of {j_summary.get('traces', '?')} traces; training on {len(train)}")
+    types = sorted({t.get("source", "?").split(":")[-1] for t in train})
+    log(f"      kept {len(kept)} of {j_summary.get('traces', '?')} traces, {len(kept) - len(fit)} longer than "
+        f"{cfg.max_length} tokens; training on {len(train)} ({', '.join(types)})")
 
     log("[4/5] LoRA SFT")
     s_summary = sft.run(sft.SFTConfig(traces=str(root / "train.jsonl"), model=cfg.model, preset=cfg.sft_preset,

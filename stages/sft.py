@@ -9,6 +9,15 @@ prefix), tokenised here, and handed to TRL with its labels already masked. Tool 
 and the question never contribute to the loss. Traces longer than `max_length` are left out, not cut, and
 the count is printed.
 
+Collation (`collation="per_trace"`, the default): every forward pass is one whole trace, the batch of
+`batch_size` traces made by gradient accumulation (same batches, same loss normalisation), so no pad token
+is computed and no attention mask is built (SDPA's causal kernel runs), and the loss projects onto the
+vocabulary only the positions that predict an assistant token (`logits_to_keep`): tool results and
+prompts cost their forward and backward pass and nothing more. `collation="padded"` is TRL's padded
+batches with every position scored, the path before; benchmarks/sft_speed.py compares the two on the
+same traces. (TRL's `padding_free=True` packs a batch into one row, but on CPU SDPA then needs a dense
+block mask over the whole row: measured slower than padded batches here.)
+
 Writes into `root`: the adapter (`adapter_model.safetensors`, `adapter_config.json`, the tokenizer with the
 template it was trained with), `training.json` (config, trained question ids, counts), `loss.json` (the
 loss curve) and `checkpoints/` (a rerun resumes from the last one).
@@ -62,6 +71,7 @@ class SFTConfig:
     # Continue this LoRA adapter instead of starting a new one (its rank and targets are kept; the lora_*
     # keys are then unused). Rejection fine-tuning uses it to train the sampled policy further.
     init_adapter: str | None = None
+    collation: str = "per_trace"  # per_trace (one trace a forward, logits on assistant positions) | padded
 
     def resolved(self) -> "SFTConfig":
         """The preset's values for every key left unset."""
@@ -69,6 +79,10 @@ class SFTConfig:
             from hopsmith.config import ConfigError
 
             raise ConfigError(f"unknown SFT preset {self.preset!r}; known: {', '.join(PRESETS)}, none")
+        if self.collation not in ("per_trace", "padded"):
+            from hopsmith.config import ConfigError
+
+            raise ConfigError(f"unknown SFT collation {self.collation!r}; known: per_trace, padded")
         base = PRESETS.get(self.preset, PRESETS["seed000"])
         return replace(self, **{k: v for k, v in base.items() if getattr(self, k) is None})
 
@@ -123,6 +137,64 @@ def fit_traces(traces: list[dict], tokenizer, chat_template: str, max_length: in
               "template_refused": sum(len(v) for v in refused.values()), "refused_reasons": sorted(refused),
               "tokens": sum(len(r["input_ids"]) for r in rows)}
     return kept, rows, report
+
+
+def trace_lengths(traces: list[dict], model: str = "embedded") -> list[int | float]:
+    """Tokens of each trace as SFT renders it (the model's tokenizer and training template), so a caller can
+    pick traces that fit `max_length` before sampling instead of losing them here. A trace the template
+    cannot render counts as infinitely long."""
+    import jinja2
+
+    from hopsmith.backends.templates import TemplateError, chat_templates, load_tokenizer
+    from hopsmith.models import resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(model))
+    template = chat_templates(tokenizer).training
+    lengths: list[int | float] = []
+    for t in traces:
+        try:
+            lengths.append(len(tokenize_trace(t, tokenizer, template)["input_ids"]))
+        except (TemplateError, jinja2.TemplateError):
+            lengths.append(float("inf"))
+    return lengths
+
+
+def assistant_only_trainer():
+    """TRL's SFTTrainer with a loss that computes logits only at positions whose next token is trained.
+
+    TRL's own loss scores every position on CPU (its compact path needs Triton): on a 49k vocabulary that
+    is the LM head and the log-softmax over every tool-result and prompt token. Each forward is one trace,
+    so the positions to keep are one index tensor (`logits_to_keep`); normalisation by
+    `num_items_in_batch` (every trace of the accumulated batch) is TRL's, so gradient accumulation and
+    logged losses mean what they meant."""
+    import torch
+    import torch.nn.functional as F
+    from trl import SFTTrainer
+
+    class AssistantOnlySFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mode = "train" if self.model.training else "eval"
+            labels = inputs.pop("labels")
+            if labels.shape[0] != 1:
+                raise ValueError("assistant-only logits take one trace a forward (collation='per_trace')")
+            target = labels[0, 1:]
+            keep = (target != -100).nonzero().flatten()
+            inputs["use_cache"] = False
+            outputs = model(**inputs, logits_to_keep=keep)
+            logits, target = outputs.logits[0], target[keep]
+            loss = F.cross_entropy(logits.float(), target, reduction="sum")
+            loss = loss / (num_items_in_batch if num_items_in_batch is not None else max(1, target.numel()))
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            with torch.no_grad():
+                accuracy = (logits.argmax(-1) == target).float().mean().item() if target.numel() else 0.0
+            self._metrics[mode]["mean_token_accuracy"].append(accuracy)
+            if mode == "train":
+                self._total_train_tokens += int(inputs["input_ids"].shape[1])
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return (loss, outputs) if return_outputs else loss
+
+    return AssistantOnlySFTTrainer
 
 
 def load_model_for_training(cfg: SFTConfig):
@@ -223,12 +295,16 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_sec
 
     steps_per_epoch = math.ceil(len(rows) / (cfg.batch_size * cfg.grad_accum))
     cuda = torch.cuda.is_available()
+    # per_trace: one trace a forward, the same batches by accumulation (the sampler's order does not
+    # depend on the micro-batch size, so optimizer step k sees the traces it sees with padded batches).
+    per_trace = cfg.collation == "per_trace"
+    micro, accumulate = (1, cfg.batch_size * cfg.grad_accum) if per_trace else (cfg.batch_size, cfg.grad_accum)
     args = TRLConfig(
         output_dir=str(root / "checkpoints"),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accumulate,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a float below 1 is a ratio of total steps
@@ -249,14 +325,15 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_sec
     )
     peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules=target_modules(cfg.target_modules), task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+    trainer_cls = assistant_only_trainer() if per_trace else SFTTrainer
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=None if cfg.init_adapter else peft_config, callbacks=[LossLog(), Deadline()])
     # With tqdm off the Trainer prints every log dict; loss.json keeps the curve instead.
     trainer.remove_callback(PrinterCallback)
     checkpoints = sorted((root / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     trainer.model.save_pretrained(root)
     tokenizer.chat_template = template
     tokenizer.save_pretrained(root)
@@ -276,6 +353,7 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_sec
         "steps_per_epoch": steps_per_epoch,
         "train_loss": float(result.training_loss),
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,  # process CPU time of training: on a shared machine, the work done
         "stopped_early": bool(stopped),
         **trained,
         "sources": _count(t.get("source", "?").split(":")[0] for t in traces),

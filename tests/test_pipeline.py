@@ -31,6 +31,7 @@ def test_ladder_end_to_end_on_tiny_model(tiny_dir, tmp_path, capsys):
     assert result["base"]["n"] == result["sft"]["n"] == 2
     trained = result["sft_training"]
     assert 0 < trained["traces"] + trained["too_long_dropped"] == len((out / "train.jsonl").read_text().splitlines()) <= 4
+    assert trained["too_long_dropped"] == 0  # traces are sampled among those that fit max_length
     comparison = (out / "comparison.txt").read_text()
     assert "exact match" in printed and "sft" in comparison
     # the comparison is paired and names how each side was prompted (the base gets the one-shot example)

@@ -170,3 +170,25 @@ def test_a_trace_the_template_refuses_is_reported(capsys):
     assert [t["id"] for t in kept] == [traces[1]["id"]] and report["template_refused"] == 1
     err = capsys.readouterr().err
     assert "left out 1 of 2 traces the chat template cannot render" in err and "single tool-calls" in err
+
+
+def test_per_trace_assistant_logits_train_like_padded_batches(tmp_path, tiny_dir):
+    """The fast collation (one trace a forward, the batch by accumulation, logits only where labels are) is
+    the same optimisation problem as TRL's padded batches: same batches, same per-step losses (no dropout,
+    so nothing random differs)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    write_jsonl(tmp_path / "t.jsonl", _traces(n=4))
+    losses = {}
+    for collation in ("padded", "per_trace"):
+        cfg = sft.SFTConfig(traces=str(tmp_path / "t.jsonl"), max_steps=3, batch_size=2, max_length=4096, lora_r=4,
+                            lora_alpha=8, lora_dropout=0.0, learning_rate=5e-2, collation=collation)
+        sft.run(cfg, tmp_path / collation, model=AutoModelForCausalLM.from_pretrained(tiny_dir),
+                tokenizer=AutoTokenizer.from_pretrained(tiny_dir))
+        losses[collation] = [x["loss"] for x in json.loads((tmp_path / collation / "loss.json").read_text())]
+    assert len(losses["padded"]) == 3
+    # The learning rate is high enough that step 3's loss differs from step 1's: the steps really trained.
+    assert abs(losses["padded"][2] - losses["padded"][0]) > 1e-3
+    assert losses["per_trace"] == pytest.approx(losses["padded"], rel=1e-4)
+    with pytest.raises(Exception, match="unknown SFT collation"):
+        sft.SFTConfig(collation="packed").resolved()

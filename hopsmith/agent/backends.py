@@ -72,9 +72,9 @@ def agent_backends(cfg: EvalConfig, *, engine: str = "hf", batch_size: int | Non
             continue
         if role == "agent":
             built[role] = build("agent", spec, engine=engine, adapter=cfg.adapter, batch_size=batch,
-                                tools_in_prompt=cfg.tools_in_prompt)
+                                tools_in_prompt=cfg.tools_in_prompt, kv_cache_gb=cfg.kv_cache_gb)
         else:
-            built[role] = build("extractor", spec, batch_size=batch)
+            built[role] = build("extractor", spec, batch_size=batch, kv_cache_gb=cfg.kv_cache_gb)
     backend = built["agent"]
     if cfg.extractor == "none":
         return backend, None

@@ -54,7 +54,7 @@ ROLES = {"agent": "model", "extractor": "extractor", "teacher": "teacher", "judg
 # Roles whose requests carry tool specs: only for them is it worth probing how a server treats `tools`.
 TOOL_ROLES = ("agent", "teacher")
 
-_LOCAL_OPTIONS = {"adapter": str, "batch_size": int, "dtype": str}
+_LOCAL_OPTIONS = {"adapter": str, "batch_size": int, "dtype": str, "kv_cache_gb": float}
 OPTIONS: dict[str, dict[str, type]] = {
     "embedded": _LOCAL_OPTIONS,
     "hf": _LOCAL_OPTIONS,
@@ -201,7 +201,7 @@ def parse_spec(spec: "str | BackendSpec", options: dict | None = None) -> Backen
 
 
 # Options that change how requests travel, not what the model answers: a rerun may change them and resume.
-TRANSPORT_OPTIONS = ("timeout", "concurrency", "max_retries", "api_key_env", "batch_size")
+TRANSPORT_OPTIONS = ("timeout", "concurrency", "max_retries", "api_key_env", "batch_size", "kv_cache_gb")
 
 
 def canonical(text: str | None, options: dict | None = None) -> str | None:
@@ -319,7 +319,7 @@ def _build(spec: BackendSpec, *, role, check, tools_in_prompt, engine, **kw) -> 
         return VLLMBackend(spec.model, adapter=adapter, **args)
     from .hf import HFBackend
 
-    args = {k: v for k, v in args.items() if k in ("batch_size", "dtype", "device")}
+    args = {k: v for k, v in args.items() if k in ("batch_size", "dtype", "device", "kv_cache_gb")}
     return HFBackend(spec.model, adapter=adapter, **args)
 
 
@@ -329,7 +329,8 @@ def describe(backend, spec: "BackendSpec | str | None" = None) -> dict:
     a local model's chat template), with why."""
     text = spec.text if isinstance(spec, BackendSpec) else spec
     mode = getattr(backend, "tools_mode", None)
-    return {"spec": text, "name": getattr(backend, "name", type(backend).__name__),
+    engine = getattr(backend, "engine_info", None)  # a local model: engine, precision and why (measured on CPU)
+    return {"spec": text, **({"engine": engine} if engine else {}), "name": getattr(backend, "name", type(backend).__name__),
             "kind": getattr(backend, "kind", "local"),
             "tools": mode or "template",
             "tools_detail": getattr(backend, "tools_detail", None) if mode else "the model's chat template renders them"}
