@@ -5,6 +5,8 @@
     modal run app.py::pipeline --run ladder --budget-usd 3           # the whole ladder, seed 000's recipe
     modal run app.py::train_sft --run ladder --traces runs/demo/train.jsonl
     modal run app.py::evaluate --run ladder --name eval-sft --adapter sft --shards 4
+    modal run app.py::evaluate --run ladder --name eval-gemini-reader --extractor gemini:gemini-2.5-flash
+    modal run app.py::matrix --run m1 --orchestrators embedded --extractors self,gemini:gemini-2.5-flash --limit 50
     modal run app.py::simpo --run ladder                             # own-failure pairs -> SimPO on L4 -> eval
     modal run app.py::grpo --run ladder --max-steps 50               # GRPO on the SFT adapter (H100)
     modal run app.py::rft --run ladder --samples 4                   # rejection fine-tuning of the SFT adapter
@@ -67,8 +69,14 @@ FUNCTIONS = {
                           volumes=("traces", "models"), keys=False),
     "run_sft": dict(image="sft", gpu="L4", cpu=4.0, memory_gib=16, timeout=4 * 3600, retries=1,
                     volumes=("traces", "adapters", "models"), keys=False),
+    # keys: an eval's agent or extractor may be a hosted model (`--extractor gemini:...`).
     "evaluate_shard": dict(image="eval", gpu="B200", cpu=8.0, memory_gib=32, timeout=2 * 3600, retries=2,
-                           volumes=("runs", "adapters", "models"), keys=False),
+                           volumes=("runs", "adapters", "models"), keys=True),
+    # The matrix: one container per column's extraction benchmark, then one per cell (a whole eval each).
+    "matrix_extraction": dict(image="eval", gpu="L4", cpu=4.0, memory_gib=16, timeout=60 * 60, retries=2,
+                              volumes=("runs", "adapters", "models"), keys=True),
+    "matrix_cell": dict(image="eval", gpu="L4", cpu=4.0, memory_gib=16, timeout=2 * 3600, retries=2,
+                        volumes=("runs", "adapters", "models"), keys=True),
     "merge_eval": dict(image="cpu", gpu=None, cpu=2.0, memory_gib=4, timeout=20 * 60, retries=2,
                        volumes=("runs",), keys=False),
     "mine_pairs": dict(image="cpu", gpu=None, cpu=2.0, memory_gib=4, timeout=20 * 60, retries=2,
@@ -165,6 +173,20 @@ def evaluate_shard(run: str, name: str, cfg=None, shard: int = 0, num_shards: in
     _sync("evaluate_shard", "reload")()
     return cloud.eval_shard_body(run, name, cfg, shard, num_shards, layout=_layout(), engine=engine,
                                  resources=resources("evaluate_shard"), commit=_sync("evaluate_shard", "commit"))
+
+
+@app.function(**options("matrix_extraction"))
+def matrix_extraction(run: str, cfg=None, col: int = 0) -> dict:
+    _sync("matrix_extraction", "reload")()
+    return cloud.matrix_extraction_body(run, cfg, col, layout=_layout(), resources=resources("matrix_extraction"),
+                                        commit=_sync("matrix_extraction", "commit"))
+
+
+@app.function(**options("matrix_cell"))
+def matrix_cell(run: str, cfg=None, row: int = 0, col: int = 0, engine: str = "vllm") -> dict:
+    _sync("matrix_cell", "reload")()
+    return cloud.matrix_cell_body(run, cfg, row, col, layout=_layout(), engine=engine, resources=resources("matrix_cell"),
+                                  commit=_sync("matrix_cell", "commit"))
 
 
 @app.function(**options("merge_eval"))
@@ -265,7 +287,8 @@ def endpoint():
 WRAPPERS = {"generate_traces": generate_traces, "judge": judge, "select_traces": select_traces,
             "run_sft": run_sft, "evaluate_shard": evaluate_shard, "merge_eval": merge_eval,
             "mine_pairs": mine_pairs, "train_simpo": train_simpo, "run_grpo": run_grpo, "run_rft": run_rft,
-            "evaluate_job": evaluate_job, "prepare_model": prepare_model}
+            "evaluate_job": evaluate_job, "prepare_model": prepare_model,
+            "matrix_extraction": matrix_extraction, "matrix_cell": matrix_cell}
 
 
 class ModalInvoker:
@@ -300,7 +323,7 @@ class ModalInvoker:
         return out
 
     def call(self, name: str, *args, **kwargs):
-        if name in ("evaluate_shard", "evaluate_job"):
+        if name in ("evaluate_shard", "evaluate_job", "matrix_cell"):
             kwargs.setdefault("engine", self.engine)
         fn = self._fn(name)
         started = time.perf_counter()
@@ -322,7 +345,7 @@ class ModalInvoker:
                 except Exception as exc:  # noqa: BLE001 - as Modal's return_exceptions=True
                     out.append(exc)
             return out
-        if name == "evaluate_shard":
+        if name in ("evaluate_shard", "matrix_cell"):
             args = [tuple(a) + (self.engine,) for a in args]
         fn = self._fn(name)
         t = FUNCTIONS[name]
@@ -347,15 +370,16 @@ def _cost_path(run: str) -> Path:
 
 @app.local_entrypoint()
 def pipeline(run: str = "ladder", data: str = "musique", model: str = "embedded", eval_limit: int = 200,
-             eval_shards: int = 2, trace_shards: int = 4, judge_model: str = "", budget_usd: float = 0.0,
-             max_traces: int = 0):
-    """The whole ladder as remote calls; cost ledger in runs/<run>/cost.json."""
+             eval_shards: int = 2, trace_shards: int = 4, judge_model: str = "", teacher: str = "",
+             budget_usd: float = 0.0, max_traces: int = 0):
+    """The whole ladder as remote calls; cost ledger in runs/<run>/cost.json. --judge-model and --teacher take
+    backend specs (gemini:MODEL, openai:MODEL@URL, a hub id)."""
     from hopsmith.cost import format_ledger
     from hopsmith.metrics import format_comparison
 
     cfg = cloud.CloudConfig(run=run, data=data, model=model, eval_limit=eval_limit, eval_shards=eval_shards,
-                            trace_shards=trace_shards, judge=judge_model or None, max_traces=max_traces or None,
-                            budget_usd=budget_usd or None)
+                            trace_shards=trace_shards, judge=judge_model or None, teacher=teacher or None,
+                            max_traces=max_traces or None, budget_usd=budget_usd or None)
     out = cloud.run_ladder(cfg, ModalInvoker(), layout=Layout(Path(MOUNT)), cost_path=_cost_path(run))
     print(format_comparison(out["base"], out["sft"], names=("base", "sft")))
     print(format_ledger(out["cost"]))
@@ -434,18 +458,45 @@ def train_sft(run: str = "ladder", traces: str = "", preset: str = "seed000", ep
 
 @app.local_entrypoint()
 def evaluate(run: str = "ladder", name: str = "eval-sft", adapter: str = "sft", data: str = "musique",
-             model: str = "embedded", limit: int = 200, shards: int = 4, budget_usd: float = 0.0):
-    """Sharded vLLM eval on B200 of adapters/<run>/<adapter> ("none": the base model), merged with CIs."""
+             model: str = "embedded", extractor: str = "self", limit: int = 200, shards: int = 4,
+             budget_usd: float = 0.0):
+    """Sharded vLLM eval on B200 of adapters/<run>/<adapter> ("none": the base model), merged with CIs.
+    --model and --extractor take backend specs (a hosted extractor: gemini:gemini-2.5-flash)."""
     from hopsmith.cost import Budget, Ledger, format_ledger
     from hopsmith.metrics import format_table
 
     base = Layout(Path(MOUNT))
     adapter_path = None if adapter == "none" else str(base.adapter(run, adapter))
     cfg = cloud.CloudConfig(run=run, data=data, model=model, eval_limit=limit, eval_shards=shards).eval_cfg(adapter_path)
+    cfg["extractor"] = extractor
     ledger = Ledger.open(_cost_path(run))
     budget = Budget(budget_usd or None, ledger)
     print(format_table(_sharded_eval(ModalInvoker(), run, name, cfg, limit, shards, ledger, budget)))
     print(format_ledger(ledger.summary()))
+
+
+@app.local_entrypoint()
+def matrix(run: str = "matrix", orchestrators: str = "embedded", extractors: str = "self", data: str = "musique",
+           limit: int = 200, max_turns: int = 20, max_new_tokens: int = 512, budget_usd: float = 0.0):
+    """Seed 000's orchestrator x extractor matrix: each column's extraction benchmark, then each cell, one L4
+    container each (local orchestrators on vLLM); the table in runs/<run>/matrix.txt and .json, the ledger
+    in runs/<run>/cost.json. Specs as for `hopsmith matrix` (comma-separated, label=spec names one)."""
+    import json
+
+    from hopsmith.cost import format_ledger
+    from stages import matrix as matrix_stage
+
+    cfg = matrix_stage.MatrixConfig(orchestrators=orchestrators, extractors=extractors, data=data, limit=limit,
+                                    max_turns=max_turns, max_new_tokens=max_new_tokens)
+    summary = cloud.run_matrix(cfg, ModalInvoker(), run=run, layout=Layout(Path(MOUNT)), cost_path=_cost_path(run),
+                               budget_usd=budget_usd or None)
+    text = matrix_stage.format_matrix(summary)
+    out = Path("runs") / run
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "matrix.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "matrix.txt").write_text(text + "\n")
+    print(text)
+    print(format_ledger(summary["cost"]))
 
 
 def _sharded_eval(inv: "ModalInvoker", run: str, name: str, cfg: dict, questions: int, shards: int, ledger,

@@ -27,12 +27,13 @@ def main() -> None:
 
     from hopsmith.backends.templates import chat_templates
     from hopsmith.models import resolve_model
+    from hopsmith.config import update
     from stages import traces
 
     tok = AutoTokenizer.from_pretrained(resolve_model("embedded"))
     template = chat_templates(tok).training  # what SFT renders and trains on
     with tempfile.TemporaryDirectory() as d:
-        traces.run(traces.TracesConfig(data=args.data, split="train", top_k=5, max_chars=None), d)
+        traces.run(update(traces.TracesConfig(), data=args.data, split="train", top_k=5, max_chars=None), d)
         rows = read_jsonl(f"{d}/traces/shard-0.jsonl")
     sizes = [len(tok(tok.apply_chat_template(r["messages"], tools=r.get("tools"), chat_template=template, tokenize=False),
                      add_special_tokens=False)["input_ids"]) for r in rows]

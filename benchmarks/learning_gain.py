@@ -80,17 +80,21 @@ def main() -> None:
         raise SystemExit(f"--base: unknown base run(s) {sorted(unknown)}; choose from {', '.join(BASE_RUNS)}")
 
     from stages import evaluate, judge, sft, traces
-    from stages.pipeline import sample_traces
+    from hopsmith.config import update
+    from hopsmith.traces import sample_traces
+    from hopsmith.training import trace_lengths
 
     started = time.perf_counter()
     all_traces = []
     for name in args.train.split(","):
         sub = root / f"traces-{name}"
-        traces.run(traces.TracesConfig(data=name, split="train", top_k=args.top_k, max_chars=args.max_chars,
-                                       thinking_fraction=0.0), sub)
+        traces.run(update(traces.TracesConfig(), data=name, split="train", top_k=args.top_k,
+                          max_chars=args.max_chars, thinking_fraction=0.0), sub)
         judge.run(judge.JudgeConfig(), sub)
         all_traces += read_jsonl(sub / "kept.jsonl")
-    train = sample_traces(all_traces, args.max_traces, seed=0)
+    # Sampled among the traces SFT can take whole (max_length 1536), so none is dropped after sampling.
+    fit = [t for t, n in zip(all_traces, trace_lengths(all_traces)) if n <= 1536]
+    train = sample_traces(fit, args.max_traces, seed=0)
     write_jsonl(root / "train.jsonl", train)
     t_traces = time.perf_counter() - started
 
@@ -98,9 +102,9 @@ def main() -> None:
                                     learning_rate=args.learning_rate, max_length=1536), root / "sft")
 
     def cfg(adapter=None, few_shot=False, extraction_bench=False):
-        return evaluate.EvalConfig(data=args.eval, split="eval", limit=args.eval_limit, adapter=adapter,
-                                   few_shot=few_shot, max_turns=args.max_turns, max_new_tokens=96,
-                                   top_k=args.top_k, max_chars=args.max_chars, extraction_bench=extraction_bench)
+        return update(evaluate.EvalConfig(), data=args.eval, split="eval", limit=args.eval_limit, adapter=adapter,
+                      few_shot=few_shot, max_turns=args.max_turns, max_new_tokens=96,
+                      top_k=args.top_k, max_chars=args.max_chars, extraction_bench=extraction_bench)
 
     record: dict = {}
     for i, b in enumerate(bases):

@@ -31,6 +31,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from hopsmith.config import from_saved, update
 from hopsmith.io import read_jsonl, write_json, write_jsonl
 from hopsmith.leakage import TRAINED_KEYS
 from hopsmith.metrics import aggregate, format_comparison, headline
@@ -63,10 +64,11 @@ def _simpo(args, run: Path, base: evaluate.EvalConfig) -> tuple[Path, dict, str]
 
 def _rft(args, run: Path, base: evaluate.EvalConfig) -> tuple[Path, dict, str]:
     out = _out_dir(args, run)
-    cfg = rft.RFTConfig(data=args.data, model=base.model, adapter=str(run / "sft"), limit=args.mine_limit,
-                        samples=args.samples, temperature=args.temperature, max_turns=base.max_turns,
-                        max_new_tokens=base.max_new_tokens, top_k=base.top_k, max_chars=base.max_chars,
-                        epochs=args.epochs or 2.0, learning_rate=args.learning_rate or 1e-4, max_length=1536)
+    a = base.agent
+    cfg = update(rft.RFTConfig(), data=args.data, model=a.model, adapter=str(run / "sft"), limit=args.mine_limit,
+                 samples=args.samples, temperature=args.temperature, max_turns=a.max_turns,
+                 max_new_tokens=a.max_new_tokens, top_k=a.top_k, max_chars=a.max_chars,
+                 epochs=args.epochs or 2.0, learning_rate=args.learning_rate or 1e-4, max_length=1536)
     done = out / "rft_summary.json"
     summary = json.loads(done.read_text()) if done.exists() else rft.run(cfg, out)
     if not summary.get("trained"):
@@ -98,8 +100,7 @@ def sft_eval_metrics(run: Path) -> dict:
                                               "rate_ci", "per_question")})
     if "setup" not in metrics:
         saved = json.loads((run / "eval-sft" / "config.json").read_text())
-        metrics["setup"] = evaluate.prompt_setup(evaluate.EvalConfig(
-            **{k: v for k, v in saved.items() if k in evaluate.EvalConfig.__dataclass_fields__}))
+        metrics["setup"] = evaluate.prompt_setup(from_saved(evaluate.EvalConfig, saved))
     return metrics
 
 
@@ -138,10 +139,10 @@ def main() -> None:
             raise SystemExit(f"{need} is missing: run benchmarks/learning_gain.py --out {run} first")
     sft_eval_cfg = json.loads((run / "eval-sft" / "config.json").read_text())
     sft_metrics = sft_eval_metrics(run)
-    base = evaluate.EvalConfig(**{k: v for k, v in sft_eval_cfg.items() if k in evaluate.EvalConfig.__dataclass_fields__})
+    base = from_saved(evaluate.EvalConfig, sft_eval_cfg)
     started = time.perf_counter()
     out, record, summary = (_simpo if args.method == "simpo" else _rft)(args, run, base)
-    tuned = evaluate.run(replace(base, adapter=str(out / "adapter")), out / "eval")
+    tuned = evaluate.run(update(base, adapter=str(out / "adapter")), out / "eval")
     total = time.perf_counter() - started
     record = {"sft": sft_metrics, "tuned": tuned, **record, "summary": summary, "seconds": total, "args": vars(args)}
     write_json(out / "preference_gain.json", record)

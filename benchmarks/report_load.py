@@ -21,8 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from hopsmith.agent.loop import AgentConfig, run_episodes
-from hopsmith.agent.prompts import agent_user_prompt
+from hopsmith.agent.loop import run_episodes
+from hopsmith.config import AgentConfig
+from hopsmith.envs import multihop
+from hopsmith.envs.multihop import agent_user_prompt
 from hopsmith.data import BUNDLED, build_pools, hop_question, load_questions
 from hopsmith.io import write_json, write_jsonl
 from hopsmith.metrics import aggregate, failure_kind, score
@@ -74,7 +76,7 @@ def make_rows(n: int, tuned: bool, max_chars: int | None = 600) -> list[dict]:
     kinds = [0 if tuned and i % 5 else i % 4 for i in range(len(questions))]
     scripts = {agent_user_prompt(q.question): _script(q, kind) for q, kind in zip(questions, kinds)}
     agent = AgentConfig(few_shot=True, max_turns=6, top_k=5, max_chars=max_chars)
-    rows = run_episodes(questions, pools, Policy(scripts), agent)
+    rows = run_episodes(questions, multihop.make(agent, pools=pools), Policy(scripts), agent)
     out = []
     for k in range(n):
         row = copy.deepcopy(rows[k % len(rows)])

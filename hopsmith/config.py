@@ -40,6 +40,14 @@ class AgentConfig:
     # Who answers llm_query: self (the agent's own model, adapter included), none (no llm_query tool), or a
     # backend spec of another model
     extractor: str = "self"
+    # Options of the two backends, under their specs' own `?key=value` options (hopsmith.backends.factory.OPTIONS):
+    # a TOML table or JSON, e.g. {"timeout": 300, "extra_body": {"top_k": 20}}
+    model_options: dict | None = None
+    extractor_options: dict | None = None  # options of the extractor's backend spec, as model_options
+    # A remote agent's tool specs go into its system prompt (the project's template), not the `tools` field;
+    # without it, a server that ignores the field is detected and gets them in the prompt as well.
+    tools_in_prompt: bool = False
+    kv_cache_gb: float = 3.0  # the local engine's prefix cache (keys/values kept across turns); 0 turns it off
     env: str = "multihop"  # the environment the agent acts in (hopsmith.envs.ENVS: multihop | enterprise)
     batch_size: int = 16  # episodes live at once; each turn is one batched generate over them
     max_turns: int = 20  # assistant turns before the episode is capped
@@ -79,6 +87,28 @@ class AgentConfig:
             raise ConfigError("batch_size and max_turns must be >= 1")
 
 
+def flat_knobs(cls):
+    """Let `cls(...)` take a nested config's knobs flat, as TOML and flags do: `EvalConfig(limit=4, max_turns=3)`
+    is `EvalConfig(limit=4, agent=AgentConfig(max_turns=3))` (a given `agent` is the base they change)."""
+    init = cls.__init__
+
+    def __init__(self, *args, **kw):
+        kw = renamed(cls, kw)
+        known = flat_fields(cls)
+        inner: dict[str, dict] = {}
+        for k in [k for k in kw if k in known and known[k][0] is not None]:
+            inner.setdefault(known[k][0], {})[k] = kw.pop(k)
+        for holder, changes in inner.items():
+            base = kw.get(holder) or cls.__dataclass_fields__[holder].default_factory()
+            kw[holder] = dataclasses.replace(base, **changes)
+        init(self, *args, **kw)
+
+    __init__.__doc__ = init.__doc__
+    cls.__init__ = __init__
+    return cls
+
+
+@flat_knobs
 @dataclass(frozen=True)
 class EvalConfig:
     """`hopsmith eval`: run the agent on a question set and score it."""
@@ -109,6 +139,13 @@ def nested_fields(cls) -> dict[str, type]:
     """The fields of `cls` that are configs themselves (name -> class)."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in fields(cls) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def renamed(cls, values: dict) -> dict:
+    """`values` with the old names of knobs (`field(metadata={"renamed": {old: new}})` on a nested config)
+    turned into their new ones, so configs saved before the rename still load."""
+    names = {old: new for f in fields(cls) for old, new in f.metadata.get("renamed", {}).items()}
+    return {names.get(k, k): v for k, v in values.items()}
 
 
 def omitted(cls, name: str) -> tuple[str, ...]:
@@ -144,6 +181,14 @@ def _coerce(cls, key: str, value):
     if isinstance(value, str) and base is not str:
         if optional and value.lower() in ("none", "null", ""):
             return None
+        if base is dict:  # a table in TOML; JSON text on the command line
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{cls.__name__}.{key}: {value!r} is not a JSON object ({exc.msg})") from None
+            if not isinstance(value, dict):
+                raise ConfigError(f"{cls.__name__}.{key}: expected a JSON object, got {value!r}")
+            return value
         try:
             if base is bool:
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -161,6 +206,7 @@ def _coerce(cls, key: str, value):
 
 def _assemble(cls, values: dict):
     """`cls` from flat keys and nested tables; a nested config starts from the outer field's default."""
+    values = renamed(cls, values)
     known = flat_fields(cls)
     nested = nested_fields(cls)
     for name, sub in nested.items():  # a nested config given whole, as an object
@@ -196,9 +242,20 @@ def build(cls, *, file: str | Path | None = None, **overrides):
     return _assemble(cls, values)
 
 
+def from_dict(cls, values: dict):
+    """`cls` from a dict (a saved config.json, a Modal call's arguments): keys flat or nested, None kept as
+    None, its `kind` (when present) checked."""
+    values = dict(values)
+    kind = values.pop("kind", cls.__name__)
+    if kind != cls.__name__:
+        raise ConfigError(f"a {kind} config where a {cls.__name__} is expected")
+    return _assemble(cls, values)
+
+
 def update(cfg, **changes):
     """`dataclasses.replace` with flat keys: `update(eval_cfg, limit=4, max_turns=3)` reaches into `agent`."""
     known = flat_fields(type(cfg))
+    changes = renamed(type(cfg), changes)
     unknown = sorted(set(changes) - set(known))
     if unknown:
         raise ConfigError(f"unknown {type(cfg).__name__} key(s): {', '.join(unknown)}")
@@ -230,13 +287,23 @@ def flat_config(saved: dict) -> dict:
     return out
 
 
-def refuse_other_config(path: Path, cfg, keys, *, what: str, added: dict | None = None) -> None:
+def from_saved(cls, saved: dict):
+    """`cls` from a saved `config.json` of any age: nested or flat (as written before `agent` was nested),
+    the keys `cls` no longer has (and the run's records, such as `backends`) left out."""
+    known = flat_fields(cls)
+    return update(cls(), **{k: v for k, v in flat_config(saved).items() if k in known})
+
+
+def refuse_other_config(path: Path, cfg, keys, *, what: str, added: dict | None = None, normalize=None) -> None:
     """Raise RunDirError when the config saved at `path` differs from `cfg` in any of `keys` (flat names);
-    `added` says what a key means in a config saved before the key existed."""
+    `added` says what a key means in a config saved before the key existed; `normalize(flat)` rewrites both
+    sides in place before they are compared (specs without their transport options)."""
     if not path.exists():
         return
     saved = {**(added or {}), **flat_config(json.loads(path.read_text()))}
     mine = flat_config(to_dict(cfg))
+    for side in (saved, mine) if normalize else ():
+        normalize(side)
     diff = [k for k in keys if saved.get(k) != mine.get(k)]
     if diff:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {mine.get(k)!r}" for k in diff)

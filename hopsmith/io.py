@@ -73,20 +73,24 @@ def read_jsonl(path: str | Path, *, repair: bool = False) -> list[dict]:
 
 
 class JsonlAppender:
-    """Append rows one at a time, each durable once `append` returns."""
+    """Append rows one at a time, each durable once `append` returns. The file (and its directory) is created
+    with the first row, so a run that fails before its first result leaves no empty file behind."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._f = None
 
     def append(self, row: dict) -> None:
+        if self._f is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "a", encoding="utf-8")
         self._f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
 
     def close(self) -> None:
-        self._f.close()
+        if self._f is not None:
+            self._f.close()
 
     def __enter__(self):
         return self

@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from .backends.factory import make_backend
 from .chat import HermesFormat, extract_answer, strip_thinking, thinking_of
 from .config import ConfigError
 from .metrics import contains_answer, score
@@ -416,6 +417,12 @@ def parse_judge_json(text: str, *, dimensions: tuple[str, ...] = DIMENSIONS, ver
     out["reasons"] = reasons
     out["score"] = sum(out[k] for k in dimensions) / (5 * len(dimensions))
     return out
+
+
+def judge_backend(spec: str, options: dict | None = None):
+    """The judge's backend from its spec, through the shared factory: parsed, checked and (a remote one)
+    contacted before any trace is judged."""
+    return make_backend(spec, role="judge", options=options, check=True)
 
 
 class LLMJudge:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import jinja2
 
-from .backends.hf import check_adapter, default_device
+from .backends import hf
+from .backends.hf import check_adapter
 from .backends.templates import (TemplateError, chat_templates, check_prompts_are_prefixes, load_tokenizer,
                                  tokenize_conversation)
 from .config import ConfigError
@@ -63,11 +64,14 @@ class SFTConfig:
     # Continue this LoRA adapter instead of starting a new one (its rank and targets are kept; the lora_*
     # keys are then unused). Rejection fine-tuning uses it to train the sampled policy further.
     init_adapter: str | None = None
+    collation: str = "per_trace"  # per_trace (one trace a forward, logits on assistant positions) | padded
 
     def resolved(self) -> "SFTConfig":
         """The preset's values for every key left unset."""
         if self.preset not in (*PRESETS, "none"):
             raise ConfigError(f"unknown SFT preset {self.preset!r}; known: {', '.join(PRESETS)}, none")
+        if self.collation not in ("per_trace", "padded"):
+            raise ConfigError(f"unknown SFT collation {self.collation!r}; known: per_trace, padded")
         base = PRESETS.get(self.preset, PRESETS["seed000"])
         return replace(self, **{k: v for k, v in base.items() if getattr(self, k) is None})
 
@@ -107,6 +111,59 @@ def fit_traces(traces: list[dict], tokenizer, chat_template: str, max_length: in
               "template_refused": sum(len(v) for v in refused.values()), "refused_reasons": sorted(refused),
               "tokens": sum(len(r["input_ids"]) for r in rows)}
     return kept, rows, report
+
+
+def trace_lengths(traces: list[dict], model: str = "embedded") -> list[int | float]:
+    """Tokens of each trace as SFT renders it (the model's tokenizer and training template), so a caller can
+    pick traces that fit `max_length` before sampling instead of losing them here. A trace the template
+    cannot render counts as infinitely long."""
+    tokenizer = load_tokenizer(resolve_model(model))
+    template = chat_templates(tokenizer).training
+    lengths: list[int | float] = []
+    for t in traces:
+        try:
+            lengths.append(len(tokenize_conversation(tokenizer, t["messages"], t.get("tools"), template)["input_ids"]))
+        except (TemplateError, jinja2.TemplateError):
+            lengths.append(float("inf"))
+    return lengths
+
+
+def assistant_only_trainer():
+    """TRL's SFTTrainer with a loss that computes logits only at positions whose next token is trained.
+
+    TRL's own loss scores every position on CPU (its compact path needs Triton): on a 49k vocabulary that
+    is the LM head and the log-softmax over every tool-result and prompt token. Each forward is one trace,
+    so the positions to keep are one index tensor (`logits_to_keep`); normalisation by
+    `num_items_in_batch` (every trace of the accumulated batch) is TRL's, so gradient accumulation and
+    logged losses mean what they meant."""
+    import torch
+    import torch.nn.functional as F
+    from trl import SFTTrainer
+
+    class AssistantOnlySFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mode = "train" if self.model.training else "eval"
+            labels = inputs.pop("labels")
+            if labels.shape[0] != 1:
+                raise ValueError("assistant-only logits take one trace a forward (collation='per_trace')")
+            target = labels[0, 1:]
+            keep = (target != -100).nonzero().flatten()
+            inputs["use_cache"] = False
+            outputs = model(**inputs, logits_to_keep=keep)
+            logits, target = outputs.logits[0], target[keep]
+            loss = F.cross_entropy(logits.float(), target, reduction="sum")
+            loss = loss / (num_items_in_batch if num_items_in_batch is not None else max(1, target.numel()))
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            with torch.no_grad():
+                accuracy = (logits.argmax(-1) == target).float().mean().item() if target.numel() else 0.0
+            self._metrics[mode]["mean_token_accuracy"].append(accuracy)
+            if mode == "train":
+                self._total_train_tokens += int(inputs["input_ids"].shape[1])
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return (loss, outputs) if return_outputs else loss
+
+    return AssistantOnlySFTTrainer
 
 
 def load_model_for_training(cfg: SFTConfig):
@@ -182,6 +239,7 @@ def train_sft(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, m
         "steps_per_epoch": math.ceil(len(rows) / (cfg.batch_size * cfg.grad_accum)),
         "train_loss": float(result.training_loss),
         "seconds": log.seconds,
+        "cpu_seconds": log.cpu_seconds,  # process CPU time of training: on a shared machine, the work done
         "stopped_early": log.stopped,
         # What the leakage guard reads: ids, answers and question texts trained on (and a continued adapter's).
         **training_record(kept, base_adapter=cfg.init_adapter),
@@ -210,12 +268,16 @@ def _sft_trainer(cfg: SFTConfig, root: Path, model, tokenizer, rows: list[dict],
     from trl import SFTConfig as TRLConfig
     from trl import SFTTrainer
 
+    # per_trace: one trace a forward, the same batches by accumulation (the sampler's order does not
+    # depend on the micro-batch size, so optimizer step k sees the traces it sees with padded batches).
+    per_trace = cfg.collation == "per_trace"
+    micro, accumulate = (1, cfg.batch_size * cfg.grad_accum) if per_trace else (cfg.batch_size, cfg.grad_accum)
     args = TRLConfig(
         output_dir=str(root / "checkpoints"),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accumulate,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a float below 1 is a ratio of total steps
@@ -236,7 +298,8 @@ def _sft_trainer(cfg: SFTConfig, root: Path, model, tokenizer, rows: list[dict],
     )
     peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules=target_modules(cfg.target_modules), task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+    trainer_cls = assistant_only_trainer() if per_trace else SFTTrainer
+    trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=None if cfg.init_adapter else peft_config, callbacks=[log.callback()])
     # With tqdm off the Trainer prints every log dict; loss.json keeps the curve instead.
     trainer.remove_callback(PrinterCallback)
@@ -257,12 +320,18 @@ class TrainingLog:
         self.max_seconds = max_seconds
         self.losses: list[dict] = []
         self.started = time.perf_counter()
+        self.started_cpu = time.process_time()
         self.ended: float | None = None
+        self.ended_cpu: float | None = None
         self.stopped = False
 
     @property
     def seconds(self) -> float:
         return (self.ended or time.perf_counter()) - self.started
+
+    @property
+    def cpu_seconds(self) -> float:
+        return (self.ended_cpu or time.process_time()) - self.started_cpu
 
     def callback(self):
         from transformers import TrainerCallback
@@ -271,10 +340,10 @@ class TrainingLog:
 
         class Log(TrainerCallback):
             def on_train_begin(self, args, state, control, **kw):
-                log.started = time.perf_counter()
+                log.started, log.started_cpu = time.perf_counter(), time.process_time()
 
             def on_train_end(self, args, state, control, **kw):
-                log.ended = time.perf_counter()
+                log.ended, log.ended_cpu = time.perf_counter(), time.process_time()
 
             def on_log(self, args, state, control, logs=None, **kw):
                 if logs and "loss" in logs:
@@ -305,7 +374,7 @@ def load_policy(model_name: str, adapter: str | Path | None, *, model=None, toke
     from transformers import AutoModelForCausalLM
 
     if model is None:
-        device = default_device()
+        device = hf.default_device()  # looked up when called: a test puts the policy on its own device
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(resolve_model(model_name), dtype=dtype).to(device)
     if tokenizer is None:

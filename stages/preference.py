@@ -30,7 +30,7 @@ from hopsmith.agent.loop import run_episodes
 from hopsmith.backends.hf import HFBackend, check_adapter
 from hopsmith.backends.templates import chat_templates, render, tokenize_conversation
 from hopsmith.collapse import CollapseGuard, behaviour
-from hopsmith.config import AgentConfig, ConfigError
+from hopsmith.config import AgentConfig, ConfigError, flat_knobs
 from hopsmith.data import BUNDLED, load_questions, load_with_pools
 from hopsmith.envs import multihop
 from hopsmith.io import read_jsonl, write_json, write_jsonl
@@ -155,6 +155,7 @@ PRESETS = {
 }
 
 
+@flat_knobs
 @dataclass(frozen=True)
 class PreferenceConfig:
     """`hopsmith simpo`: SimPO (or DPO) on preference pairs, continuing an SFT adapter."""
@@ -180,7 +181,8 @@ class PreferenceConfig:
     agent: AgentConfig = field(default_factory=lambda: AgentConfig(adapter="sft", max_turns=4, max_new_tokens=96,
                                                                    top_k=3, max_chars=300, few_shot=False,
                                                                    extractor="none"),
-                               metadata={"omit": ("env", "extractor", "batch_size")})
+                               metadata={"omit": ("env", "extractor", "batch_size"),
+                                         "renamed": {"probe_turns": "max_turns"}})
 
     def resolved(self) -> "PreferenceConfig":
         if self.preset not in PRESETS:

@@ -20,19 +20,19 @@ from pathlib import Path
 
 from hopsmith.agent.backends import agent_backends
 from hopsmith.agent.loop import run_episodes
-from hopsmith.backends.factory import make_backend
 from hopsmith.backends.hf import check_adapter
 from hopsmith.collapse import behaviour
-from hopsmith.config import AgentConfig, ConfigError
+from hopsmith.config import AgentConfig, ConfigError, flat_knobs
 from hopsmith.data import load_with_pools
 from hopsmith.envs import multihop
 from hopsmith.io import JsonlAppender, read_jsonl, write_json, write_jsonl
-from hopsmith.judge import KeepRules, LLMJudge, judge_traces, rule_checks
+from hopsmith.judge import KeepRules, LLMJudge, judge_traces, rule_checks, judge_backend as make_judge_backend
 from hopsmith.tools.extract import Extractor
 from hopsmith.traces.synthetic import tool_schemas
 from hopsmith.training import SFTConfig, train_sft
 
 
+@flat_knobs
 @dataclass(frozen=True)
 class RFTConfig:
     """`hopsmith rft`: sample the policy, keep the judged-correct episodes, train it further on them."""
@@ -77,6 +77,7 @@ def run(cfg: RFTConfig, root: str | Path, *, backend=None) -> dict:
     policy = cfg.agent
     if policy.adapter:
         check_adapter(policy.adapter)  # before sampling, not after it when SFT would load the adapter
+    judge_backend = make_judge_backend(cfg.judge) if cfg.judge else None  # checked (a remote one contacted) before sampling
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "config.json", asdict(cfg))
@@ -89,7 +90,7 @@ def run(cfg: RFTConfig, root: str | Path, *, backend=None) -> dict:
     rows = read_jsonl(root / "samples.jsonl")
     kept = [r for r in rows if r["kept"]]
     if cfg.judge and kept:
-        judged = judge_traces(kept, KeepRules(), LLMJudge(make_backend(cfg.judge)), cfg.judge)
+        judged = judge_traces(kept, KeepRules(), LLMJudge(judge_backend), cfg.judge)
         kept = [t for t in judged if t["judge"]["verdict"] == "pass"]
     write_jsonl(root / "kept.jsonl", kept)
     stats = behaviour(rows)

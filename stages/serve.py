@@ -42,8 +42,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hopsmith.agent.backends import agent_backends
+from hopsmith.evaluation import run as run_eval
 from hopsmith.agent.loop import run_episodes
-from hopsmith.config import AgentConfig, ConfigError, EvalConfig
+from hopsmith.config import AgentConfig, ConfigError, EvalConfig, flat_knobs
 from hopsmith.data import BUNDLED, build_pools, load_questions
 from hopsmith.envs import multihop
 from hopsmith.records import Paragraph, Question
@@ -57,6 +58,7 @@ class HTTPError(Exception):
         self.status = status
 
 
+@flat_knobs
 @dataclass(frozen=True)
 class ServeConfig:
     """`hopsmith serve`: the agent behind a bearer token, over HTTP."""
@@ -168,12 +170,12 @@ class AnswerRequest:
 
 class AgentService:
     """Validates requests, runs batches of them on the backend, evaluates; `identity` describes the adapter.
-    `evaluate` runs an /evaluate job (the eval stage's `run`, handed in by whoever starts the endpoint:
-    `hopsmith serve`, the cloud's endpoint); without it /evaluate answers 501."""
+    `evaluate` runs an /evaluate job (`hopsmith.evaluation.run`, what `hopsmith eval` runs, unless another
+    is given)."""
 
     def __init__(self, cfg: ServeConfig, backend, extractor=None, *, identity: dict | None = None,
                  evaluate: Callable | None = None):
-        self.cfg, self.backend, self.extractor, self.run_eval = cfg, backend, extractor, evaluate
+        self.cfg, self.backend, self.extractor, self.run_eval = cfg, backend, extractor, evaluate or run_eval
         adapter = cfg.agent.adapter
         self.identity = identity if identity is not None else (adapter_identity(adapter) if adapter else None)
         self._bundled_sets: dict[str, list] = {}
@@ -253,8 +255,6 @@ class AgentService:
 
     def evaluate(self, ecfg: EvalConfig, root: str | Path | None = None) -> dict:
         """Run the evaluation on this service's backend (into `root`, else a temporary directory)."""
-        if self.run_eval is None:
-            raise HTTPError(501, "this endpoint runs no evaluations (it was started without the eval stage)")
         with tempfile.TemporaryDirectory() as d:
             metrics = self.run_eval(ecfg, root or d, backend=self.backend, extractor=self.extractor, progress=False)
         return summarise(metrics)
@@ -416,7 +416,7 @@ def build_service(cfg: ServeConfig, *, backend=None, extractor=None, identity: d
 
 
 def serve_forever(cfg: ServeConfig, *, evaluate: Callable | None = None) -> None:
-    """Serve under uvicorn until interrupted; `evaluate` runs /evaluate jobs (the eval stage's `run`)."""
+    """Serve under uvicorn until interrupted; `evaluate` runs /evaluate jobs (default `hopsmith.evaluation.run`)."""
     import uvicorn  # the server loads only when one is started
 
     token = os.environ.get(cfg.token_env)

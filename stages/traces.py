@@ -11,9 +11,13 @@ Writes under `root/traces/`:
   Written whole under a temporary name and renamed, only when the shard is complete.
 - `rejected-<i>.jsonl` (teacher mode): traces the ASP filters rejected, each with its `asp` reasons.
 - `summary-<i>.json`: counts per type and variant, skipped types with their reasons, kept/rejected.
-- `config-<i>.json`: the configuration; a rerun with another one is refused rather than mixed.
+- `config-<i>.json`: the configuration (in teacher mode with `backends.teacher`: the spec, and how tool specs
+  reached the teacher: the `tools` field or its system prompt); a rerun with another one is refused rather
+  than mixed.
 A rerun skips a complete shard. Teacher episodes are costly, so they are also appended, as they finish,
-to `.teacher-<i>.partial.jsonl`, and an interrupted teacher shard resumes from there.
+to `.teacher-<i>.partial.jsonl`, and an interrupted teacher shard resumes from there. The teacher is built
+and checked (a remote one contacted: key, URL, model name, tool handling) before anything is written, and
+the config is written with the first trace: a shard that fails before it leaves nothing behind.
 
 Questions come from the `train` split by default, so training never sees an eval question; `eval` and
 `all` are refused unless `allow_eval_questions` is set. Pools are built as `hopsmith eval` builds them
@@ -29,9 +33,10 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hopsmith.agent.backends import agent_backends
+from hopsmith.backends.factory import canonical, describe, make_backend
 from hopsmith.agent.loop import run_episodes
-from hopsmith.config import AgentConfig, ConfigError, RunDirError, flat_config, refuse_other_config, to_dict
+from hopsmith.config import (AgentConfig, ConfigError, RunDirError, flat_config, flat_knobs, refuse_other_config,
+                             to_dict)
 from hopsmith.data import load_with_pools
 from hopsmith.envs import multihop
 from hopsmith.io import JsonlAppender, read_jsonl, write_json, write_jsonl
@@ -39,10 +44,11 @@ from hopsmith.tools.search import IndexCache
 from hopsmith.traces import asp_filter, generate, hop_paragraph_ids, parse_weights
 from hopsmith.traces.synthetic import as_extractor, tool_schemas
 
-# Keys that do not change what a shard holds, so a rerun may change them.
-_FREE_KEYS = ("batch_size",)
+# Keys that do not change what a shard holds, so a rerun may change them (a teacher's timeout or concurrency).
+_FREE_KEYS = ("batch_size", "teacher_options", "kv_cache_gb")
 
 
+@flat_knobs
 @dataclass(frozen=True)
 class TracesConfig:
     """`hopsmith traces`: synthetic or teacher agent traces for SFT."""
@@ -64,6 +70,7 @@ class TracesConfig:
     # its default extractor, and SFT should render the prompt inference renders.
     advertise_llm_query: bool = True
     teacher: str | None = None  # backend spec of a teacher model whose episodes become traces; None: synthetic
+    teacher_options: dict | None = None  # the teacher spec's options as a table (hopsmith.backends.factory)
     f1_threshold: float = 0.65  # ASP String-F1 cut for teacher traces
     shard: int = 0  # this worker writes questions[shard::num_shards]
     num_shards: int = 1  # workers writing traces side by side
@@ -72,7 +79,8 @@ class TracesConfig:
     # shows) and the teacher's episodes; the teacher is `teacher`, its thinking drawn per question.
     agent: AgentConfig = field(default_factory=lambda: AgentConfig(extractor="none", few_shot=False,
                                                                    max_new_tokens=512),
-                               metadata={"omit": ("model", "adapter", "env", "thinking")})
+                               metadata={"omit": ("model", "adapter", "env", "thinking", "model_options",
+                                                   "extractor_options")})
 
     def __post_init__(self):
         if self.teacher is not None and self.teacher.strip().lower() in ("", "none", "null"):
@@ -117,9 +125,14 @@ def _check_config(path: Path, cfg: TracesConfig) -> None:
     defaults = flat_config(to_dict(TracesConfig()))
     keys = [k for k in flat_config(to_dict(cfg)) if k not in _FREE_KEYS]
     try:
-        refuse_other_config(path, cfg, keys, what="traces", added=defaults)
+        refuse_other_config(path, cfg, keys, what="traces", added=defaults, normalize=_canonical_teacher)
     except RunDirError as exc:
         raise TracesRunError(str(exc)) from None
+
+
+def _canonical_teacher(flat: dict) -> None:
+    """The teacher's transport options (timeout, concurrency, ...) may change on a rerun."""
+    flat["teacher"] = canonical(flat.get("teacher"), flat.get("teacher_options"))
 
 
 def run(cfg: TracesConfig, root: str | Path, *, backend=None, extractor=None) -> dict:
@@ -134,15 +147,25 @@ def run(cfg: TracesConfig, root: str | Path, *, backend=None, extractor=None) ->
     if paths["shard"].exists() and paths["summary"].exists():
         summary = json.loads(paths["summary"].read_text())
         return {**summary, "resumed": True}
-    write_json(paths["config"], to_dict(cfg))
 
     started = time.perf_counter()
     questions, pools = load_train_questions(cfg)
     teacher = backend is not None or cfg.teacher is not None
+    written: list[bool] = []
+
+    def write_config() -> None:  # once, with the first trace
+        if not written:
+            extra = {"backends": {"teacher": _describe(cfg, backend)}} if teacher else {}
+            write_json(paths["config"], {**to_dict(cfg), **extra})
+            written.append(True)
+
     if teacher:
-        summary = _run_teacher(cfg, questions, pools, paths, backend, extractor)
+        backend = _teacher_backend(cfg, backend)  # built and checked before anything is written
+        summary = _run_teacher(cfg, questions, pools, paths, backend, extractor, write_config)
+        summary["tools"] = _describe(cfg, backend)
     else:
-        summary = _run_synthetic(cfg, questions, pools, paths, extractor)
+        summary = _run_synthetic(cfg, questions, pools, paths, extractor, write_config)
+    write_config()
     summary.update(shard=cfg.shard, num_shards=cfg.num_shards, questions=len(questions),
                    seconds=time.perf_counter() - started, config=to_dict(cfg),
                    files={k: str(v) for k, v in paths.items() if k in ("shard", "rejected") and v.exists()})
@@ -160,13 +183,18 @@ def _counts(traces: list[dict]) -> dict:
     }
 
 
-def _run_synthetic(cfg: TracesConfig, questions, pools, paths, extractor) -> dict:
+def _describe(cfg: TracesConfig, backend) -> dict:
+    return describe(backend, cfg.teacher)
+
+
+def _run_synthetic(cfg: TracesConfig, questions, pools, paths, extractor, write_config) -> dict:
     if cfg.use_llm_query and extractor is None:
         raise ConfigError("TracesConfig.use_llm_query needs an extractor: pass extractor= to stages.traces.run")
     traces, skips = generate(
         questions, pools, weights=cfg.weights, per_question=cfg.per_question, thinking_fraction=cfg.thinking_fraction,
         fallback=cfg.fallback, seed=cfg.seed, top_k=cfg.agent.top_k, max_chars=cfg.agent.max_chars,
         use_llm_query=cfg.use_llm_query, extractor=extractor, advertise_llm_query=cfg.advertise_llm_query)
+    write_config()
     write_jsonl(paths["shard"], traces)
     by_type: dict[str, Counter] = {}
     for s in skips:
@@ -182,6 +210,15 @@ def _run_synthetic(cfg: TracesConfig, questions, pools, paths, extractor) -> dic
             "examples": skips[:20],
         },
     }
+
+
+def _teacher_backend(cfg: TracesConfig, backend):
+    """The teacher, built and checked (a remote one contacted) before anything is written."""
+    if backend is not None:
+        return backend
+    return make_backend(cfg.teacher, role="teacher", options=cfg.teacher_options, check=True,
+                        tools_in_prompt=cfg.agent.tools_in_prompt, batch_size=cfg.agent.batch_size,
+                        kv_cache_gb=cfg.agent.kv_cache_gb)
 
 
 def teacher_trace(row: dict, question, *, thinking: bool, tools: list[dict], top_k: int, max_chars: int | None,
@@ -215,11 +252,8 @@ def teacher_trace(row: dict, question, *, thinking: bool, tools: list[dict], top
     return trace
 
 
-def _run_teacher(cfg: TracesConfig, questions, pools, paths, backend, extractor) -> dict:
-    teacher = replace(cfg.agent, model=cfg.teacher or "embedded")
-    if backend is None:
-        backend, own = agent_backends(teacher)
-        extractor = own if extractor is None else extractor
+def _run_teacher(cfg: TracesConfig, questions, pools, paths, backend, extractor, write_config) -> dict:
+    teacher = replace(cfg.agent, model=cfg.teacher or getattr(backend, "name", "?"))
     extractor = as_extractor(extractor)
     tools = tool_schemas(extractor is not None)
     by_id = {q.id: q for q in questions}
@@ -238,6 +272,7 @@ def _run_teacher(cfg: TracesConfig, questions, pools, paths, backend, extractor)
             def finished(row, thinking=thinking):
                 trace = teacher_trace(row, by_id[row["question_id"]], thinking=thinking, tools=tools,
                                       top_k=agent.top_k, max_chars=agent.max_chars, threshold=cfg.f1_threshold)
+                write_config()
                 out.append(trace)
                 done[trace["question_id"]] = trace
 

@@ -1,10 +1,14 @@
 """Shared fixtures: a tiny random causal LM with a tokenizer trained in the test session (no download,
-no embedded model), and a scripted backend that replies from a list, for deterministic loop tests."""
+no embedded model), a scripted backend that replies from a list, for deterministic loop tests, and fake
+OpenAI-compatible / Gemini servers (`serve`, from tests/fake_servers.py) with the `openai` client's retry
+waits recorded instead of slept (`openai_sleeps`)."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
+from fake_servers import FakeServer, Sleeps
 
 from hopsmith.backends import Generation
 from hopsmith.data import build_pools, load_questions
@@ -175,3 +179,30 @@ class ScriptedBackend:
 @pytest.fixture()
 def scripted():
     return ScriptedBackend
+
+
+@pytest.fixture()
+def serve():
+    """serve(replies) -> a running FakeServer, shut down when the test ends."""
+    started: list[FakeServer] = []
+
+    def start(replies, delay=None, get=None) -> FakeServer:
+        server = FakeServer(replies, delay, get).__enter__()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture()
+def openai_sleeps(monkeypatch) -> "Sleeps":
+    """The `openai` client's retry waits, recorded instead of slept (its module's `time`, not the global one)."""
+    import types
+
+    import openai._base_client as base
+
+    sleeps = Sleeps()
+    monkeypatch.setattr(base, "time", types.SimpleNamespace(sleep=sleeps, time=time.time))
+    return sleeps

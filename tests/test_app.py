@@ -40,7 +40,7 @@ def test_every_entrypoint_and_function_parses():
     """`modal run app.py::run_grpo` used to stop at "parameter cfg has unparseable annotation: dict"."""
     names = sorted(set(app.app.registered_entrypoints) | {n for n in app.app.registered_functions if n != "endpoint"})
     assert {"smoke", "pipeline", "train_sft", "evaluate", "simpo", "grpo", "rft", "run_grpo", "run_rft",
-            "prepare_model"} <= set(names)
+            "prepare_model", "matrix", "matrix_cell", "matrix_extraction"} <= set(names)
     for name in names:
         result = _modal_run([f"app.py::{name}", "--help"])
         assert result.exit_code == 0, (name, result.output)
@@ -72,7 +72,9 @@ def test_timeouts_and_keys_only_where_used():
         secrets = [repr(x) for x in spec.secrets]
         assert secrets[0] == repr(app.CONTEXT) and "HOPSMITH_SERVE_RUN" in secrets[0], name
         assert (len(secrets) == 2 and secrets[1] == repr(app.KEYS)) if row["keys"] else len(secrets) == 1, name
-    assert not app.FUNCTIONS["run_sft"]["keys"] and not app.FUNCTIONS["evaluate_shard"]["keys"]
+    assert not any(app.FUNCTIONS[n]["keys"] for n in ("run_sft", "select_traces", "merge_eval", "mine_pairs"))
+    # an eval's or a matrix cell's extractor (or agent) may be hosted: `--extractor gemini:...`
+    assert all(app.FUNCTIONS[n]["keys"] for n in ("evaluate_shard", "matrix_extraction", "matrix_cell"))
     assert app.FUNCTIONS["endpoint"]["keys"] and app.FUNCTIONS["prepare_model"]["keys"]
 
 

@@ -11,7 +11,7 @@ FLOORS = (
     ("the ladder", ("stages.pipeline", "stages.cloud")),
     ("stages", ("stages",)),
     ("library", ("hopsmith.agent", "hopsmith.traces", "hopsmith.judge", "hopsmith.enterprise_judge", "hopsmith.ceiling",
-                 "hopsmith.leakage", "hopsmith.training", "hopsmith.report", "hopsmith.cost", "hopsmith.fanout",
+                 "hopsmith.leakage", "hopsmith.training", "hopsmith.evaluation", "hopsmith.report", "hopsmith.cost", "hopsmith.fanout",
                  "hopsmith.browser")),
     ("environments", ("hopsmith.envs",)),
     ("scoring", ("hopsmith.metrics", "hopsmith.collapse")),

@@ -8,8 +8,11 @@ from importlib import resources
 
 import pytest
 
-from hopsmith.agent.enterprise import EnterpriseConfig, main as enterprise_main, run_enterprise_episodes
+from hopsmith import cli
+from hopsmith.agent.loop import run_episodes
 from hopsmith.backends import Generation
+from hopsmith.config import AgentConfig
+from hopsmith.envs import enterprise
 from hopsmith.envs.enterprise import (ACTIONS, CATEGORIES, MAX_TURNS, Act, EnterpriseEnv, ScriptedUser, action_schemas,
                                       balanced_gold_traces, gold_trace, preference_pair, read_call, score_acts,
                                       think_names)
@@ -26,6 +29,17 @@ WORLD = {
     "tickets": {"TCK-1": {"ticket_id": "TCK-1", "account_id": "ACC-1", "subject": "Missing cable", "status": "open",
                           "priority": "normal", "notes": ["Customer called."]}},
 }
+
+
+def EnterpriseConfig(**kw) -> AgentConfig:
+    """The agent settings the enterprise driver used (seed 002's 16-turn conversations, 384 new tokens)."""
+    return AgentConfig(**{"env": "enterprise", "max_turns": MAX_TURNS, "max_new_tokens": 384, **kw})
+
+
+def run_enterprise_episodes(cases, backend, cfg: AgentConfig | None = None, *, seed: int = 0) -> list[dict]:
+    """The enterprise environment through the one episode loop."""
+    cfg = cfg or EnterpriseConfig()
+    return run_episodes(cases, enterprise.make(cfg, seed=seed), backend, cfg)
 
 
 @pytest.fixture(scope="module")
@@ -158,9 +172,9 @@ def test_scripted_user_replies_in_order_then_falls_back():
 def test_clarify_gets_the_case_reply_in_the_conversation(cases):
     case = by_id(cases, "clarification_loop_0001")
     env = EnterpriseEnv(case)
-    out = env.step(read_call("clarify", {"question": "Which shipment?"}))
+    out = env.apply(read_call("clarify", {"question": "Which shipment?"}))
     assert [m["role"] for m in out] == ["tool", "user"] and out[1]["content"] == case.user_replies[0]
-    again = env.step(read_call("clarify", {"question": "Are you sure?"}))
+    again = env.apply(read_call("clarify", {"question": "Are you sure?"}))
     assert again[1]["content"] == ScriptedUser.FALLBACK and not env.done
 
 
@@ -519,13 +533,16 @@ def test_case_tool_checks_files(tmp_path, capsys):
     assert "14 cases, 0 with problems" in capsys.readouterr().out
 
 
-def test_driver_help_and_bad_input(capsys):
+def test_eval_env_help_and_bad_input(capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
-        enterprise_main(["--help"])
-    assert exc.value.code == 0 and "--per-category" in capsys.readouterr().out
-    assert enterprise_main(["--categories", "nonsense"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown categories" in err[0]
+        cli.main(["eval", "--help"])
+    assert exc.value.code == 0 and "--env" in capsys.readouterr().out
+    assert cli.main(["eval", "--env", "enterprise", "--data", "nonsense", "--out", str(tmp_path / "e")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "--env enterprise runs on cases" in errors[0]
+    assert cli.main(["eval", "--env", "nonsense", "--out", str(tmp_path / "n")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "unknown environment 'nonsense'" in errors[0]
 
 
 def test_driver_runs_a_real_hf_backend(tiny_backend):

@@ -134,7 +134,7 @@ def test_config_errors_name_the_problem(tmp_path):
     good = tmp_path / "good.toml"
     good.write_text('limit = 7\nthinking = true\nmax_chars = "none"\n')
     cfg = build(EvalConfig, file=good, limit="9")
-    assert (cfg.limit, cfg.thinking, cfg.max_chars) == (9, True, None)
+    assert (cfg.limit, cfg.agent.thinking, cfg.agent.max_chars) == (9, True, None)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from hopsmith import cli
 from hopsmith.backends import Generation
 from hopsmith.config import ConfigError, build
 from hopsmith.io import read_jsonl, write_jsonl
@@ -433,21 +434,29 @@ def test_stage_traces_glob_and_no_shards(tmp_path):
         stage.run(stage.JudgeConfig(), tmp_path / "empty")
 
 
-def test_config_and_backend_hook(tmp_path, monkeypatch):
+def test_config_and_a_bad_judge_fails_before_anything_is_written(tmp_path, monkeypatch):
+    from hopsmith.backends.remote import MissingKeyError
+
     cfg = build(stage.JudgeConfig, min_score="0.8", judge="none", require_rules="false")
-    assert cfg.min_score == 0.8 and cfg.judge is None and cfg.require_rules is False
+    assert cfg.keep.min_score == 0.8 and cfg.judge is None and cfg.keep.require_rules is False
     with pytest.raises(ConfigError):
         stage.JudgeConfig(shard=2, num_shards=2)
     with pytest.raises(ConfigError):
         build(stage.JudgeConfig, judges="x")
-    monkeypatch.setitem(__import__("sys").modules, "hopsmith.backends.factory", None)
-    with pytest.raises(stage.JudgeRunError, match="make_backend does not exist"):
-        stage.make_judge_backend("gemini:flash")
+    assert build(stage.JudgeConfig, judge_options='{"timeout": 30}').judge_options == {"timeout": 30}
+    _root(tmp_path)
+    for var in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(MissingKeyError, match=r"^judge=gemini:flash: .*GEMINI_API_KEY"):
+        stage.run(stage.JudgeConfig(judge="gemini:flash"), tmp_path)
+    with pytest.raises(ConfigError, match="unknown option 'timout'"):
+        stage.run(stage.JudgeConfig(judge="openai:m@http://127.0.0.1:9/v1?timout=3"), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["traces"]  # no judge_config.json, no judged/
 
 
 def test_command_line(tmp_path, capsys):
     _root(tmp_path)
-    assert stage.main(["--root", str(tmp_path), "--max-turns", "2"]) == 0
+    assert cli.main(["judge", "--root", str(tmp_path), "--max-turns", "2"]) == 0
     out = capsys.readouterr().out
     assert "kept 0/5 traces" in out and "length 5" in out
 
@@ -456,7 +465,9 @@ def test_rules_read_agent_loop_output():
     """Traces as the agent loop writes them (no `tools` field: the multihop schemas apply)."""
     from conftest import ScriptedBackend, call
 
-    from hopsmith.agent.loop import AgentConfig, run_episodes
+    from episodes import run_multihop
+
+    from hopsmith.config import AgentConfig
     from hopsmith.data import build_pools, hop_question, load_questions
 
     qs = load_questions("musique", limit=2)
@@ -464,7 +475,7 @@ def test_rules_read_agent_loop_output():
     bad_call = '<tool_call>{"name": "search", "arguments": {"query": "x"</tool_call>'
     backend = ScriptedBackend({q.question: [call("search", query=hop_question(q, i)) for i in range(len(q.decomposition))]
                                + ([bad_call] if k else []) + [f"FINAL({q.answer})"] for k, q in enumerate(qs)})
-    rows = {r["question_id"]: r for r in run_episodes(qs, pools, backend, AgentConfig())}
+    rows = {r["question_id"]: r for r in run_multihop(qs, pools, backend, AgentConfig())}
     clean, broken = rule_checks(rows[qs[0].id]), rule_checks(rows[qs[1].id])
     assert clean["passed"] and clean["details"]["calls_parse"]["schemas"] == "multihop default"
     # the loop answered the malformed call with an error result, so only calls_parse fails

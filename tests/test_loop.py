@@ -4,7 +4,8 @@ import json
 from conftest import ScriptedBackend, call
 
 from hopsmith.metrics import aggregate
-from hopsmith.agent.loop import AgentConfig, run_episodes
+from episodes import run_multihop
+from hopsmith.config import AgentConfig
 from hopsmith.data import hop_question
 from hopsmith.tools.extract import Extractor
 
@@ -17,7 +18,7 @@ def _gold_chain(q):
 def test_gold_chain_answers_and_retrieves_support(musique_small):
     questions, pools = musique_small
     backend = ScriptedBackend({q.question: _gold_chain(q) for q in questions})
-    rows = run_episodes(questions, pools, backend, AgentConfig(max_turns=10), batch_size=8)
+    rows = run_multihop(questions, pools, backend, AgentConfig(max_turns=10), batch_size=8)
     assert {r["question_id"] for r in rows} == {q.id for q in questions}
     for row in rows:
         assert row["finished"] and row["stop"] == "final"
@@ -36,14 +37,14 @@ def test_batching_one_generate_per_turn_and_finished_leave(musique_small):
     # Question i answers after i searches, so the batch shrinks by one each turn.
     scripts = {q.question: [call("search", query="x")] * i + ["FINAL(a)"] for i, q in enumerate(questions)}
     backend = ScriptedBackend(scripts)
-    run_episodes(questions, pools, backend, AgentConfig(), batch_size=len(questions))
+    run_multihop(questions, pools, backend, AgentConfig(), batch_size=len(questions))
     assert backend.batches == list(range(len(questions), 0, -1))
 
 
 def test_batch_size_bounds_live_episodes(musique_small):
     questions, pools = musique_small
     backend = ScriptedBackend({}, default=[call("search", query="x"), "FINAL(a)"])
-    rows = run_episodes(questions, pools, backend, AgentConfig(), batch_size=4)
+    rows = run_multihop(questions, pools, backend, AgentConfig(), batch_size=4)
     assert max(backend.batches) == 4 and len(rows) == len(questions)
 
 
@@ -59,7 +60,7 @@ def test_malformed_and_unknown_calls_go_back_as_errors(musique_small):
         call("search", query=hop_question(q, 0)),
         "FINAL(x)",
     ]
-    rows = run_episodes([q], pools, ScriptedBackend({q.question: script}), AgentConfig())
+    rows = run_multihop([q], pools, ScriptedBackend({q.question: script}), AgentConfig())
     row = rows[0]
     calls = row["tool_calls"]
     assert [c["valid"] for c in calls] == [False, False, False, False, False, True]
@@ -79,7 +80,7 @@ def test_imitated_tool_reply_is_no_answer(musique_small):
     questions, pools = musique_small
     q = questions[0]
     backend = ScriptedBackend({q.question: [call("search", query="x"), "<tool_response>\n{\"a\": 1}"]})
-    [row] = run_episodes([q], pools, backend, AgentConfig(max_turns=4))
+    [row] = run_multihop([q], pools, backend, AgentConfig(max_turns=4))
     assert row["stop"] == "empty_answer" and not row["finished"] and row["prediction"] is None
     assert row["metrics"]["em"] == 0.0 and row["turns"] == 2
     assert aggregate([row])["no_final_answer_rate"] == 1.0
@@ -88,7 +89,7 @@ def test_imitated_tool_reply_is_no_answer(musique_small):
 def test_turn_cap_ends_episode_without_answer(musique_small):
     questions, pools = musique_small
     backend = ScriptedBackend({}, default=[call("search", query="county")] * 50)
-    rows = run_episodes(questions[:2], pools, backend, AgentConfig(max_turns=3, answer_at_cap=False))
+    rows = run_multihop(questions[:2], pools, backend, AgentConfig(max_turns=3, answer_at_cap=False))
     for row in rows:
         assert row["turns"] == 3 and not row["finished"] and row["stop"] == "max_turns"
         assert row["prediction"] is None and row["metrics"]["acc"] == 0.0
@@ -101,7 +102,7 @@ def test_turn_cap_asks_for_the_answer_once(musique_small):
     searching = [call("search", query="county")] * 3
     backend = ScriptedBackend({q0.question: searching + [f"FINAL({q0.answers[0]})"],
                                q1.question: searching + [call("search", query="more")]})
-    rows = {r["question_id"]: r for r in run_episodes([q0, q1], pools, backend, AgentConfig(max_turns=3))}
+    rows = {r["question_id"]: r for r in run_multihop([q0, q1], pools, backend, AgentConfig(max_turns=3))}
     a, b = rows[q0.id], rows[q1.id]
     # The cap turn is a user message asking for the answer, then one more reply.
     assert a["messages"][-2]["role"] == "user" and "FINAL(answer)" in a["messages"][-2]["content"]
@@ -124,7 +125,7 @@ def test_llm_query_batched_and_reads_last_results(musique_small):
 
     script = [call("search", query="county"), call("llm_query", question="Which county?"), "FINAL(a)"]
     backend = ScriptedBackend({}, default=script)
-    rows = run_episodes(questions[:3], pools, backend, AgentConfig(), extractor=Reader(), batch_size=3)
+    rows = run_multihop(questions[:3], pools, backend, AgentConfig(), extractor=Reader(), batch_size=3)
     assert len(seen) == 1 and len(seen[0]) == 3  # one extractor batch for the three episodes' calls
     for (question, text), row in zip(seen[0], rows):
         assert question == "Which county?"
@@ -137,14 +138,14 @@ def test_llm_query_batched_and_reads_last_results(musique_small):
 def test_llm_query_unknown_without_extractor(musique_small):
     questions, pools = musique_small
     backend = ScriptedBackend({}, default=[call("llm_query", question="q"), "FINAL(a)"])
-    row = run_episodes(questions[:1], pools, backend, AgentConfig())[0]
+    row = run_multihop(questions[:1], pools, backend, AgentConfig())[0]
     assert "unknown tool 'llm_query'" in row["tool_calls"][0]["error"]
 
 
 def test_on_done_streams_rows(musique_small):
     questions, pools = musique_small
     streamed = []
-    rows = run_episodes(questions, pools, ScriptedBackend({}, default=["FINAL(a)"]), AgentConfig(), on_done=streamed.append)
+    rows = run_multihop(questions, pools, ScriptedBackend({}, default=["FINAL(a)"]), AgentConfig(), on_done=streamed.append)
     assert [r["question_id"] for r in streamed] == [r["question_id"] for r in rows]
     json.dumps(rows)  # rows are plain JSON
 
@@ -154,7 +155,7 @@ def test_tiny_random_model_batched_loop(musique_small, tiny_backend):
     cap or overflow, and every row is complete."""
     questions, pools = musique_small
     cfg = AgentConfig(max_turns=2, max_new_tokens=12)
-    rows = run_episodes(questions[:5], pools, tiny_backend, cfg, extractor=Extractor(tiny_backend), batch_size=4)
+    rows = run_multihop(questions[:5], pools, tiny_backend, cfg, extractor=Extractor(tiny_backend), batch_size=4)
     assert sorted(r["question_id"] for r in rows) == sorted(q.id for q in questions[:5])
     for row in rows:
         assert 1 <= row["turns"] <= 2
@@ -180,14 +181,14 @@ def test_context_overflow_ends_episode(tiny_model, tiny_tokenizer, musique_small
     backend = HFBackend(model_obj=tiny_model, tokenizer=tiny_tokenizer, batch_size=2)
     backend.max_context = 50  # smaller than the system prompt
     questions, pools = musique_small
-    row = run_episodes(questions[:1], pools, backend, AgentConfig())[0]
+    row = run_multihop(questions[:1], pools, backend, AgentConfig())[0]
     assert row["stop"] == "context_overflow" and not row["finished"] and row["turns"] == 0
 
 
 def test_repeated_search_is_not_repeated(musique_small):
     questions, pools = musique_small
     backend = ScriptedBackend({}, default=[call("search", query="Van Hook"), call("search", query="van  hook"), "FINAL(a)"])
-    row = run_episodes(questions[:1], pools, backend, AgentConfig())[0]
+    row = run_multihop(questions[:1], pools, backend, AgentConfig())[0]
     first, second = [m["content"] for m in row["messages"] if m["role"] == "tool"]
     assert first.startswith("[p") and second.startswith('You already searched for "van  hook"')
 
@@ -196,9 +197,9 @@ def test_context_budget_ends_long_episodes(musique_small):
     questions, pools = musique_small
     queries = [call("search", query=w) for w in ("county", "river", "city", "film", "band", "party", "war")]
     probe = ScriptedBackend({}, default=["FINAL(a)"])
-    first_prompt = run_episodes(questions[:1], pools, probe, AgentConfig())[0]["tokens"]["prompt"]
+    first_prompt = run_multihop(questions[:1], pools, probe, AgentConfig())[0]["tokens"]["prompt"]
     # room for the first prompt and about one search result, not for seven
-    row = run_episodes(questions[:1], pools, ScriptedBackend({}, default=queries),
+    row = run_multihop(questions[:1], pools, ScriptedBackend({}, default=queries),
                        AgentConfig(max_context_tokens=first_prompt + 400))[0]
     assert row["stop"] == "context_overflow" and not row["finished"]
     assert 2 <= row["turns"] <= 4

@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 from conftest import ScriptedBackend, call
 
-from hopsmith.agent.loop import AgentConfig, run_episodes
+from episodes import run_multihop
+
+from hopsmith.config import AgentConfig
 from hopsmith.config import ConfigError, EvalConfig, build
 from hopsmith.data import hop_question
 from hopsmith.envs.multihop import SEARCH_ERROR, MultihopEnv
@@ -62,14 +64,14 @@ def test_loop_records_failures_and_config_plumbs_the_rate(musique_small):
     questions, pools = musique_small
     scripts = {q.question: [call("search", query=hop_question(q, i)) for i in range(len(q.decomposition))]
                + [f"FINAL({q.answer})"] for q in questions}
-    noisy = run_episodes(questions, pools, ScriptedBackend(scripts), AgentConfig(search_failure_rate=1.0))
-    clean = run_episodes(questions, pools, ScriptedBackend(scripts), AgentConfig())
+    noisy = run_multihop(questions, pools, ScriptedBackend(scripts), AgentConfig(search_failure_rate=1.0))
+    clean = run_multihop(questions, pools, ScriptedBackend(scripts), AgentConfig())
     for n, c in zip(noisy, clean):
         searches = sum(1 for x in n["tool_calls"] if x["name"] == "search")
         assert n["search_failures"] == searches > 0 and c["search_failures"] == 0
         assert not n["retrieved_ids"] and c["retrieved_ids"]
     cfg = build(EvalConfig, search_failure_rate="0.1", search_failure_seed="3")
-    assert cfg.agent().search_failure_rate == 0.1 and cfg.agent().search_failure_seed == 3
+    assert cfg.agent.search_failure_rate == 0.1 and cfg.agent.search_failure_seed == 3
     with pytest.raises(ConfigError, match="between 0 and 1"):
         build(EvalConfig, search_failure_rate="1.5")
 

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from hopsmith.traces import sample_traces
 from hopsmith import cli
 from stages import pipeline
 
@@ -10,10 +11,10 @@ from stages import pipeline
 def test_sample_traces_is_balanced_and_deterministic():
     traces = [{"id": f"{s}{i}", "source": s} for s in ("synthetic:chain", "synthetic:retry") for i in range(10)]
     traces += [{"id": "w0", "source": "synthetic:warmup"}]
-    picked = pipeline.sample_traces(traces, 5, seed=1)
-    assert len(picked) == 5 and picked == pipeline.sample_traces(traces, 5, seed=1)
+    picked = sample_traces(traces, 5, seed=1)
+    assert len(picked) == 5 and picked == sample_traces(traces, 5, seed=1)
     assert {t["source"] for t in picked} == {"synthetic:chain", "synthetic:retry", "synthetic:warmup"}
-    assert pipeline.sample_traces(traces, None, seed=0) == traces
+    assert sample_traces(traces, None, seed=0) == traces
 
 
 def test_ladder_end_to_end_on_tiny_model(tiny_dir, tmp_path, capsys):
@@ -31,6 +32,7 @@ def test_ladder_end_to_end_on_tiny_model(tiny_dir, tmp_path, capsys):
     assert result["base"]["n"] == result["sft"]["n"] == 2
     trained = result["sft_training"]
     assert 0 < trained["traces"] + trained["too_long_dropped"] == len((out / "train.jsonl").read_text().splitlines()) <= 4
+    assert trained["too_long_dropped"] == 0  # traces are sampled among those that fit max_length
     comparison = (out / "comparison.txt").read_text()
     assert "exact match" in printed and "sft" in comparison
     # the comparison is paired and names how each side was prompted (the base gets the one-shot example)

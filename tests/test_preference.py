@@ -110,7 +110,7 @@ def test_preference_training_runs_on_tiny_model(loss, tiny_sft, tiny_dir, mined_
     history = json.loads((tmp_path / "out" / "behaviour.json").read_text())
     assert len(history) == 4 and {"tool_use_rate", "query_diversity", "mean_turns"} <= set(history[0])
     # the new adapter remembers every question it (or its SFT parent) trained on, for the leakage guard
-    from stages.sft import trained_question_ids
+    from hopsmith.leakage import trained_question_ids
 
     assert {p["question_id"] for p in pairs} <= trained_question_ids(tmp_path / "out")
     losses = json.loads((tmp_path / "out" / "loss.json").read_text())

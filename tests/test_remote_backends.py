@@ -2,18 +2,16 @@
 
 Each test starts an `http.server` on 127.0.0.1 (port 0) in a thread, points a backend at it and checks
 both directions: the request body the backend sends and the `Generation` it makes of the reply.
-Retries use a recording `sleep`, so no test waits for a backoff. Servers stop when their test ends.
+Retries use a recording `sleep` (the Gemini backend's policy takes one; the `openai` client's sleep is
+swapped by the `openai_sleeps` fixture), so no test waits for a backoff. Servers stop when their test ends.
 """
 from __future__ import annotations
 
 import json
 import re
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
 
 import pytest
+from fake_servers import FakeServer, Sleeps, chat_reply, gemini_error, gemini_reply, models_list
 
 from hopsmith.chat import HermesFormat
 from hopsmith.backends.factory import make_backend
@@ -27,95 +25,6 @@ from hopsmith.backends.remote import (
     parse_retry_after,
     with_retries,
 )
-
-# A reply: (status, json-able body or raw str, extra headers).
-Reply = tuple[int, Any, dict]
-
-
-class FakeServer:
-    """Records every POST and answers from `replies` (a list used in order, the last one repeating)
-    or from a function of the recorded request."""
-
-    def __init__(self, replies: list[Reply] | Callable[[dict], Reply], delay: Callable[[dict], float] | None = None):
-        self.replies = replies
-        self.delay = delay
-        self.requests: list[dict] = []
-        self.lock = threading.Lock()
-        self.in_flight = 0
-        self.max_in_flight = 0
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                request = {"path": self.path, "headers": dict(self.headers), "body": json.loads(raw or b"{}")}
-                with server.lock:
-                    n = len(server.requests)
-                    server.requests.append(request)
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    if server.delay:
-                        time.sleep(server.delay(request))
-                    if callable(server.replies):
-                        status, body, headers = server.replies(request)
-                    else:
-                        status, body, headers = server.replies[min(n, len(server.replies) - 1)]
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
-                data = (body if isinstance(body, str) else json.dumps(body)).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        # A short poll interval: shutdown() waits up to one interval, and every test shuts a server down.
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self) -> FakeServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-
-@pytest.fixture()
-def serve():
-    """serve(replies) -> a running FakeServer, shut down when the test ends."""
-    started: list[FakeServer] = []
-
-    def start(replies, delay=None) -> FakeServer:
-        server = FakeServer(replies, delay).__enter__()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.__exit__(None, None, None)
-
-
-class Sleeps(list):
-    """A `sleep` that records the waits instead of waiting."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-
 
 # A trace as the agent loop builds it: a structured call, its result, then a malformed call (kept as text)
 # whose error comes back as a tool message named "invalid", plus the loop's internal "_call" key.
@@ -148,22 +57,7 @@ TOOLS = [
 # OpenAI-compatible
 
 
-def chat_reply(content: str | None = "Eldon", *, tool_calls=None, usage=(11, 3), **message) -> Reply:
-    msg = {"role": "assistant", "content": content, **message}
-    if tool_calls:
-        msg["tool_calls"] = tool_calls
-    body = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "model": "m",
-        "choices": [{"index": 0, "message": msg, "finish_reason": "tool_calls" if tool_calls else "stop"}],
-        "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)},
-    }
-    return 200, body, {}
-
-
 def openai_backend(server: FakeServer, **kw) -> OpenAICompatBackend:
-    kw.setdefault("retry", RetryPolicy(sleep=Sleeps()))
     return OpenAICompatBackend("test-model", base_url=f"{server.url}/v1", **kw)
 
 
@@ -176,10 +70,11 @@ def test_openai_plain_text_and_request_body(serve, monkeypatch):
 
     [req] = server.requests
     assert req["path"] == "/v1/chat/completions"
-    assert "Authorization" not in req["headers"]
+    assert "authorization" not in req["headers"]  # no key: none sent, not even a placeholder
     body = req["body"]
     assert body["model"] == "test-model"
-    assert (body["max_tokens"], body["temperature"], body["stop"]) == (64, 0.3, ["</tool_call>"])
+    assert (body["max_completion_tokens"], body["temperature"], body["stop"]) == (64, 0.3, ["</tool_call>"])
+    assert "max_tokens" not in body
     assert body["tools"] == [{"type": "function", "function": {k: v for k, v in TOOLS[0]["function"].items() if k != "return"}}]
     msgs = body["messages"]
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "tool", "assistant", "user"]
@@ -193,15 +88,21 @@ def test_openai_plain_text_and_request_body(serve, monkeypatch):
     assert not any("_call" in m for m in msgs)
 
 
-def test_openai_sends_key_and_defaults(serve, monkeypatch):
+def test_openai_sends_key_and_options(serve, monkeypatch):
     monkeypatch.setenv("MY_KEY", "sk-test")
     server = serve([chat_reply("hi")])
-    backend = openai_backend(server, api_key_env="MY_KEY", max_tokens_field="max_completion_tokens")
+    backend = openai_backend(server, api_key_env="MY_KEY", max_tokens_field="max_tokens",
+                             extra_body={"chat_template_kwargs": {"enable_thinking": False}})
     backend.generate([[{"role": "user", "content": "hi"}]])
     req = server.requests[0]
-    assert req["headers"]["Authorization"] == "Bearer sk-test"
-    assert req["body"]["max_completion_tokens"] == 256 and "max_tokens" not in req["body"]
+    assert req["headers"]["authorization"] == "Bearer sk-test"
+    assert req["body"]["max_tokens"] == 256 and "max_completion_tokens" not in req["body"]
+    assert req["body"]["chat_template_kwargs"] == {"enable_thinking": False}
     assert "tools" not in req["body"] and "stop" not in req["body"]
+    # max_completion_tokens in the spec overrides what the stage asks for (room for a reasoning model)
+    make_backend(f"openai:test-model@{server.url}/v1?max_completion_tokens=900").generate(
+        [[{"role": "user", "content": "hi"}]], max_new_tokens=32)
+    assert server.requests[-1]["body"]["max_completion_tokens"] == 900
 
 
 def test_openai_native_tool_call_renders_as_hermes_text(serve):
@@ -238,38 +139,51 @@ def test_openai_vllm_stop_reason_is_put_back(serve):
     assert HermesFormat().parse(gen.text).calls[0].arguments == {"query": "x"}
 
 
-def test_openai_429_then_success_honours_retry_after(serve):
+def test_openai_stop_string_left_out_closes_the_call(serve):
+    """OpenAI and transformers serve leave the stop string out and name none: a call written as text ends
+    open; it is closed as a local model closes it."""
+    server = serve([chat_reply('<tool_call>\n{"name": "search", "arguments": {"query": "x"}}')])
+    [gen] = openai_backend(server).generate([TRACE[:2]], stop=["</tool_call>", "<tool_response>"])
+    assert gen.text == '<tool_call>\n{"name": "search", "arguments": {"query": "x"}}\n</tool_call>'
+    assert HermesFormat().parse(gen.text).calls[0].valid
+
+
+def test_openai_429_then_success_honours_retry_after(serve, openai_sleeps):
     server = serve([(429, {"error": {"message": "Rate limit reached"}}, {"Retry-After": "7"}), chat_reply("ok")])
-    sleeps = Sleeps()
-    [gen] = openai_backend(server, retry=RetryPolicy(sleep=sleeps)).generate([TRACE[:2]])
-    assert gen.text == "ok" and len(server.requests) == 2 and sleeps == [7.0]
+    [gen] = openai_backend(server).generate([TRACE[:2]])
+    assert gen.text == "ok" and len(server.requests) == 2 and openai_sleeps == [7.0]
 
 
-def test_openai_500_twice_then_success_backs_off(serve):
+def test_openai_retry_after_beyond_the_cap_is_not_waited_for(serve, openai_sleeps):
+    server = serve([(429, {"error": {"message": "Rate limit reached"}}, {"Retry-After": "3600"}), chat_reply("ok")])
+    with pytest.raises(BackendError, match="HTTP 429") as err:
+        openai_backend(server).generate([TRACE[:2]])
+    assert len(server.requests) == 1 and openai_sleeps == [] and "concurrency" in str(err.value)
+
+
+def test_openai_500_twice_then_success_backs_off(serve, openai_sleeps):
     server = serve([(500, "oops", {}), (502, "bad gateway", {}), chat_reply("ok")])
-    sleeps = Sleeps()
-    [gen] = openai_backend(server, retry=RetryPolicy(base_delay=1.0, max_delay=30.0, sleep=sleeps)).generate([TRACE[:2]])
+    [gen] = openai_backend(server).generate([TRACE[:2]])
     assert gen.text == "ok" and len(server.requests) == 3
-    # Equal jitter: retry k waits between half and all of base * 2**k.
-    assert len(sleeps) == 2 and 0.5 <= sleeps[0] <= 1.0 and 1.0 <= sleeps[1] <= 2.0
+    # The client's backoff: 0.5 s doubling, less up to 25% jitter.
+    assert len(openai_sleeps) == 2 and 0.375 <= openai_sleeps[0] <= 0.5 and 0.75 <= openai_sleeps[1] <= 1.0
 
 
-def test_openai_gives_up_after_attempts(serve):
+def test_openai_gives_up_after_attempts(serve, openai_sleeps):
     server = serve([(503, "unavailable", {})])
     with pytest.raises(BackendError) as err:
-        openai_backend(server, retry=RetryPolicy(attempts=3, sleep=Sleeps())).generate([TRACE[:2]])
-    assert len(server.requests) == 3 and err.value.status == 503
+        openai_backend(server, max_retries=2).generate([TRACE[:2]])
+    assert len(server.requests) == 3 and err.value.status == 503 and "after 2 retries" in str(err.value)
 
 
-def test_openai_400_is_not_retried(serve):
+def test_openai_400_is_not_retried(serve, openai_sleeps):
     server = serve([(400, {"error": {"message": "Invalid value for 'temperature'", "type": "invalid_request_error"}}, {})])
-    sleeps = Sleeps()
     with pytest.raises(BackendError) as err:
-        openai_backend(server, retry=RetryPolicy(sleep=sleeps)).generate([TRACE[:2]])
-    assert len(server.requests) == 1 and sleeps == []
+        openai_backend(server).generate([TRACE[:2]])
+    assert len(server.requests) == 1 and openai_sleeps == []
     message = str(err.value)
     assert "HTTP 400" in message and "openai" in message and "/v1/chat/completions" in message
-    assert "Invalid value for 'temperature'" in message and err.value.status == 400
+    assert "Invalid value for 'temperature'" in message and err.value.status == 400 and "\n" not in message
 
 
 def test_openai_context_length_is_overflow(serve):
@@ -280,19 +194,28 @@ def test_openai_context_length_is_overflow(serve):
     assert gen.overflow and gen.text == "" and len(server.requests) == 1
 
 
-def test_openai_connection_error_is_retried_then_named(monkeypatch):
-    # A port nobody listens on: bind, note the port, close.
+def _dead_port() -> int:
     import socket
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    sleeps = Sleeps()
-    backend = OpenAICompatBackend("m", base_url=f"http://127.0.0.1:{port}/v1", retry=RetryPolicy(attempts=2, sleep=sleeps))
-    with pytest.raises(BackendError, match=f"127.0.0.1:{port}"):
+    return port
+
+
+def test_openai_connection_error_is_retried_then_named(openai_sleeps):
+    port = _dead_port()
+    backend = OpenAICompatBackend("m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=1)
+    with pytest.raises(BackendError, match=f"cannot connect.*is a server running at http://127.0.0.1:{port}/v1"):
         backend.generate([TRACE[:2]])
-    assert len(sleeps) == 1
+    assert len(openai_sleeps) == 1
+
+
+def test_openai_timeout_is_named_with_the_fix(serve):
+    server = serve([chat_reply("late")], delay=lambda r: 1.0)
+    with pytest.raises(BackendError, match=r"no reply within 0.2 s.*\?timeout=SECONDS"):
+        openai_backend(server, timeout=0.2, max_retries=0).generate([TRACE[:2]])
 
 
 def test_openai_missing_key(monkeypatch):
@@ -320,17 +243,20 @@ def test_openai_concurrency_keeps_input_order(serve):
     assert len(server.requests) == 6 and server.max_in_flight >= 2
 
 
-def test_openai_insufficient_quota_is_not_retried(serve):
+def test_openai_insufficient_quota_is_not_retried_but_a_transient_429_is(serve, openai_sleeps):
     error = {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}}
     server = serve([(429, error, {})])
-    with pytest.raises(BackendError, match="HTTP 429"):
+    with pytest.raises(BackendError, match="HTTP 429: the account's quota is used up"):
         openai_backend(server).generate([TRACE[:2]])
-    assert len(server.requests) == 1
+    assert len(server.requests) == 1 and openai_sleeps == []
+    server = serve([(429, {"error": {"message": "Rate limit reached", "type": "requests"}}, {}), chat_reply("ok")])
+    assert openai_backend(server).generate([TRACE[:2]])[0].text == "ok" and len(server.requests) == 2
 
 
 def test_openai_drives_the_agent_loop(serve, musique_small):
     """End to end: a native tool call goes through the loop, and its result comes back paired by id."""
-    from hopsmith.agent.loop import AgentConfig, run_episodes
+    from episodes import run_multihop
+    from hopsmith.config import AgentConfig
 
     questions, pools = musique_small
 
@@ -342,7 +268,7 @@ def test_openai_drives_the_agent_loop(serve, musique_small):
         return chat_reply("FINAL(Eldon)")
 
     server = serve(reply)
-    rows = run_episodes(questions[:2], pools, openai_backend(server), AgentConfig(max_turns=4), batch_size=2)
+    rows = run_multihop(questions[:2], pools, openai_backend(server), AgentConfig(max_turns=4), batch_size=2)
     assert [(r["stop"], r["prediction"], r["turns"]) for r in rows] == [("final", "Eldon", 2)] * 2
     assert all(r["tool_calls"][0]["name"] == "search" and r["tool_calls"][0]["valid"] for r in rows)
     second = [r["body"]["messages"] for r in server.requests if r["body"]["messages"][-1]["role"] == "tool"]
@@ -355,26 +281,108 @@ def test_openai_drives_the_agent_loop(serve, musique_small):
 
 
 # ---------------------------------------------------------------------------------------------------
+# The check before a run: key, URL, model name, and how the server treats the tools field
+
+
+def counting_server(serve, *, renders_tools: bool, refuse_tools: bool = False, ids=("test-model",)):
+    """A server whose prompt token count grows with the messages, and with the tools when its template renders them."""
+    def reply(request):
+        body = request["body"]
+        if refuse_tools and body.get("tools"):
+            return 400, {"error": {"message": '"auto" tool choice requires --enable-auto-tool-choice'}}, {}
+        size = len(json.dumps(body["messages"])) // 4 + (len(json.dumps(body.get("tools"))) // 4 if renders_tools and body.get("tools") else 0)
+        return chat_reply("OK", usage=(size, 1))
+    return serve(reply, get=models_list(*ids))
+
+
+def test_check_finds_whether_the_server_renders_tools(serve):
+    server = counting_server(serve, renders_tools=True)
+    backend = openai_backend(server)
+    backend.check(tools=True)
+    assert backend.tools_mode == "field" and "reaches the prompt" in backend.tools_detail
+    probes = [r["body"] for r in server.requests]
+    assert [b["max_completion_tokens"] for b in probes] == [1, 1] and "tools" in probes[1] and "tools" not in probes[0]
+
+    server = counting_server(serve, renders_tools=False)
+    backend = openai_backend(server)
+    backend.check(tools=True)
+    assert backend.tools_mode == "prompt" and "ignores the tools field" in backend.tools_detail
+    backend.generate([TRACE[:2]], tools=TOOLS)
+    body = server.requests[-1]["body"]
+    assert "tools" not in body and body["messages"][0]["content"].startswith("You are a search agent.\n\n# Tools")
+
+    server = counting_server(serve, renders_tools=True, refuse_tools=True)
+    backend = openai_backend(server)
+    backend.check(tools=True)
+    assert backend.tools_mode == "prompt" and "refused the tools field (HTTP 400)" in backend.tools_detail
+
+    server = counting_server(serve, renders_tools=False)
+    backend = openai_backend(server)
+    backend.check(tools=False)  # an extractor or a judge sends no tools: one probe, nothing decided
+    assert len(server.requests) == 1 and backend.tools_mode == "field"
+    backend = openai_backend(server, tools="field")
+    backend.check(tools=True)
+    assert backend.tools_mode == "field" and len(server.requests) == 2
+
+
+def test_check_names_the_fix(serve, monkeypatch):
+    from hopsmith.backends.remote import BackendSetupError
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    pinned = serve([(400, {"detail": "Server is pinned to 'served-model'; requested 'test-model'."}, {})],
+                   get=models_list("served-model"))
+    with pytest.raises(BackendSetupError, match=r"does not serve model 'test-model'; .*/v1/models lists: served-model"):
+        openai_backend(pinned).check()
+    # No /v1 in the base URL: every path 404s
+    server = serve([(404, {"detail": "Not Found"}, {})])
+    with pytest.raises(BackendSetupError, match=r"HTTP 404: nothing answers at .*/chat/completions: does the base URL end in /v1\?"):
+        OpenAICompatBackend("m", base_url=server.url).check()
+    server = serve([(401, {"error": {"message": "Incorrect API key provided"}}, {})])
+    with pytest.raises(BackendSetupError, match=r"HTTP 401: the server wants an API key: set \$OPENAI_API_KEY"):
+        openai_backend(server).check()
+    with pytest.raises(BackendSetupError, match="cannot connect"):
+        OpenAICompatBackend("m", base_url=f"http://127.0.0.1:{_dead_port()}/v1", max_retries=0).check()
+
+
+def test_tools_in_prompt_renders_as_the_project_template_does():
+    """A ChatML server's plain template on the rewritten messages gives the very prompt our ChatML-with-tools
+    template gives the original conversation: a served model reads what the same model reads locally."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from hopsmith.backends.remote import tools_in_prompt
+    from hopsmith.backends.templates import CHATML_TOOLS_TEMPLATE
+    from hopsmith.envs.multihop import _schema
+
+    plain = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+             "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    tools = [_schema("search"), _schema("llm_query")]
+    conversation = [
+        {"role": "system", "content": "You are a search agent."},
+        {"role": "user", "content": "Where was Lloyd Dane born?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "search", "arguments": {"query": "Lloyd Dane"}}}]},
+        {"role": "tool", "name": "search", "content": "[p1] Lloyd Dane was born in Eldon."},
+        {"role": "assistant", "content": "Two at once.", "tool_calls": [
+            {"type": "function", "function": {"name": "search", "arguments": {"query": "Eldon"}}},
+            {"type": "function", "function": {"name": "llm_query", "arguments": '{"question": "county?"}'}}]},
+        {"role": "tool", "name": "search", "content": "[p2] Eldon, Missouri."},
+        {"role": "tool", "name": "llm_query", "content": "Miller County"},
+        {"role": "assistant", "content": "<tool_call>{not json</tool_call>"},
+        {"role": "tool", "name": "invalid", "content": "Error: not JSON"},
+    ]
+    [ours], _ = render_jinja_template([conversation], tools=tools, chat_template=CHATML_TOOLS_TEMPLATE, add_generation_prompt=True)
+    [served], _ = render_jinja_template([tools_in_prompt(conversation, tools)], chat_template=plain, add_generation_prompt=True)
+    assert served == ours
+    # without a system turn the template's default one carries the tools
+    [ours], _ = render_jinja_template([conversation[1:4]], tools=tools, chat_template=CHATML_TOOLS_TEMPLATE)
+    [served], _ = render_jinja_template([tools_in_prompt(conversation[1:4], tools)], chat_template=plain)
+    assert served == ours
+
+
+# ---------------------------------------------------------------------------------------------------
 # Gemini
 
 
 GEMINI_PATH = re.compile(r"^/(v1|v1beta)/models/gemini-2\.5-flash:generateContent$")
-
-
-def gemini_reply(parts: list[dict], usage=(21, 5), thoughts=None) -> Reply:
-    meta = {"promptTokenCount": usage[0], "candidatesTokenCount": usage[1], "totalTokenCount": sum(usage)}
-    if thoughts:
-        meta["thoughtsTokenCount"] = thoughts
-    body = {
-        "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
-        "usageMetadata": meta,
-        "modelVersion": "gemini-2.5-flash",
-    }
-    return 200, body, {}
-
-
-def gemini_error(code: int, status: str, message: str) -> dict:
-    return {"error": {"code": code, "message": message, "status": status}}
 
 
 def gemini_backend(server: FakeServer, **kw) -> GeminiBackend:
@@ -494,6 +502,52 @@ def test_gemini_concurrency_keeps_input_order(serve):
     assert len(server.requests) == 6 and server.max_in_flight >= 2
 
 
+def test_gemini_check_names_the_fix(serve):
+    from hopsmith.backends.remote import BackendSetupError
+
+    def get(path):
+        if path.startswith("/v1/models/gemini-2.5-flash"):
+            return 200, {"name": "models/gemini-2.5-flash", "displayName": "Gemini 2.5 Flash"}, {}
+        if path.startswith("/v1/models/"):
+            return 404, gemini_error(404, "NOT_FOUND", "models/gemini-9 is not found for API version v1"), {}
+        return 200, {"models": [{"name": "models/gemini-2.5-flash"}, {"name": "models/gemini-2.5-pro"}]}, {}
+
+    server = serve([gemini_reply([{"text": "ok"}])], get=get)
+    gemini_backend(server).check()
+    assert server.gets[0].startswith("/v1/models/gemini-2.5-flash") and not server.requests  # nothing generated
+    with pytest.raises(BackendSetupError, match="no Gemini model 'gemini-9' for this key; it can use: gemini-2.5-flash, gemini-2.5-pro"):
+        GeminiBackend("gemini-9", api_key="k", base_url=server.url).check()
+    bad_key = serve([], get=lambda path: (400, gemini_error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key."), {}))
+    with pytest.raises(BackendSetupError, match=r"HTTP 400: the API key was refused: check \$GEMINI_API_KEY or \$GOOGLE_API_KEY"):
+        gemini_backend(bad_key).check()
+
+
+def test_gemini_daily_quota_is_not_retried_and_retry_info_is_honoured(serve):
+    def quota(kind: str, delay: str):
+        body = gemini_error(429, "RESOURCE_EXHAUSTED", "You exceeded your current quota")
+        body["error"]["details"] = [
+            {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{"quotaId": kind}]},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}]
+        return 429, body, {}
+
+    server = serve([quota("GenerateRequestsPerDayPerProjectPerModel-FreeTier", "30s"), gemini_reply([{"text": "ok"}])])
+    sleeps = Sleeps()
+    with pytest.raises(BackendError, match="daily quota is used up"):
+        gemini_backend(server, retry=RetryPolicy(sleep=sleeps)).generate([TRACE[:2]])
+    assert len(server.requests) == 1 and sleeps == []
+    server = serve([quota("GenerateRequestsPerMinutePerProjectPerModel-FreeTier", "7s"), gemini_reply([{"text": "ok"}])])
+    [gen] = gemini_backend(server, retry=RetryPolicy(sleep=sleeps)).generate([TRACE[:2]])
+    assert gen.text == "ok" and sleeps == [7.0]
+
+
+def test_gemini_tools_in_prompt(serve):
+    server = serve([gemini_reply([{"text": '<tool_call>\n{"name": "search", "arguments": {"query": "x"}}\n</tool_call>'}])])
+    [gen] = gemini_backend(server, tools="prompt").generate([TRACE[:2]], tools=TOOLS)
+    body = server.requests[0]["body"]
+    assert "tools" not in body and "# Tools" in body["systemInstruction"]["parts"][0]["text"]
+    assert HermesFormat().parse(gen.text).calls[0].arguments == {"query": "x"}
+
+
 def test_gemini_clean_schema():
     schema = {"type": "object", "additionalProperties": False, "$schema": "x",
               "properties": {"n": {"type": ["integer", "null"], "minimum": 1}, "tags": {"type": "array", "items": {"type": "string", "const": "a"}}}}
@@ -538,11 +592,21 @@ def test_with_retries_unit():
     assert len(sleeps) == 7 and max(sleeps) <= 4
 
 
-def test_parse_retry_after():
+def test_parse_retry_after_and_its_cap():
     assert parse_retry_after("2.5") == 2.5
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
-    assert parse_retry_after("99999") == 600.0
+    assert parse_retry_after("99999") == 99999.0
+    # A server that asks for more than two minutes is not waited for: the error is raised at once.
+    sleeps, calls = Sleeps(), []
+
+    def slow_down():
+        calls.append(1)
+        raise BackendError("slow down", backend="x", where="y", status=429, retry_after=parse_retry_after("99999"))
+
+    with pytest.raises(BackendError):
+        with_retries(slow_down, sleep=sleeps)
+    assert len(calls) == 1 and sleeps == []
 
 
 def test_normalize_pairs_by_id_and_drops_unanswered_calls():
@@ -559,8 +623,10 @@ def test_normalize_pairs_by_id_and_drops_unanswered_calls():
     assert out[2] == {"role": "tool", "id": "x2", "name": "search", "content": "B"}
 
 
-def test_make_backend_specs(monkeypatch):
+def test_make_backend_specs(monkeypatch, tiny_dir, tmp_path):
     import hopsmith.backends.hf as hf
+    from hopsmith.config import ConfigError
+    from hopsmith.models import ModelError
 
     built = []
 
@@ -569,29 +635,46 @@ def test_make_backend_specs(monkeypatch):
             built.append((model, kw))
 
     monkeypatch.setattr(hf, "HFBackend", FakeHF)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
     make_backend("embedded")
-    make_backend("HuggingFaceTB/SmolLM2-135M-Instruct", batch_size=2)
-    make_backend("hf:some/model")
-    assert built == [("embedded", {}), ("HuggingFaceTB/SmolLM2-135M-Instruct", {"batch_size": 2}), ("some/model", {})]
+    make_backend(str(tiny_dir), batch_size=2)
+    make_backend(f"hf:{tiny_dir}?batch_size=3&adapter={adapter}", batch_size=2)  # the spec's options win
+    assert built == [("embedded", {"adapter": None}), (str(tiny_dir), {"adapter": None, "batch_size": 2}),
+                     (str(tiny_dir), {"adapter": str(adapter), "batch_size": 3})]
+    # checked before anything loads: a model that is not there, an adapter that is not one
+    with pytest.raises(ModelError, match=r"^extractor=Org/not-here: unknown model .*openai:MODEL@URL"):
+        make_backend("Org/not-here", role="extractor")
+    with pytest.raises(ModelError, match="no adapter_config.json"):
+        make_backend(f"embedded?adapter={tmp_path}")
+    assert len(built) == 3
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    b = make_backend("openai:gpt-4o-mini", concurrency=2)
+    b = make_backend("openai:gpt-4o-mini", concurrency=2, batch_size=16)  # a stage's local defaults are ignored
     assert isinstance(b, OpenAICompatBackend) and (b.model, b.base_url, b.concurrency) == ("gpt-4o-mini", "https://api.openai.com/v1", 2)
     assert b.name == "openai:gpt-4o-mini"
-    b = make_backend("openai:Qwen/Qwen3-8B@http://localhost:8000/v1")
-    assert (b.model, b.url) == ("Qwen/Qwen3-8B", "http://localhost:8000/v1/chat/completions")
+    b = make_backend("openai:Qwen/Qwen3-8B@http://localhost:8000/v1?timeout=30&concurrency=16&tools=prompt",
+                     options={"timeout": 10, "max_retries": 1})
+    assert (b.model, b.url, b.timeout, b.concurrency, b.max_retries, b.tools_mode) == (
+        "Qwen/Qwen3-8B", "http://localhost:8000/v1/chat/completions", 30.0, 16, 1, "prompt")
     assert b.name == "openai:Qwen/Qwen3-8B@http://localhost:8000/v1"
+    assert make_backend("openai:m@http://localhost:8000/v1", role="agent", tools_in_prompt=True).tools_mode == "prompt"
 
     monkeypatch.setenv("GEMINI_API_KEY", "k")
-    g = make_backend("gemini:gemini-2.5-pro")
-    assert isinstance(g, GeminiBackend) and g.model == "gemini-2.5-pro"
+    g = make_backend("gemini:gemini-2.5-pro?concurrency=3")
+    assert isinstance(g, GeminiBackend) and (g.model, g.concurrency) == ("gemini-2.5-pro", 3)
     assert make_backend("gemini:").model == "gemini-2.5-flash"
 
-    with pytest.raises(ValueError, match="openai:<model>@<base_url>"):
-        make_backend("anthropic:claude")
-    with pytest.raises(ValueError, match="no model"):
-        make_backend("openai:")
+    for bad, why in (("anthropic:claude", "openai:<model>@<base_url>"), ("openai:", "no model"),
+                     ("openai:m?timout=3", "unknown option 'timout' for openai backends; known: api_key_env"),
+                     ("openai:m?concurrency=many", "must be a whole number"), ("openai:m?tools=maybe", "tools='maybe'"),
+                     (f"openai:m@http://localhost:1/v1?adapter={adapter}", "unknown option 'adapter'")):
+        with pytest.raises(ConfigError, match=re.escape(why)):
+            make_backend(bad, role="judge")
+    with pytest.raises(ConfigError, match=r"^teacher=openai:m@http://localhost:1/v1\?tools=field: .*contradicts"):
+        make_backend("openai:m@http://localhost:1/v1?tools=field", role="teacher", tools_in_prompt=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -606,7 +689,7 @@ def _judge_trace():
 VERDICT = {"correctness": 5, "search_approach": 4, "grounding": 5, "format": 5, "verdict": "pass", "reasons": ["grounded"]}
 
 
-def test_openai_judge_retries_429_and_malformed_json(serve):
+def test_openai_judge_retries_429_and_malformed_json(serve, openai_sleeps):
     from hopsmith.judge import LLMJudge
 
     server = serve([(429, {"error": {"message": "slow down"}}, {"Retry-After": "1"}),

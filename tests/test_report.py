@@ -59,7 +59,8 @@ def ladder(tmp_path_factory, tiny_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from stages import grpo, sft
-    from hopsmith.agent.loop import AgentConfig, run_episodes
+    from episodes import run_multihop
+    from hopsmith.config import AgentConfig
     from hopsmith.envs.multihop import MultihopEnv
     from hopsmith.tools.search import BM25Index
 
@@ -75,7 +76,7 @@ def ladder(tmp_path_factory, tiny_dir):
     train = load_questions("musique", split="train", limit=4)
     pools = build_pools(train, size=60, others=load_questions("musique"))
     policy = ScriptedBackend({q.question: _chain(q) for q in train})
-    rows = run_episodes(train, pools, policy, AgentConfig(few_shot=False))
+    rows = run_multihop(train, pools, policy, AgentConfig(few_shot=False))
     tools = MultihopEnv(BM25Index([])).schemas()
     write_jsonl(root / "train.jsonl", [{"id": r["question_id"], "question_id": r["question_id"],
                                         "source": "synthetic:chain", "messages": r["messages"], "tools": tools}

@@ -6,11 +6,16 @@ import math
 import pytest
 from conftest import ScriptedBackend, call
 
-from hopsmith.agent.loop import AgentConfig, run_episodes
+from episodes import run_multihop
+
+from hopsmith.backends.templates import tokenize_conversation
+from hopsmith.config import AgentConfig
 from hopsmith.data import build_pools, hop_question, load_questions
 from hopsmith.envs.multihop import MultihopEnv
 from hopsmith.io import write_jsonl
+from hopsmith.leakage import trained_question_ids
 from hopsmith.tools.search import BM25Index
+from hopsmith.training import fit_traces
 from stages import evaluate, sft
 
 
@@ -19,7 +24,7 @@ def _traces(split="train", n=4):
     pools = build_pools(qs, size=60, others=load_questions("musique"))
     backend = ScriptedBackend({q.question: [call("search", query=hop_question(q, i)) for i in range(len(q.decomposition))]
                                + [f"FINAL({q.answer})"] for q in qs})
-    rows = run_episodes(qs, pools, backend, AgentConfig(few_shot=False))
+    rows = run_multihop(qs, pools, backend, AgentConfig(few_shot=False))
     tools = MultihopEnv(BM25Index([])).schemas()
     return [{"id": f"{r['question_id']}:chain", "question_id": r["question_id"], "source": "synthetic:chain",
              "question": r["question"], "answers": r["answers"], "messages": r["messages"], "tools": tools}
@@ -30,7 +35,7 @@ def test_labels_cover_exactly_the_assistant_turns(tiny_tokenizer):
     from hopsmith.backends.hf import CHATML_TOOLS_TEMPLATE
 
     trace = _traces(n=1)[0]
-    row = sft.tokenize_trace(trace, tiny_tokenizer, CHATML_TOOLS_TEMPLATE, max_length=100000)
+    row = tokenize_conversation(tiny_tokenizer, trace["messages"], trace.get("tools"), CHATML_TOOLS_TEMPLATE)
     trained = tiny_tokenizer.decode([t for t in row["labels"] if t != -100])
     expected = ""
     for m in trace["messages"]:
@@ -76,7 +81,7 @@ def test_sft_writes_adapter_config_ids_and_loss(trained):
     assert 0 < summary["assistant_tokens"] < summary["tokens"]
     losses = json.loads((adapter / "loss.json").read_text())
     assert len(losses) == 3 and all(math.isfinite(x["loss"]) for x in losses)
-    ids = sft.trained_question_ids(adapter)
+    ids = trained_question_ids(adapter)
     assert len(ids) == 4 and all(i.startswith(("2hop", "3hop", "4hop")) for i in ids)
     # what the leakage guard reads beside the ids: the trained answers and question texts, normalised
     record = json.loads((adapter / "training.json").read_text())
@@ -166,7 +171,29 @@ def test_a_trace_the_template_refuses_is_reported(capsys):
     traces = _traces(n=2)
     first_call = next(m for m in traces[0]["messages"] if m.get("tool_calls"))
     first_call["tool_calls"] = first_call["tool_calls"] * 2
-    kept, rows, report = sft.fit_traces(traces, tok, chat_templates(tok).training, 4096)
+    kept, rows, report = fit_traces(traces, tok, chat_templates(tok).training, 4096)
     assert [t["id"] for t in kept] == [traces[1]["id"]] and report["template_refused"] == 1
     err = capsys.readouterr().err
     assert "left out 1 of 2 traces the chat template cannot render" in err and "single tool-calls" in err
+
+
+def test_per_trace_assistant_logits_train_like_padded_batches(tmp_path, tiny_dir):
+    """The fast collation (one trace a forward, the batch by accumulation, logits only where labels are) is
+    the same optimisation problem as TRL's padded batches: same batches, same per-step losses (no dropout,
+    so nothing random differs)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    write_jsonl(tmp_path / "t.jsonl", _traces(n=4))
+    losses = {}
+    for collation in ("padded", "per_trace"):
+        cfg = sft.SFTConfig(traces=str(tmp_path / "t.jsonl"), max_steps=3, batch_size=2, max_length=4096, lora_r=4,
+                            lora_alpha=8, lora_dropout=0.0, learning_rate=5e-2, collation=collation)
+        sft.run(cfg, tmp_path / collation, model=AutoModelForCausalLM.from_pretrained(tiny_dir),
+                tokenizer=AutoTokenizer.from_pretrained(tiny_dir))
+        losses[collation] = [x["loss"] for x in json.loads((tmp_path / collation / "loss.json").read_text())]
+    assert len(losses["padded"]) == 3
+    # The learning rate is high enough that step 3's loss differs from step 1's: the steps really trained.
+    assert abs(losses["padded"][2] - losses["padded"][0]) > 1e-3
+    assert losses["per_trace"] == pytest.approx(losses["padded"], rel=1e-4)
+    with pytest.raises(Exception, match="unknown SFT collation"):
+        sft.SFTConfig(collation="packed").resolved()

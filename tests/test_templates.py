@@ -7,7 +7,8 @@ import pytest
 from conftest import FAMILIES, ScriptedBackend, call, family_template, family_tokenizer
 
 from hopsmith import cli
-from hopsmith.agent.loop import AgentConfig, run_episodes
+from episodes import run_multihop
+from hopsmith.config import AgentConfig
 from hopsmith.backends.templates import (CHATML_TOOLS_TEMPLATE, TemplateError, chat_templates,
                                          check_prompts_are_prefixes, tokenize_conversation)
 from hopsmith.data import build_pools, hop_question, load_questions
@@ -20,7 +21,7 @@ def _traces(n=2):
     pools = build_pools(qs, size=40, others=load_questions("musique"))
     backend = ScriptedBackend({q.question: [call("search", query=hop_question(q, i)) for i in range(len(q.decomposition))]
                                + [f"FINAL({q.answer})"] for q in qs})
-    rows = run_episodes(qs, pools, backend, AgentConfig(few_shot=False, max_chars=80, top_k=2))
+    rows = run_multihop(qs, pools, backend, AgentConfig(few_shot=False, max_chars=80, top_k=2))
     return [{"id": f"{r['question_id']}:chain", "question_id": r["question_id"], "source": "synthetic:chain",
              "messages": r["messages"], "tools": tool_schemas(True), "answer": r["prediction"]} for r in rows]
 
@@ -156,12 +157,12 @@ def test_simpo_loads_the_policy_where_training_runs(tiny_dir, tmp_path, monkeypa
     from transformers import AutoModelForCausalLM
 
     from hopsmith.backends import hf
-    from stages import preference
+    from hopsmith.training import load_policy
 
     adapter = tmp_path / "adapter"
     get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir), LoraConfig(r=2, target_modules=["q_proj"])
                    ).save_pretrained(adapter)
     monkeypatch.setattr(hf, "default_device", lambda: "meta")  # the GPU of this test
-    policy, tokenizer = preference._load_policy(preference.PreferenceConfig(adapter=str(adapter), model=str(tiny_dir)), None, None)
+    policy, tokenizer = load_policy(str(tiny_dir), str(adapter))
     assert {p.device.type for p in policy.parameters()} == {"meta"}  # all of it there, the adapter included
     assert hf.HFBackend(model_obj=policy, tokenizer=tokenizer).device.type == "meta"  # the probe goes there too

@@ -9,7 +9,7 @@ import pytest
 from conftest import ScriptedBackend, call
 
 from hopsmith.chat import HermesFormat
-from hopsmith.agent.prompts import agent_system_prompt
+from hopsmith.envs.multihop import agent_system_prompt
 from hopsmith.config import ConfigError, build
 from hopsmith.data import build_pools, hop_question, load_questions
 from hopsmith.tools.search import IndexCache, paragraph_label

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+# The local engine's prefix cache budget: the full contexts of a batch of live episodes of a <=1B model in
+# fp32 fit, with room for the model and the decode buffer on a 24 GB machine (EvalConfig.kv_cache_gb).
+DEFAULT_KV_CACHE_GB = 3.0
+
 
 @dataclass
 class Generation:

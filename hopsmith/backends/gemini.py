@@ -8,8 +8,12 @@ parts), and function calls in a reply are written back as Hermes `<tool_call>` t
     backend = GeminiBackend("gemini-2.5-flash")          # key from $GEMINI_API_KEY or $GOOGLE_API_KEY
     gens = backend.generate([[{"role": "user", "content": "Hi"}]], max_new_tokens=64)
 
-Retries are ours (`remote.with_retries` on 429/5xx/connection errors); the SDK's own are switched off so
-the behaviour is the same as the OpenAI backend's and testable. `base_url` points the client elsewhere
+Retries are ours (`remote.with_retries` on 429/5xx/connection errors, `max_retries` of them, honouring the
+server's `Retry-After` or `RetryInfo` delay up to two minutes); the SDK's own are switched off so they are
+testable. A 429 for a daily quota (`...PerDay...`) is not retried: it resets tomorrow, not in a minute.
+`check()` asks for the model (`models.get`) before a run: a bad key or model name is one line with the fix,
+an unknown model lists the models the key can use. Gemini reads the tool specs natively
+(`tools_mode="field"`); `tools="prompt"` writes them into the system prompt instead. `base_url` points the client elsewhere
 (tests use a local fake server). google-genai 3.x calls `{base_url}/v1/models/{model}:generateContent`
 by default; `api_version="v1beta"` (or $GOOGLE_GENAI_API_VERSION=beta) selects the beta surface.
 
@@ -25,6 +29,8 @@ from typing import Any
 
 from . import Generation, cut_at_stop
 from .remote import (
+    TOOL_MODES,
+    BackendSetupError,
     ConcurrentBackend,
     BackendError,
     MissingKeyError,
@@ -36,6 +42,8 @@ from .remote import (
     key_from_env,
     normalize_messages,
     parse_retry_after,
+    snippet,
+    tools_in_prompt,
 )
 
 KEY_ENV_VARS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
@@ -89,8 +97,23 @@ def _thinking_config(model: str, thinking: bool):
     return None
 
 
+def _retry_delay(details) -> float | None:
+    """Seconds from a google.rpc.RetryInfo in an error's details ("retryDelay": "37s"), if there is one."""
+    error = details.get("error", details) if isinstance(details, dict) else {}
+    for d in error.get("details") or [] if isinstance(error, dict) else []:
+        delay = d.get("retryDelay") if isinstance(d, dict) else None
+        if isinstance(delay, str) and delay.endswith("s"):
+            try:
+                return max(0.0, float(delay[:-1]))
+            except ValueError:
+                return None
+    return None
+
+
 class GeminiBackend(ConcurrentBackend):
     """Generate with a Gemini model through `google-genai`."""
+
+    kind = "gemini"
 
     def __init__(
         self,
@@ -103,14 +126,25 @@ class GeminiBackend(ConcurrentBackend):
         api_version: str | None = None,
         timeout: float = 120,
         retry: RetryPolicy | None = None,
+        max_retries: int | None = None,
+        api_key_env: str | None = None,
+        tools: str = "auto",
     ):
         from google import genai
         from google.genai import types
 
         self.model = model
-        key = key_from_env(api_key, KEY_ENV_VARS)
+        env_vars = (api_key_env,) if api_key_env else KEY_ENV_VARS
+        self.key_env = " or ".join(f"${v}" for v in env_vars)
+        key = key_from_env(api_key, env_vars)
         if not key:
-            raise MissingKeyError(backend="gemini", where=f"model {model}", env_vars=KEY_ENV_VARS)
+            raise MissingKeyError(backend="gemini", where=f"model {model}", env_vars=env_vars)
+        if tools not in TOOL_MODES:
+            raise BackendSetupError(f"tools must be one of {', '.join(TOOL_MODES)}, got {tools!r}", backend="gemini",
+                                    where=f"model {model}")
+        # Gemini's function declarations always reach the model: "auto" is the field.
+        self.tools_mode = "prompt" if tools == "prompt" else "field"
+        self.tools_detail = "set in the spec" if tools != "auto" else "Gemini reads function declarations natively"
         http_options = types.HttpOptions(
             base_url=base_url,
             api_version=api_version,
@@ -123,7 +157,7 @@ class GeminiBackend(ConcurrentBackend):
         self.client = genai.Client(api_key=key, vertexai=False, http_options=http_options)
         self.where = f"{base_url or 'Gemini API'}, model {model}"
         self.concurrency = max(1, int(concurrency))
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or (RetryPolicy(attempts=max_retries + 1) if max_retries is not None else RetryPolicy())
         self.name = name or f"gemini:{model}"
 
     # -- wire format ---------------------------------------------------------------------------------
@@ -235,13 +269,16 @@ class GeminiBackend(ConcurrentBackend):
         except errors.APIError as exc:
             body = json.dumps(exc.details) if isinstance(exc.details, (dict, list)) else str(exc.details or exc.message)
             headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+            retry_after = parse_retry_after(headers.get("Retry-After"))
             error = BackendError(
-                f"{exc.status or 'error'}",
+                self._hint(exc.code, exc.status, body),
                 backend="gemini",
                 where=self.where,
                 status=exc.code,
                 body=body,
-                retry_after=parse_retry_after(headers.get("Retry-After")),
+                # A daily quota resets tomorrow: waiting a minute does not help.
+                retryable=False if exc.code == 429 and "PerDay" in body else None,
+                retry_after=retry_after if retry_after is not None else _retry_delay(exc.details),
             )
             raise error from exc
         except Exception as exc:
@@ -249,7 +286,53 @@ class GeminiBackend(ConcurrentBackend):
                 raise BackendError(f"request failed: {exc!r}", backend="gemini", where=self.where, retryable=True) from exc
             raise
 
+    def _hint(self, code: int | None, status: str | None, body: str) -> str:
+        low = body.lower()
+        if code in (400, 401, 403) and ("api key" in low or "api_key" in low):
+            return f"the API key was refused: check {self.key_env}"
+        if code == 404:
+            return self._unknown_model(self.served_ids())
+        if code == 429:
+            if "PerDay" in body:
+                return "the daily quota is used up (not retried): wait for it to reset or use another key"
+            return "rate limited: lower ?concurrency= or raise ?max_retries= in the spec"
+        if code == 403:
+            return f"permission denied: the key from {self.key_env} may not use model {self.model!r}"
+        return str(status or "error")
+
+    def _unknown_model(self, ids: list[str] | None) -> str:
+        if ids:
+            shown = ", ".join(ids[:12]) + (f" (and {len(ids) - 12} more)" if len(ids) > 12 else "")
+            return f"no Gemini model {self.model!r} for this key; it can use: {shown}"
+        return f"no Gemini model {self.model!r} for this key"
+
+    def served_ids(self) -> list[str] | None:
+        """Model names the key can use (the first page of `models.list`); None when they cannot be listed."""
+        try:
+            pager = self.client.models.list(config={"page_size": 100})
+            return [str(m.name).removeprefix("models/") for m in pager.page]
+        except Exception:  # noqa: BLE001 - only for a message; any failure means "unknown"
+            return None
+
+    def check(self, *, tools: bool = False) -> None:
+        """Ask for the model before a run: a bad key, model or address fails here, as one line with the fix."""
+        from google.genai import errors
+
+        try:
+            self.client.models.get(model=self.model)
+        except errors.APIError as exc:
+            body = json.dumps(exc.details) if isinstance(exc.details, (dict, list)) else str(exc.details or exc.message)
+            raise BackendSetupError(self._hint(exc.code, exc.status, body), backend="gemini", where=self.where,
+                                    status=exc.code, body=body) from exc
+        except Exception as exc:
+            if is_retryable(exc):
+                raise BackendSetupError(f"cannot connect: {type(exc).__name__}: {snippet(str(exc), 160)}",
+                                        backend="gemini", where=self.where) from exc
+            raise
+
     def _generate_one(self, conversation, *, tools, max_new_tokens, temperature, thinking, stop) -> Generation:
+        if tools and self.tools_mode == "prompt":
+            conversation, tools = tools_in_prompt(conversation, tools), None
         system, contents = self.contents(conversation)
         config = self.config(system, tools=tools, max_new_tokens=max_new_tokens, temperature=temperature, thinking=thinking, stop=stop)
         try:

@@ -1,15 +1,24 @@
-"""Local Hugging Face backend: batched, left-padded generation on CPU or GPU.
+"""Local Hugging Face backend: conversations in, replies out, on CPU or GPU.
 
-All conversations handed to `generate` are tokenised together (left padding, so every row ends where
-generation starts) and decoded by one `model.generate` call per chunk of `batch_size` rows. Rows are
-sorted by length first so a chunk pads little. `batch_size=1` is the one-at-a-time mode that
-`benchmarks/batched_rollouts.py` compares against.
+By default generation runs on the KV engine (`hopsmith/backends/kv.py`): the backend keeps the keys and
+values of what it computed, so an episode's next turn prefills only what was appended (the tool result),
+every episode shares one prefill of the system prompt and tool specs, decode writes its cache in place
+and finished rows leave the batch. Greedy replies are the tokens `model.generate` writes. The cache is
+dropped whenever the model's weights change (training stages hand in a model they are training).
+
+`engine="generate"` is the plain path this backend had before: one left-padded `model.generate` per chunk
+of `batch_size` rows, every turn re-prefilled; `benchmarks/rollout_speed.py` compares the two, and it is
+used for models the engine does not handle (sliding-window or hybrid attention).
+
+Precision: on CUDA bfloat16; on CPU float32 unless the CPU has AVX512-BF16/AMX and a start-up probe shows
+bf16 faster (`kv.choose_cpu_dtype`); `engine_info` says which and why, and the eval stage records it in
+the run's config.json.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import Generation, cut_at_stop
+from . import DEFAULT_KV_CACHE_GB, Generation, cut_at_stop
 from .templates import CHATML_TOOLS_TEMPLATE, adapter_chat_template, inference_template  # noqa: F401 - re-exported
 
 
@@ -74,12 +83,18 @@ class HFBackend:
         model_obj=None,
         tokenizer=None,
         chat_template: str | None = None,
+        engine: str = "kv",
+        kv_cache_gb: float = DEFAULT_KV_CACHE_GB,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from ..models import resolve_model
+        from . import kv
 
+        if engine not in ("kv", "generate"):
+            raise ValueError(f"unknown HF engine {engine!r}; known: kv, generate")
+        precision = None
         if adapter:
             check_adapter(adapter)
         self.batch_size = max(1, int(batch_size))
@@ -89,11 +104,19 @@ class HFBackend:
             self.model, self.device = place_model(model_obj, device)
             self.tokenizer = tokenizer
             self.name = getattr(model_obj, "name_or_path", "in-memory")
+            precision = "as handed in"
         else:
             self.device = device or default_device()
             path = resolve_model(model)
             self.name = model
-            torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device == "cuda" else torch.float32)
+            if dtype:
+                torch_dtype, precision = getattr(torch, dtype), f"{dtype}: asked for"
+            elif self.device == "cuda":
+                torch_dtype, precision = torch.bfloat16, "bfloat16: CUDA"
+            else:
+                from transformers import AutoConfig
+
+                torch_dtype, precision = kv.choose_cpu_dtype(AutoConfig.from_pretrained(path))
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device)
         if adapter:
@@ -119,6 +142,24 @@ class HFBackend:
             if isinstance(tid, int) and tid >= 0 and tid != self.tokenizer.unk_token_id:
                 stop.add(tid)
         self.stop_ids = sorted(i for i in stop if i is not None)
+        self.engine = None
+        why_not = kv.supports_engine(_base(self.model)) if engine == "kv" else "engine='generate' asked for"
+        if why_not is None:
+            self.engine = kv.KVEngine(self.model, stop_ids=self.stop_ids, cache_bytes=int(kv_cache_gb * 2**30),
+                                      decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False))
+        self.plain_stats = kv.EngineStats()
+        self.engine_info = {
+            "engine": "kv" if self.engine else "generate",
+            "why": None if self.engine else why_not,
+            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "precision": precision,
+            "kv_cache_gb": kv_cache_gb if self.engine else None,
+        }
+
+    @property
+    def stats(self):
+        """What was computed: the engine's counters, or the plain path's."""
+        return self.engine.stats if self.engine else self.plain_stats
 
     def render(self, conversation: list[dict], *, tools=None, thinking: bool = False) -> str:
         return self.tokenizer.apply_chat_template(
@@ -131,8 +172,6 @@ class HFBackend:
         )
 
     def generate(self, conversations, *, tools=None, max_new_tokens=256, temperature=0.0, thinking=False, stop=None):
-        import torch
-
         prompts = [self.render(c, tools=tools, thinking=thinking) for c in conversations]
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         out: list[Generation | None] = [None] * len(prompts)
@@ -145,27 +184,48 @@ class HFBackend:
         live.sort(key=lambda i: len(ids[i]))
         for start in range(0, len(live), self.batch_size):
             chunk = live[start : start + self.batch_size]
-            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt").to(self.device)
-            kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id)
-            if stop:
-                kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
-            if temperature and temperature > 0:
-                kwargs.update(do_sample=True, temperature=float(temperature), top_p=1.0, top_k=0)
+            if self.engine is not None:
+                news = self.engine.generate([ids[i] for i in chunk], max_new_tokens=max_new_tokens,
+                                            temperature=temperature, stop_strings=stop)
             else:
-                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            with torch.inference_mode():
-                seqs = self.model.generate(**batch, **kwargs)
-            width = batch["input_ids"].shape[1]
-            for row, i in enumerate(chunk):
-                new = seqs[row, width:].tolist()
-                n = len(new)
-                for k, tok in enumerate(new):
-                    if tok in self.stop_ids:
-                        n = k
-                        break
-                text = cut_at_stop(self.tokenizer.decode(new[:n], skip_special_tokens=False), stop)
-                out[i] = Generation(_strip_special(text, self.tokenizer), prompt_tokens=len(ids[i]), completion_tokens=n)
+                news = self._generate_plain([ids[i] for i in chunk], max_new_tokens, temperature, stop)
+            for i, new in zip(chunk, news):
+                out[i] = self._reply(new, len(ids[i]), stop)
         return out
+
+    def _reply(self, new: list[int], prompt_tokens: int, stop) -> Generation:
+        n = next((k for k, tok in enumerate(new) if tok in self.stop_ids), len(new))
+        text = cut_at_stop(self.tokenizer.decode(new[:n], skip_special_tokens=False), stop)
+        return Generation(_strip_special(text, self.tokenizer), prompt_tokens=prompt_tokens, completion_tokens=n)
+
+    def _generate_plain(self, rows: list[list[int]], max_new_tokens, temperature, stop) -> list[list[int]]:
+        """One left-padded `model.generate` over the rows: the path before the KV engine, kept as the
+        fallback and as the benchmarks' baseline (so it stays as it was, StopStringCriteria and all)."""
+        import torch
+
+        batch = self.tokenizer.pad({"input_ids": rows}, return_tensors="pt").to(self.device)
+        kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id)
+        if stop:
+            kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        if temperature and temperature > 0:
+            kwargs.update(do_sample=True, temperature=float(temperature), top_p=1.0, top_k=0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            seqs = self.model.generate(**batch, **kwargs)
+        width = batch["input_ids"].shape[1]
+        st = self.plain_stats
+        st.calls += 1
+        st.rows += len(rows)
+        st.prompt_tokens += sum(len(r) for r in rows)
+        st.prefill_tokens += width * len(rows)  # left padding is computed too
+        st.decode_steps += seqs.shape[1] - width - 1
+        st.generated_tokens += (seqs.shape[1] - width) * len(rows)
+        return [seqs[row, width:].tolist() for row in range(len(rows))]
+
+
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _strip_special(text: str, tokenizer) -> str:

@@ -3,10 +3,17 @@
 Remote backends (`openai_compat.OpenAICompatBackend`, `gemini.GeminiBackend`) send each conversation as
 one HTTP request. This module gives them:
 
-- `BackendError` / `MissingKeyError`: one error type whose message names the backend, where it was
-  talking to (URL or model), the HTTP status and the start of the response body;
+- `BackendError` / `BackendSetupError` / `MissingKeyError`: one error type whose message names the backend,
+  where it was talking to (URL or model), the HTTP status, the start of the response body and, where we know
+  it, the fix; `BackendSetupError` is what a backend's check finds before a run starts (a bad key, URL or
+  model name: the CLI prints it as one line and exits 2);
 - `with_retries(fn, ...)` / `RetryPolicy`: retry a call on 429, 5xx, connection errors and timeouts
-  with exponential backoff and jitter, honouring `Retry-After`; any other error is raised at once;
+  with exponential backoff and jitter, honouring `Retry-After` up to `MAX_RETRY_AFTER` (a longer one is
+  not slept through: the error is raised); any other error is raised at once. The Gemini backend uses it;
+  the OpenAI-compatible one leaves retries to the `openai` client;
+- `tools_in_prompt`: a conversation with its tool specs written into the system prompt, calls and results
+  as text, exactly as the project's ChatML-with-tools template renders them (for servers that ignore the
+  `tools` field);
 - `normalize_messages`: our TRL-style chat turns turned into a shape both wire formats can take
   (every tool result paired with the call it answers, ids included);
 - `render_tool_call`: a native tool call written back as the Hermes `<tool_call>` text the agent
@@ -38,8 +45,9 @@ T = TypeVar("T")
 # 408 is a timeout by another name; 429 and the 5xx gateway family are the transient failures
 # hosted APIs and vLLM behind a proxy actually return under load.
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-# A Retry-After far in the future is more likely a bug than a plan; never sleep longer than this.
-MAX_RETRY_AFTER = 600.0
+# A server that asks for a longer pause than this (a daily quota, a bug) is not waited for: the error is raised.
+# The same limit as the `openai` client's own (two minutes).
+MAX_RETRY_AFTER = 120.0
 BODY_SNIPPET = 500
 
 # How APIs say "the prompt does not fit": OpenAI ("maximum context length", code
@@ -81,15 +89,24 @@ class BackendError(RuntimeError):
         super().__init__(": ".join(parts))
 
 
-class MissingKeyError(BackendError):
+class BackendSetupError(BackendError):
+    """A backend that cannot be used as specified: a bad key, URL or model name, found by its check before a
+    run writes anything. Its message is one line that says the fix; never retried."""
+
+    def __init__(self, detail: str, **kw):
+        kw.setdefault("backend", "backend")
+        kw.setdefault("where", "?")
+        kw["retryable"] = False
+        super().__init__(detail, **kw)
+
+
+class MissingKeyError(BackendSetupError):
     """No API key: the message names the environment variable to set."""
 
     def __init__(self, *, backend: str, where: str, env_vars: tuple[str, ...]):
         self.env_vars = env_vars
         names = " or ".join(env_vars)
-        super().__init__(
-            f"no API key; set {names} (or pass api_key=...)", backend=backend, where=where, retryable=False
-        )
+        super().__init__(f"no API key; set {names} (or api_key_env=NAME in the spec)", backend=backend, where=where)
 
 
 def snippet(body: str, limit: int = BODY_SNIPPET) -> str:
@@ -113,7 +130,8 @@ def is_context_overflow(status: int | None, body: str) -> bool:
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if unusable."""
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if unusable. Not capped
+    here: `with_retries` refuses to sleep through more than MAX_RETRY_AFTER."""
     if value is None:
         return None
     value = value.strip()
@@ -127,17 +145,11 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         if when.tzinfo is None:
             when = when.replace(tzinfo=timezone.utc)
         seconds = when.timestamp() - (time.time() if now is None else now)
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+    return max(seconds, 0.0)
 
 
 def _transient_exception_types() -> tuple[type[BaseException], ...]:
     kinds: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    try:
-        import requests
-
-        kinds += [requests.ConnectionError, requests.Timeout]
-    except ImportError:
-        pass
     try:
         # google-genai talks through httpx.
         import httpx
@@ -157,7 +169,7 @@ def _status_of(exc: BaseException) -> int | None:
     code = getattr(exc, "code", None)  # google.genai.errors.APIError
     if isinstance(code, int):
         return code
-    response = getattr(exc, "response", None)  # requests.HTTPError
+    response = getattr(exc, "response", None)  # an httpx error
     status = getattr(response, "status_code", None)
     return status if isinstance(status, int) else None
 
@@ -203,7 +215,8 @@ def with_retries(
     """`fn()`, tried up to `attempts` times while it raises retryable errors; the last error is raised.
 
     The wait before retry k (0-based) is the server's `Retry-After` when it sent one, else
-    `backoff_delay(k, base_delay, max_delay)`. A non-retryable error is raised at once.
+    `backoff_delay(k, base_delay, max_delay)`. A non-retryable error is raised at once, and so is one whose
+    `Retry-After` asks for more than MAX_RETRY_AFTER seconds (a quota that resets tomorrow is not waited for).
     """
     attempts = max(1, int(attempts))
     for attempt in range(attempts):
@@ -213,6 +226,9 @@ def with_retries(
             if attempt + 1 >= attempts or not retryable(exc):
                 raise
             wait = retry_after_of(exc)
+            if wait is not None and wait > MAX_RETRY_AFTER:
+                log.warning("not retrying: the server asks to wait %.0f s, more than %.0f s: %s", wait, MAX_RETRY_AFTER, exc)
+                raise
             if wait is None:
                 wait = backoff_delay(attempt, base_delay, max_delay)
             log.warning("retrying in %.2fs (attempt %d of %d): %s", wait, attempt + 2, attempts, exc)
@@ -335,6 +351,75 @@ def clean_tools(tools: list[dict] | None) -> list[dict]:
         cleaned.append({"type": "function", "function": entry})
     return cleaned
 
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tools in the prompt, for servers that ignore the `tools` field
+
+TOOL_MODES = ("auto", "field", "prompt")
+# What the project's ChatML-with-tools template writes in a system turn without tools (it always has one).
+DEFAULT_SYSTEM = "You are a helpful assistant."
+
+
+def tools_prompt(tools: list[dict]) -> str:
+    """The text our ChatML-with-tools template adds to the system turn for `tools`, rendered by the template
+    itself (so a served model reads exactly what a local model of the same family reads)."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from .templates import CHATML_TOOLS_TEMPLATE
+
+    marker = "\x00system\x00"
+    [text], _ = render_jinja_template([[{"role": "system", "content": marker}]], tools=tools,
+                                      chat_template=CHATML_TOOLS_TEMPLATE)
+    return text.split(marker, 1)[1].split("<|im_end|>", 1)[0]
+
+
+def _call_text(call: dict) -> str:
+    fn = call.get("function", call)
+    args = fn.get("arguments", {})
+    args = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+    return '<tool_call>\n{"name": "' + str(fn.get("name")) + '", "arguments": ' + args + "}\n</tool_call>"
+
+
+def tools_in_prompt(messages: list[dict], tools: list[dict] | None) -> list[dict]:
+    """`messages` for a server that does not render tools: the tool specs appended to the system turn, each
+    assistant call written into its turn as a `<tool_call>` block, and each run of tool results sent back as
+    one user turn of `<tool_response>` blocks. This is what `hopsmith/templates/chatml_tools.jinja` renders,
+    message by message, so a ChatML server's plain template yields the same prompt (tests check it)."""
+    out: list[dict] = []
+    rest = list(messages)
+    if rest and rest[0].get("role") == "system":
+        system, rest = str(rest[0].get("content") or ""), rest[1:]
+    else:
+        system = DEFAULT_SYSTEM
+    out.append({"role": "system", "content": system + (tools_prompt(tools) if tools else "")})
+    results: list[str] = []
+    for m in rest:
+        role = m.get("role")
+        if role != "tool" and results:
+            out.append({"role": "user", "content": "\n".join(results)})
+            results = []
+        if role == "tool":
+            results.append(f"<tool_response>\n{m.get('content') or ''}\n</tool_response>")
+        elif role == "assistant":
+            content = m.get("content") or ""
+            for k, call in enumerate(m.get("tool_calls") or []):
+                content += ("\n" if content or k else "") + _call_text(call)
+            out.append({"role": "assistant", "content": content})
+        else:
+            out.append({"role": role, "content": m.get("content") or ""})
+    if results:
+        out.append({"role": "user", "content": "\n".join(results)})
+    return out
+
+
+def close_tool_call(text: str, stop: list[str] | None, finish_reason: str | None) -> str:
+    """Servers that leave the stop string out of a reply (OpenAI, transformers serve) end a call written as
+    text before its `</tool_call>`: put it back, as a local model writes it."""
+    if (finish_reason == "stop" and stop and "</tool_call>" in stop
+            and text.rfind("<tool_call>") > text.rfind("</tool_call>")):
+        return text.rstrip() + "\n</tool_call>"
+    return text
 
 
 class ConcurrentBackend:

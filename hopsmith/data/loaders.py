@@ -254,7 +254,7 @@ def _from_musique(row: dict) -> Question:
 def _from_bamboogle(row: dict) -> Question:
     """A Bamboogle row: the authors' sheet (Question, Answer, optional "Answer 2" alias) as CSV or JSON, or
     the {id, question, golden_answers} JSONL some toolkits re-publish. Bamboogle has no paragraphs of its
-    own, so it is searched over a corpus (`hopsmith eval --corpus`). Ids are `bamboogle_<row>` (0-based)."""
+    own, so it is searched over a corpus (`hopsmith eval --corpus FILE`). Ids are `bamboogle_<row>` (0-based)."""
     if "golden_answers" in row:
         question, answers = row["question"], list(row["golden_answers"])
         qid = str(row.get("id") or f"bamboogle_{row['_row']}")

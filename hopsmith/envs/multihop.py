@@ -143,10 +143,10 @@ class MultihopEnv:
         return self.schemas()
 
     def search(self, query: str) -> str:
-        """Search the paragraph collection with BM25 and return the best matching paragraphs.
+        """Find paragraphs that match a query, best first.
 
         Args:
-            query: Keywords or a question naming what to look for, e.g. "Lloyd Dane birthplace".
+            query: Keywords, e.g. "Lloyd Dane birthplace".
         """
         key = " ".join(query.lower().split())
         if key in self.queries:
@@ -177,11 +177,11 @@ class MultihopEnv:
         return NO_RESULTS if rng.random() < 0.5 else SEARCH_ERROR
 
     def llm_query(self, question: str, text: str = "") -> str:
-        """Ask a reader model one focused question about some text and get a short answer back.
+        """Ask a reader one question about text; it answers briefly.
 
         Args:
-            question: One simple factual question, e.g. "Where was Lloyd Dane born?".
-            text: The text to read. Leave empty to read the results of the last search, or give paragraph labels like [p1a2b3c].
+            question: One factual question, e.g. "Where was Lloyd Dane born?".
+            text: The text, or paragraph labels like [p1a2b3c]; empty reads the last search results.
         """
         return self.extractor.extract(question, self.resolve_text(text))
 
@@ -285,4 +285,8 @@ class MultihopEnv:
 
 @lru_cache(maxsize=None)
 def _schema(name: str) -> dict:
-    return tool_schema(getattr(MultihopEnv, name))
+    # The specs are in every prompt the agent sees and trains on: their docstrings are kept terse, and the
+    # "return" key transformers adds (every tool returns text) is left out.
+    schema = tool_schema(getattr(MultihopEnv, name))
+    schema["function"].pop("return", None)
+    return schema
