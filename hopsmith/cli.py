@@ -4,7 +4,7 @@
     hopsmith eval --model openai:M@http://host:8000/v1 --extractor gemini:gemini-2.5-flash   any backend in any role
     hopsmith eval --env enterprise --data enterprise --limit 1    another environment (hopsmith.envs.ENVS)
     hopsmith matrix --orchestrators A,B --extractors X,Y          the LoRA multi-hop recipe's orchestrator x extractor table
-    hopsmith pipeline --out runs/ladder                           base eval -> traces -> judge -> SFT -> tuned eval
+    hopsmith pipeline --out runs/ladder                           traces -> judge -> SFT -> base and tuned eval
     hopsmith traces --root runs/ladder                            one stage of the ladder (also judge, sft)
     hopsmith bench-extraction --data musique --limit 50           the extractor alone, on gold paragraphs
     hopsmith check-leakage --data musique --adapter runs/ladder/sft   train/eval overlap of a split and an adapter
@@ -65,7 +65,7 @@ STAGES = (
                  "the LoRA multi-hop recipe's table: every orchestrator with every extractor, paired against the "
                  "diagonal", "runs/matrix", quiet=True),
     StageCommand("pipeline", "stages.pipeline", "PipelineConfig", "run",
-                 "the ladder: base eval, traces, judge, LoRA SFT, tuned eval, comparison", "runs/ladder",
+                 "the ladder: traces, judge, LoRA SFT, base and tuned eval, comparison", "runs/ladder",
                  aliases=(("with_stages", "--with"),)),
     StageCommand("traces", "stages.traces", "TracesConfig", "run",
                  "write synthetic (or teacher) agent traces for the train split", "runs/ladder", out_flag="--root"),

