@@ -88,12 +88,16 @@ def thinking_of(text: str) -> str:
     return "\n".join(s.strip() for s in found)
 
 
-def extract_answer(text: str) -> str:
-    """The answer part of a final reply (see the module docstring for the convention)."""
+def reply_body(text: str) -> str:
+    """A reply's own words: thinking removed, cut where it starts imitating a tool reply or a new turn."""
     body = strip_thinking(text)
     cut = IMITATION_RE.search(body)
-    if cut:
-        body = body[: cut.start()]
+    return body[: cut.start()] if cut else body
+
+
+def extract_answer(text: str) -> str:
+    """The answer part of a final reply (see the module docstring for the convention)."""
+    body = reply_body(text)
     final = FINAL_RE.search(body)
     if final:
         return final.group(1).strip().strip('"').strip()
@@ -209,10 +213,7 @@ class CodeFormat:
 
     def parse(self, text: str) -> Action:
         thinking = thinking_of(text)
-        body = strip_thinking(text)
-        cut = IMITATION_RE.search(body)
-        if cut:
-            body = body[: cut.start()]
+        body = reply_body(text)
         answer = ANSWER_TAG_RE.search(body)
         if answer:
             return Action(answer=answer.group(1).strip(), thinking=thinking)

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
 
+from .io import json_object
+
 
 class ConfigError(ValueError):
     pass
@@ -183,12 +185,9 @@ def _coerce(cls, key: str, value):
             return None
         if base is dict:  # a table in TOML; JSON text on the command line
             try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{cls.__name__}.{key}: {value!r} is not a JSON object ({exc.msg})") from None
-            if not isinstance(value, dict):
-                raise ConfigError(f"{cls.__name__}.{key}: expected a JSON object, got {value!r}")
-            return value
+                return json_object(value)
+            except ValueError as exc:
+                raise ConfigError(f"{cls.__name__}.{key}: {value!r} is not a JSON object ({exc})") from None
         try:
             if base is bool:
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):

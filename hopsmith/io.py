@@ -14,6 +14,18 @@ from pathlib import Path
 from typing import Iterable
 
 
+def json_object(text: str) -> dict:
+    """`text` parsed as one JSON object; a ValueError saying what is wrong (where the JSON breaks, or what
+    other type it holds), for the caller to put after the place it read it from."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON ({exc.msg}, column {exc.colno})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def _atomic_write(path: str | Path, write) -> None:
     """Call `write(file)` on a temp file beside `path`, fsync, then rename it over `path`."""
     path = Path(path)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Protocol, Sequence
 from hopsmith.config import ConfigError, EvalConfig, from_dict
 from hopsmith.cost import Budget, Ledger, Meter, estimate_stage
 from hopsmith.fanout import run_shards
+from hopsmith.io import json_object
 from hopsmith.volumes import Layout, check_run_name
 from stages import pipeline
 
@@ -32,14 +33,12 @@ def _noop() -> None:
 
 def config_arg(cfg) -> dict:
     """A function's `cfg`: a dict from the ladder, or JSON text from `modal run app.py::NAME --cfg '{...}'`."""
-    import json
-
     if cfg is None or cfg == "":
         return {}
     if isinstance(cfg, str):
         try:
-            cfg = json.loads(cfg)
-        except json.JSONDecodeError as exc:
+            cfg = json_object(cfg)
+        except ValueError as exc:
             raise ConfigError(f"--cfg must be a JSON object, e.g. '{{\"max_steps\": 50}}' ({exc})") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"--cfg must be a JSON object, got {type(cfg).__name__}")

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hopsmith.data.split import assign_splits
+from hopsmith.io import json_object
 from hopsmith.records import Hop, Paragraph, Question
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
@@ -159,11 +160,9 @@ def _read_rows(path: Path) -> Iterator[tuple[str, dict]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            row = json_object(line)
+        except ValueError as exc:
+            raise DataError(f"{path}:{lineno}: {exc}") from None
         yield f"{path}:{lineno}", row
 
 

@@ -11,7 +11,6 @@ whole corpus (`load_corpus`, `corpus_pools`). `pool_key` names a pool so an inde
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from hopsmith.data.loaders import DataError, load_questions
 from hopsmith.data.split import paragraph_key
+from hopsmith.io import json_object
 from hopsmith.records import Paragraph, Question
 
 _content_key = paragraph_key
@@ -99,11 +99,9 @@ def load_corpus(path: str | Path) -> list[Paragraph]:
                 continue
             where = f"{path}:{lineno}"
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+                row = json_object(line)
+            except ValueError as exc:
+                raise DataError(f"{where}: {exc}") from None
             for key in ("id", "text"):
                 if key not in row:
                     raise DataError(f"{where}: missing required key {key!r}")

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-from ..chat import IMITATION_RE, Action, HermesFormat, strip_thinking, thinking_of
+from ..chat import Action, HermesFormat, reply_body, thinking_of
 from ..config import AgentConfig
 from ..tools import check_arguments, tool_schema
 from .base import Episode
@@ -433,13 +433,6 @@ def read_reply(calls: list[tuple[str | None, Any, str | None]], *, body: str, th
 def make(cfg: AgentConfig, *, seed: int = 0, **_context):
     """`make_env(case)` for a run; `seed` seeds the tool simulator (which error wording, cut position, ids)."""
     return lambda case: EnterpriseEnv(case, seed=seed, thinking=cfg.thinking, max_turns=cfg.max_turns)
-
-
-def reply_body(text: str) -> str:
-    """A reply's own words: thinking removed, cut where it starts imitating a tool reply or a new turn."""
-    body = strip_thinking(text)
-    cut = IMITATION_RE.search(body)
-    return body[: cut.start()] if cut else body
 
 
 class EnterpriseEnv:
