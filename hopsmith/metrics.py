@@ -362,18 +362,7 @@ def aggregate(rows: list[dict], *, extraction_accuracy: float | None = None,
     b = behaviour(rows)
     out["query_diversity"], out["query_wordiness"] = b["query_diversity"], b["query_wordiness"]
 
-    episode_s = [float(r["seconds"]) for r in rows if r.get("seconds") is not None]
-    per_tool: dict[str, list[float]] = {}
-    for c in calls:
-        if c.get("valid") and c.get("seconds") is not None:
-            per_tool.setdefault(c.get("name") or "?", []).append(float(c["seconds"]))
-    out["latency"] = {
-        "episode_s": _mean(episode_s),
-        "episode_p50_s": float(np.quantile(episode_s, 0.5)) if episode_s else None,
-        "episode_p90_s": float(np.quantile(episode_s, 0.9)) if episode_s else None,
-        "tool_call_s": _mean([s for v in per_tool.values() for s in v]),
-        "per_tool": {k: _mean(v) for k, v in sorted(per_tool.items())},
-    }
+    out["latency"] = _latency(rows, calls)
 
     known = [r for r in rows if r.get("supporting_ids")]
     recalls, full = [], []
@@ -393,17 +382,41 @@ def aggregate(rows: list[dict], *, extraction_accuracy: float | None = None,
     out["failures"] = {k: kinds.count(k) for k in FAILURE_KINDS}
     out["failure_rates"] = {k: (kinds.count(k) / wrong if wrong else 0.0) for k in FAILURE_KINDS}
 
+    out["ceiling"] = _ceiling(out["acc"]["mean"], out["retrieval_success"], full, extraction_accuracy,
+                              oracle_retrieval)
+    out["per_question"] = per_question(rows)
+    return out
+
+
+def _latency(rows: list[dict], calls: list[dict]) -> dict:
+    """Episode wall times (mean, p50, p90) and tool-call latency, overall and per tool (valid calls only)."""
+    episode_s = [float(r["seconds"]) for r in rows if r.get("seconds") is not None]
+    per_tool: dict[str, list[float]] = {}
+    for c in calls:
+        if c.get("valid") and c.get("seconds") is not None:
+            per_tool.setdefault(c.get("name") or "?", []).append(float(c["seconds"]))
+    return {
+        "episode_s": _mean(episode_s),
+        "episode_p50_s": float(np.quantile(episode_s, 0.5)) if episode_s else None,
+        "episode_p90_s": float(np.quantile(episode_s, 0.9)) if episode_s else None,
+        "tool_call_s": _mean([s for v in per_tool.values() for s in v]),
+        "per_tool": {k: _mean(v) for k, v in sorted(per_tool.items())},
+    }
+
+
+def _ceiling(actual: float, retrieval_success: float | None, full: list[dict], extraction_accuracy: float | None,
+             oracle_retrieval: float | None) -> dict:
+    """The ceiling block of `aggregate` (see its docstring); `full` are the rows whose retrieval fully succeeded."""
     if oracle_retrieval is not None:
         retrieval, r_src = float(oracle_retrieval), "oracle"
     else:
-        retrieval, r_src = out["retrieval_success"], "run"
+        retrieval, r_src = retrieval_success, "run"
     if extraction_accuracy is not None:
         extraction, e_src = float(extraction_accuracy), "benchmark"
     else:
         extraction, e_src = _mean([_row_score(r)["acc"] for r in full]), "run"
-    actual = out["acc"]["mean"]
     ceiling = retrieval * extraction if retrieval is not None and extraction is not None else None
-    out["ceiling"] = {
+    return {
         "retrieval": retrieval, "retrieval_source": r_src,
         "extraction": extraction, "extraction_source": e_src,
         # how many rows the run's own extraction rate rests on (often few: those whose retrieval fully succeeded)
@@ -411,8 +424,6 @@ def aggregate(rows: list[dict], *, extraction_accuracy: float | None = None,
         "ceiling": ceiling, "actual": actual,
         "share_of_ceiling": actual / ceiling if ceiling else None,
     }
-    out["per_question"] = per_question(rows)
-    return out
 
 
 # -- comparing two runs -------------------------------------------------------------------------

@@ -119,21 +119,7 @@ def run(cfg: JudgeConfig, root: str | Path, *, backend=None) -> dict:
         write_jsonl(out, judged)
         judged_now.append(path.name)
 
-    # Gather every complete judged shard, this worker's and the others'. Rules and the decision are
-    # recomputed (cheap, and the current rule limits and min_score apply); the judge replies are reused.
-    rows, missing = [], []
-    mine_names = {p.name for p in mine}
-    for path in shards:
-        out = out_dir / path.name
-        if not out.exists():
-            missing.append(path.name)
-            continue
-        saved = read_jsonl(out)
-        fresh = [_redecide(r, cfg) for r in saved]
-        if path.name in mine_names and fresh != saved:
-            write_jsonl(out, fresh)
-        rows += fresh
-
+    rows, missing = _gather(cfg, shards, out_dir, {p.name for p in mine})
     kept = [r for r in rows if r["judge"]["verdict"] == "pass"]
     write_config()
     write_jsonl(root / "kept.jsonl", kept)
@@ -142,6 +128,24 @@ def run(cfg: JudgeConfig, root: str | Path, *, backend=None) -> dict:
                          "missing": missing, "complete": not missing}
     write_json(root / "judge_summary.json", summary)
     return summary
+
+
+def _gather(cfg: JudgeConfig, shards: list[Path], out_dir: Path, mine: set[str]) -> tuple[list[dict], list[str]]:
+    """Every complete judged shard, this worker's and the others' (rows, names of the shards not judged yet).
+    Rules and the decision are recomputed (cheap, and the current rule limits and min_score apply); the judge
+    replies are reused."""
+    rows, missing = [], []
+    for path in shards:
+        out = out_dir / path.name
+        if not out.exists():
+            missing.append(path.name)
+            continue
+        saved = read_jsonl(out)
+        fresh = [_redecide(r, cfg) for r in saved]
+        if path.name in mine and fresh != saved:
+            write_jsonl(out, fresh)
+        rows += fresh
+    return rows, missing
 
 
 def _saved_model(rows: list[dict]) -> str | None:
