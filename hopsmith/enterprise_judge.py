@@ -129,7 +129,7 @@ class EpisodeJudge(LLMJudge):
 
 # -- teacher cases --------------------------------------------------------------------------------------
 
-CASE_FORMAT = f"""A case is one JSON object with these keys:
+CASE_KEYS = f"""A case is one JSON object with these keys:
 - "category": the category name.
 - "context": who is calling, e.g. "Caller: Dana Lee, account ACC-311 (verified). Today is 2025-04-08.", plus any facts the agent is told (e.g. which shipments are open).
 - "history": the conversation so far, a list of {{"user": "..."}} items and earlier agent actions written as steps (see below); tool results are produced from "world", never written here. Often empty.
@@ -141,7 +141,12 @@ CASE_FORMAT = f"""A case is one JSON object with these keys:
 - "rationale": one sentence: why the first expected action is right, citing the rule.
 
 Business tools:
-""" + "\n".join(business_tool_lines())
+"""
+
+
+def case_format() -> str:
+    """What a teacher is told a case holds, with the business tools (their schemas are built on first use)."""
+    return CASE_KEYS + "\n".join(business_tool_lines())
 
 
 def _example(category: str, k: int, seed: int) -> dict:
@@ -155,7 +160,7 @@ def _example(category: str, k: int, seed: int) -> dict:
 def teacher_messages(category: str, example: dict, hint: str = "") -> list[dict]:
     system = ("You write evaluation cases that test when a support agent should call a tool, answer directly, ask "
               "for clarification, escalate or refuse. The agent's instructions are below; a case's expected "
-              f"actions must follow them exactly.\n\n--- the agent's instructions ---\n{POLICY}\n--- end ---\n\n{CASE_FORMAT}")
+              f"actions must follow them exactly.\n\n--- the agent's instructions ---\n{POLICY}\n--- end ---\n\n{case_format()}")
     user = (f"Category: {category}: {CATEGORY_INFO[category]}.\n\nAn example case of this category:\n"
             f"{json.dumps(example, ensure_ascii=False)}\n\nWrite one new case of this category with other people, ids, "
             f"products, wording and situation{hint}. Reply with the JSON object only.")

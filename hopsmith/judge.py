@@ -31,6 +31,7 @@ from typing import Any, Iterable
 from .backends.factory import make_backend
 from .chat import HermesFormat, extract_answer, strip_thinking, thinking_of
 from .config import ConfigError
+from .envs.multihop import MultihopEnv, _schema
 from .metrics import contains_answer, score
 from .tools import check_arguments
 
@@ -65,7 +66,6 @@ def _schemas(trace: dict) -> tuple[dict[str, dict], str]:
             if isinstance(fn, dict) and fn.get("name"):
                 out[fn["name"]] = {"type": "function", "function": fn}
         return out, "trace"
-    from .envs.multihop import MultihopEnv, _schema
 
     return {n: _schema(n) for n in MultihopEnv.tool_names}, "multihop default"
 

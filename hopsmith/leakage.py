@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hopsmith.data import BUNDLED, load_questions
+from hopsmith.data.pools import build_pools
 from hopsmith.data.split import all_answer_keys, answer_keys, paragraph_key, question_key, single_hop_ids
 from hopsmith.records import Question
 
@@ -125,8 +127,6 @@ def trained_fingerprint(adapter_dir: str | Path) -> Fingerprint:
 
 
 def _bundled() -> list[Question]:
-    from hopsmith.data import BUNDLED, load_questions
-
     return [q for name in BUNDLED for q in load_questions(name)]
 
 
@@ -182,8 +182,6 @@ def split_report(questions: Sequence[Question], *, pool_size: int = 400, pool_se
     questions a model trained on the whole train side would leak into, and the eval paragraphs
     (normalised title and text of any paragraph of an eval question) that `build_pools` puts in a train
     question's pool."""
-    from hopsmith.data.pools import build_pools
-
     train = [q for q in questions if q.meta.get("split") == "train"]
     evals = [q for q in questions if q.meta.get("split") == "eval"]
     t, e = Fingerprint.of(train), Fingerprint.of(evals)

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from .chat import normalize_answer
+from .collapse import behaviour
 
 _YES_NO = frozenset({"yes", "no", "noanswer"})
 FAILURE_KINDS = ("search_failure", "extraction_failure", "no_final_answer", "other")
@@ -357,7 +358,6 @@ def aggregate(rows: list[dict], *, extraction_accuracy: float | None = None,
     out["invalid_call_rate"] = invalid / len(calls) if calls else 0.0
     for key, k in counts.items():
         out[key] = k / n
-    from .collapse import behaviour  # the collapse guard's query statistics, so comparisons show them too
 
     b = behaviour(rows)
     out["query_diversity"], out["query_wordiness"] = b["query_diversity"], b["query_wordiness"]

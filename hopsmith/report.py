@@ -22,13 +22,15 @@ import inspect
 import io
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import metrics as M
-from .io import read_jsonl
+from .io import _atomic_write, read_jsonl
+from .tools.search import paragraph_label
 
 TEMPLATES = Path(__file__).parent / "templates"
 # Where a ladder's stages sit in its order (evals and training runs); other directories follow alphabetically.
@@ -759,8 +761,6 @@ def _config_section(configs: list[tuple[str, dict]]) -> str:
 
 def episodes_payload(evals: list[EvalRun]) -> dict:
     """Every episode as compact JSON for report.js; system prompts are stored once and referenced."""
-    from .tools.search import paragraph_label
-
     systems: list[str] = []
     system_index: dict[str, int] = {}
     episodes = []
@@ -850,8 +850,6 @@ def default_out(run_dirs: list[str | Path]) -> Path:
 
 def write_report(run_dirs: list[str | Path], out: str | Path | None = None) -> Path:
     """Collect the runs, render the page, write it atomically; returns its path."""
-    from .io import _atomic_write
-
     c = collect(run_dirs)
     path = Path(out) if out else default_out(run_dirs)
     page = render(c)
@@ -863,8 +861,6 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None) -> P
 def try_write_report(run_dirs: list[str | Path], log=None) -> Path | None:
     """write_report for the stages: a run's results are already saved, so a report that cannot be written
     is a warning naming why, never a lost run."""
-    import sys
-
     try:
         return write_report(run_dirs)
     except Exception as exc:  # noqa: BLE001 - the report is a view of saved files; keep the stage's outcome

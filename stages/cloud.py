@@ -15,16 +15,23 @@ before it starts. `endpoint_app` builds the deployed endpoint for a run's adapte
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
+from hopsmith.agent.backends import agent_backends
 from hopsmith.config import ConfigError, EvalConfig, from_dict
-from hopsmith.cost import Budget, Ledger, Meter, estimate_stage
+from hopsmith.cost import Budget, Ledger, Meter, Usage, estimate_stage, hourly_rate
+from hopsmith.data import load_questions
 from hopsmith.fanout import run_shards
-from hopsmith.io import json_object
+from hopsmith.io import json_object, read_jsonl, write_jsonl
+from hopsmith.models import download_model
+from hopsmith.training import select_traces
 from hopsmith.volumes import Layout, check_run_name
-from stages import pipeline
+from stages import evaluate, grpo, judge, matrix, pipeline, preference, rft, serve, sft, traces
 
 
 def _noop() -> None:
@@ -54,9 +61,7 @@ def _from_dict(cls, d: dict | str | None):
 def prepare_model_body(model: str, *, resources: dict, commit: Callable[[], None] = _noop) -> dict:
     """The model into `$HOPSMITH_CACHE/models` (the models volume in the cloud): the embedded GGUF converted,
     or a hub model downloaded with HF_TOKEN when set. Every stage's `resolve_model` reads it from there."""
-    import os
 
-    from hopsmith.models import download_model
 
     with Meter("prepare_model", **resources) as m:
         path = str(download_model(model, token=os.environ.get("HF_TOKEN")))
@@ -67,8 +72,6 @@ def prepare_model_body(model: str, *, resources: dict, commit: Callable[[], None
 def traces_body(run: str, cfg: dict, shard: int, num_shards: int, *, layout: Layout, resources: dict,
                 commit: Callable[[], None] = _noop) -> dict:
     """One shard of trace generation into `traces/<run>/traces/shard-<i>.jsonl`."""
-    from stages import traces
-
     tcfg = _from_dict(traces.TracesConfig, {**cfg, "shard": shard, "num_shards": num_shards})
     with Meter("traces", shard=shard, **resources) as m:
         summary = traces.run(tcfg, layout.traces(run))
@@ -80,8 +83,6 @@ def traces_body(run: str, cfg: dict, shard: int, num_shards: int, *, layout: Lay
 def judge_body(run: str, cfg: dict, shard: int, num_shards: int, *, layout: Layout, resources: dict,
                commit: Callable[[], None] = _noop) -> dict:
     """Judge the trace shards with position % num_shards == shard (num_shards=1 after the fan-out gathers)."""
-    from stages import judge
-
     jcfg = _from_dict(judge.JudgeConfig, {**cfg, "shard": shard, "num_shards": num_shards})
     with Meter("judge", shard=shard, **resources) as m:
         summary = judge.run(jcfg, layout.traces(run))
@@ -95,8 +96,6 @@ def select_body(run: str, cfg: dict | str | None, *, layout: Layout, resources: 
     traces longer than `max_length` tokens of the model's training template are left out and counted (SFT
     would leave them out anyway), then at most `max_traces` are picked, balanced over trace types. Returns
     how many train and their tokens, so the SFT estimate counts what actually trains."""
-    from hopsmith.io import read_jsonl, write_jsonl
-    from hopsmith.training import select_traces
 
     c = {"source": "kept.jsonl", "max_traces": None, "seed": 0, "model": "embedded", "max_length": 4096,
          **config_arg(cfg)}
@@ -117,8 +116,6 @@ def select_body(run: str, cfg: dict | str | None, *, layout: Layout, resources: 
 def sft_body(run: str, cfg: dict, *, layout: Layout, resources: dict, max_seconds: float | None = None,
              commit: Callable[[], None] = _noop, stage: str = "sft") -> dict:
     """LoRA SFT on `traces/<run>/train.jsonl` into `adapters/<run>/sft/` (resumes from its checkpoints)."""
-    from stages import sft
-
     scfg = _from_dict(sft.SFTConfig, {**cfg, "traces": str(layout.traces(run) / "train.jsonl")})
     with Meter(stage, **resources) as m:
         summary = sft.run(scfg, layout.adapter(run, stage), max_seconds=max_seconds)
@@ -132,8 +129,6 @@ def eval_job_body(run: str, job: str, cfg: dict | str | None, *, layout: Layout,
                   commit: Callable[[], None] = _noop) -> dict:
     """One /evaluate job of the endpoint, in its own container: the whole evaluation into
     `runs/<run>/job-<job>/` (results.jsonl, metrics.json on the volume), its summary returned."""
-    from stages import evaluate, serve
-
     ecfg = _from_dict(EvalConfig, cfg)
     root = layout.eval(run, f"job-{job}")
     with Meter("endpoint-evaluate", **resources) as m:
@@ -149,9 +144,7 @@ def endpoint_app(run: str | None, stage: str, *, layout: Layout, token: str | No
     """The endpoint's ASGI app for the adapter `adapters/<run>/<stage>` (the base model when run is empty).
     Refuses to start (ServeError) when that adapter is not on the volume: a deployment named for an adapter
     never silently serves the base model. The base model is the one the adapter was trained on."""
-    import json
 
-    from stages import serve
 
     adapter = None
     if run:
@@ -177,16 +170,12 @@ class ServeError(RuntimeError):
 def make_eval_backend(ecfg: EvalConfig, engine: str):
     """The agent backend and extractor of an eval container: the same factory as `hopsmith eval`, on vLLM
     (the adapter as a LoRARequest) or HF; with the default extractor "self", the adapter reads too."""
-    from hopsmith.agent.backends import agent_backends
-
     return agent_backends(ecfg.agent, engine=engine)
 
 
 def eval_shard_body(run: str, name: str, cfg: dict, shard: int, num_shards: int, *, layout: Layout,
                     resources: dict, engine: str = "vllm", commit: Callable[[], None] = _noop) -> dict:
     """One eval shard into `runs/<run>/<name>/results/shard-<i>.jsonl` (complete shards return at once)."""
-    from stages import evaluate
-
     ecfg = _from_dict(EvalConfig, cfg)
     root = layout.eval(run, name)
     with Meter("evaluate", shard=shard, **resources) as m:
@@ -205,8 +194,6 @@ def eval_shard_body(run: str, name: str, cfg: dict, shard: int, num_shards: int,
 def matrix_extraction_body(run: str, cfg: dict | str | None, col: int, *, layout: Layout, resources: dict,
                            commit: Callable[[], None] = _noop) -> dict:
     """Column `col`'s extraction benchmark into `runs/<run>/matrix/extraction/<col>.jsonl`; its summary."""
-    from stages import matrix
-
     mcfg = _from_dict(matrix.MatrixConfig, cfg)
     with Meter("matrix", **resources) as m:
         summary = matrix.extraction_column(mcfg, layout.eval(run, "matrix"), col)
@@ -218,8 +205,6 @@ def matrix_cell_body(run: str, cfg: dict | str | None, row: int, col: int, *, la
                      engine: str = "vllm", commit: Callable[[], None] = _noop) -> dict:
     """One cell of the matrix into `runs/<run>/matrix/cells/<row>__<col>/` (a complete cell returns at once);
     its metrics. A local orchestrator runs on `engine` (vLLM in the eval image)."""
-    from stages import matrix
-
     mcfg = _from_dict(matrix.MatrixConfig, cfg)
     with Meter("matrix", **resources) as m:
         metrics = matrix.run_cell(mcfg, layout.eval(run, "matrix"), row, col, engine=engine)
@@ -230,8 +215,6 @@ def matrix_cell_body(run: str, cfg: dict | str | None, row: int, col: int, *, la
 
 def merge_body(run: str, name: str, cfg: dict, num_shards: int, *, layout: Layout, resources: dict,
                commit: Callable[[], None] = _noop) -> dict:
-    from stages import evaluate
-
     with Meter("merge", **resources) as m:
         metrics = evaluate.merge(_from_dict(EvalConfig, cfg), layout.eval(run, name), num_shards)
         commit()
@@ -242,8 +225,6 @@ def mine_pairs_body(run: str, eval_name: str, cfg: dict, *, layout: Layout, reso
                     commit: Callable[[], None] = _noop) -> dict:
     """Own-failure pairs: `runs/<run>/<eval_name>/results.jsonl` (the SFT adapter on train questions) against
     `traces/<run>/kept.jsonl`, into `traces/<run>/pairs/`."""
-    from stages import preference
-
     mcfg = _from_dict(preference.MineConfig, {**cfg, "results": str(layout.eval(run, eval_name) / "results.jsonl"),
                                               "chosen": str(layout.traces(run) / "kept.jsonl")})
     with Meter("mine_pairs", **resources) as m:
@@ -254,8 +235,6 @@ def mine_pairs_body(run: str, eval_name: str, cfg: dict, *, layout: Layout, reso
 
 def simpo_body(run: str, cfg: dict, *, layout: Layout, resources: dict, commit: Callable[[], None] = _noop) -> dict:
     """SimPO/DPO on `traces/<run>/pairs/pairs.jsonl`, continuing `adapters/<run>/sft`, into `adapters/<run>/simpo`."""
-    from stages import preference
-
     pcfg = _from_dict(preference.PreferenceConfig, {**cfg, "pairs": str(layout.traces(run) / "pairs" / "pairs.jsonl"),
                                                     "adapter": str(layout.adapter(run, "sft"))})
     with Meter("simpo", **resources) as m:
@@ -267,8 +246,6 @@ def simpo_body(run: str, cfg: dict, *, layout: Layout, resources: dict, commit: 
 
 def grpo_body(run: str, cfg: dict, *, layout: Layout, resources: dict, commit: Callable[[], None] = _noop) -> dict:
     """GRPO continuing `adapters/<run>/sft`, into `adapters/<run>/grpo`."""
-    from stages import grpo
-
     gcfg = _from_dict(grpo.GRPOConfig, {**cfg, "adapter": str(layout.adapter(run, "sft"))})
     with Meter("grpo", **resources) as m:
         summary = grpo.run(gcfg, layout.adapter(run, "grpo"))
@@ -278,8 +255,6 @@ def grpo_body(run: str, cfg: dict, *, layout: Layout, resources: dict, commit: C
 
 def rft_body(run: str, cfg: dict, *, layout: Layout, resources: dict, commit: Callable[[], None] = _noop) -> dict:
     """Rejection sampling with `adapters/<run>/sft`, SFT on the kept episodes, into `adapters/<run>/rft`."""
-    from stages import rft
-
     rcfg = _from_dict(rft.RFTConfig, {**cfg, "adapter": str(layout.adapter(run, "sft"))})
     with Meter("rft", **resources) as m:
         summary = rft.run(rcfg, layout.adapter(run, "rft"))
@@ -374,8 +349,6 @@ class CloudSteps:
     """Each ladder step as the cloud runs it: shards mapped over containers, gathered, recorded in the ledger."""
 
     def __init__(self, cfg: CloudConfig, inv: Invoker, layout: Layout, cost_path: str | Path, log):
-        from hopsmith.data import load_questions
-
         self.cfg, self.inv, self.layout, self.log = cfg, inv, layout, log
         self.ledger = Ledger.open(cost_path)
         self.budget = Budget(cfg.budget_usd, self.ledger)
@@ -453,8 +426,6 @@ def run_matrix(cfg, inv: Invoker, *, run: str, layout: Layout, cost_path: str | 
     container each, reading its column's benchmark from the runs volume under `runs/<run>/matrix/`); returns
     the table's summary (`stages.matrix.summarise`) with the ledger's. `cfg` is a `stages.matrix.MatrixConfig`;
     a rerun skips complete cells."""
-    from stages import matrix
-
     check_run_name(run)
     ledger = Ledger.open(cost_path)
     budget = Budget(budget_usd, ledger)
@@ -510,14 +481,10 @@ class LocalInvoker:
         return {"gpu": t.get("gpu"), "cpu": t["cpu"], "memory_gib": t["memory_gib"]}
 
     def rate(self, name: str):
-        from hopsmith.cost import hourly_rate
-
         r = self.resources(name)
         return r["gpu"], hourly_rate(r["gpu"], r["cpu"], r["memory_gib"])
 
     def call(self, name: str, *args, **kwargs):
-        import time
-
         self.calls.append((name, args))
         bodies = {"generate_traces": traces_body, "judge": judge_body, "select_traces": select_body,
                   "run_sft": sft_body, "evaluate_shard": eval_shard_body, "merge_eval": merge_body,
@@ -561,8 +528,6 @@ def with_caller_seconds(out: Any, seconds: float) -> Any:
 
 def failed_usage(name: str, resources: dict, seconds: float, exc: BaseException) -> dict:
     """The ledger entry of an attempt that raised: no body time, the caller's wall time."""
-    from hopsmith.cost import Usage
-
     stage = {"generate_traces": "traces", "run_sft": "sft", "evaluate_shard": "evaluate", "merge_eval": "merge",
              "train_simpo": "simpo", "run_grpo": "grpo", "run_rft": "rft", "select_traces": "select",
              "evaluate_job": "endpoint-evaluate", "matrix_extraction": "matrix", "matrix_cell": "matrix"}.get(name, name)

@@ -30,15 +30,22 @@ Every cell is a `hopsmith eval` run, made by the library's `hopsmith.evaluation`
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from hopsmith import evaluation as evaluate
+from hopsmith.agent.backends import agent_backends, cached_backend
+from hopsmith.backends.factory import parse_spec, split_specs
+from hopsmith.ceiling import extraction_benchmark, extraction_items
 from hopsmith.config import ConfigError, EvalConfig, flat_fields, to_dict, update
 from hopsmith.io import read_jsonl, write_json, write_jsonl
+from hopsmith.metrics import answer_summary, compare
+from hopsmith.tools.extract import Extractor
 
 SPECIAL_EXTRACTORS = ("self", "none")
 
@@ -91,9 +98,7 @@ _LABEL = re.compile(r"^([A-Za-z][\w.-]*)=(?!=)(.+)$")
 
 def auto_label(spec: str) -> str:
     """A short name for a spec in the table: the model's last path part, the host of a served one."""
-    from urllib.parse import urlparse
 
-    from hopsmith.backends.factory import parse_spec
 
     if spec in SPECIAL_EXTRACTORS:
         return spec
@@ -108,8 +113,6 @@ def auto_label(spec: str) -> str:
 
 def axis(text: str, what: str) -> list[tuple[str, str]]:
     """`A,B,label=C` -> [(label, spec)], labels unique; every spec parsed (a bad one is a ConfigError)."""
-    from hopsmith.backends.factory import parse_spec, split_specs
-
     out: list[tuple[str, str]] = []
     for item in split_specs(text or ""):
         m = _LABEL.match(item)
@@ -152,8 +155,6 @@ def cell_config(cfg: MatrixConfig, i: int, j: int) -> EvalConfig:
 
 def diagonal(cfg: MatrixConfig, i: int) -> int | None:
     """The column of row i's diagonal cell: `self`, or the column whose spec builds the row's own model."""
-    from hopsmith.backends.factory import parse_spec
-
     row = parse_spec(cfg.rows[i][1])
     for j, (_, spec) in enumerate(cfg.cols):
         if spec == "self" or (spec != "none" and parse_spec(spec).same_model(row)):
@@ -169,8 +170,6 @@ def _questions(ecfg: EvalConfig):
 
 def complete_cell(cfg: MatrixConfig, root: Path, i: int, j: int) -> dict | None:
     """The cell's metrics when its run directory already holds every question of this config, else None."""
-    import json
-
     d, ecfg = cell_dir(root, cfg, i, j), cell_config(cfg, i, j)
     if not (d / "metrics.json").exists() or not (d / "config.json").exists():
         return None
@@ -183,11 +182,6 @@ def complete_cell(cfg: MatrixConfig, root: Path, i: int, j: int) -> dict | None:
 def extraction_column(cfg: MatrixConfig, root: Path, j: int, *, cache: dict | None = None) -> dict | None:
     """Column j's extraction benchmark into `extraction/<col>.jsonl` (skipped when complete); its summary.
     None for a `self` or `none` column (no benchmark of its own) or a data set without decompositions."""
-    from hopsmith.agent.backends import cached_backend
-    from hopsmith.backends.factory import parse_spec
-    from hopsmith.ceiling import extraction_benchmark, extraction_items
-    from hopsmith.metrics import answer_summary
-    from hopsmith.tools.extract import Extractor
 
     spec = cfg.cols[j][1]
     if spec in SPECIAL_EXTRACTORS:
@@ -209,8 +203,6 @@ def extraction_column(cfg: MatrixConfig, root: Path, j: int, *, cache: dict | No
 def run_cell(cfg: MatrixConfig, root: Path, i: int, j: int, *, engine: str = "hf", cache: dict | None = None,
              progress: bool = False) -> dict:
     """One cell: its eval run (resumed where it stopped; a complete one is read, nothing loaded); its metrics."""
-    from hopsmith.agent.backends import agent_backends
-
     done = complete_cell(cfg, root, i, j)
     if done is not None:
         return done
@@ -261,8 +253,6 @@ def _point(m: dict) -> dict:
 def summarise(cfg: MatrixConfig, cells: dict, extraction: dict) -> dict:
     """Per cell: EM, F1, cover-EM with their intervals, the ceiling, how tools reached the agent, and the
     paired differences against the row's diagonal (`hopsmith.metrics.compare`)."""
-    from hopsmith.metrics import compare
-
     out = {"config": to_dict(cfg), "rows": [r for r, _ in cfg.rows], "cols": [c for c, _ in cfg.cols],
            "specs": {"rows": dict(cfg.rows), "cols": dict(cfg.cols)}, "cells": {}, "extraction": extraction}
     for (i, j), m in sorted(cells.items()):

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from hopsmith.config import EvalConfig, update
+from hopsmith.config import ConfigError, EvalConfig, update
 from hopsmith.io import read_jsonl, write_json, write_jsonl
 from hopsmith.judge import judge_backend
 from hopsmith.leakage import TRAINED_KEYS
@@ -73,8 +73,6 @@ class PipelineConfig:
     preference_learning_rate: float | None = None
 
     def resolved(self) -> "PipelineConfig":
-        from hopsmith.config import ConfigError
-
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown pipeline preset {self.preset!r}; known: {', '.join(PRESETS)}")
         unknown = {s.strip() for s in self.with_stages.split(",") if s.strip()} - {"simpo"}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 
+from ..backends.factory import BackendSpecError, check_spec, describe, make_backend, parse_spec, with_role
 from ..config import AgentConfig, ConfigError
 from ..tools.extract import Extractor
 
@@ -24,8 +25,6 @@ ENGINES = ("hf", "vllm")
 
 def eval_specs(cfg: AgentConfig):
     """(agent spec, extractor spec or None) of an eval config, parsed (nothing is loaded or contacted)."""
-    from ..backends.factory import BackendSpecError, parse_spec, with_role
-
     try:
         agent = parse_spec(cfg.model, cfg.model_options)
     except BackendSpecError as exc:
@@ -46,8 +45,6 @@ def agent_backends(cfg: AgentConfig, *, engine: str = "hf", batch_size: int | No
     vllm: the offline engine); a local extractor on transformers. `check` contacts remote backends first (see
     the module docstring). `cache` (spec -> backend) lets a caller that builds many configs (the matrix)
     load each model once."""
-    from ..backends.factory import check_spec
-
     if engine not in ENGINES:
         raise ConfigError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
     agent_spec, extractor_spec = eval_specs(cfg)
@@ -87,8 +84,6 @@ def cached_backend(cache: dict, role: str, spec, *, check: bool = True, **kw):
     """`make_backend(spec, role=role, check=check, **kw)`, built once per (spec, adapter, engine, tool setting)
     in `cache`. An agent and an extractor of the same local model share one instance (an extractor ignores the
     tool setting); a remote agent is kept apart, since its check also probed how the server treats tools."""
-    from ..backends.factory import make_backend
-
     agent = role in ("agent", "teacher")
     key = (spec.text, json.dumps(spec.options, sort_keys=True, default=str), kw.get("adapter"), kw.get("engine", "hf"),
            bool(kw.get("tools_in_prompt")) if agent and spec.remote else False, agent and spec.remote)
@@ -99,8 +94,6 @@ def cached_backend(cache: dict, role: str, spec, *, check: bool = True, **kw):
 
 def describe_backends(cfg: AgentConfig, backend, extractor) -> dict:
     """What `config.json` records about the run's backends (see `hopsmith.backends.factory.describe`)."""
-    from ..backends.factory import describe
-
     out = {"agent": describe(backend, cfg.model)}
     if extractor is not None:
         inner = getattr(extractor, "backend", extractor)

@@ -31,12 +31,16 @@ when asked for, so a remote-only run never loads torch.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError
-from . import Backend
+from ..models import EMBEDDED_NAME, ModelError, embedded_gguf, models_dir, resolve_model
+from . import Backend, hf
+from .hf import check_adapter
+from .remote import BackendSetupError, TOOL_MODES
 
 SPEC_FORMS = (
     "embedded",
@@ -147,8 +151,6 @@ def _coerce_option(spec: str, kind: str, key: str, value):
 
 
 def _check_options(spec: str, opts: dict) -> None:
-    from .remote import TOOL_MODES
-
     if "tools" in opts and opts["tools"] not in TOOL_MODES:
         raise BackendSpecError(f"backend spec {spec!r}: tools={opts['tools']!r}; use one of {', '.join(TOOL_MODES)}")
     if "max_tokens_field" in opts and opts["max_tokens_field"] not in ("max_completion_tokens", "max_tokens"):
@@ -222,10 +224,7 @@ def canonical(text: str | None, options: dict | None = None) -> str | None:
 
 def check_local(spec: BackendSpec, *, adapter: str | None = None) -> None:
     """A local spec's model and adapter exist (no weights are read); vLLM is importable for `vllm:`."""
-    import importlib.util
 
-    from ..models import EMBEDDED_NAME, embedded_gguf, models_dir, resolve_model
-    from .hf import check_adapter
 
     if spec.remote:
         return
@@ -255,8 +254,6 @@ def make_backend(spec: "str | BackendSpec", *, role: str | None = None, options:
     config key in error messages and decides whether a remote backend's check probes tool handling; `check`
     runs that check; `tools_in_prompt` (the agent's `--tools-in-prompt`) writes tool specs into the prompt;
     `engine="vllm"` puts a local model on vLLM (the cloud eval image)."""
-    from .remote import BackendSetupError
-
     try:
         parsed = parse_spec(spec, options)
     except ConfigError as exc:
@@ -269,8 +266,6 @@ def make_backend(spec: "str | BackendSpec", *, role: str | None = None, options:
 
 def check_spec(spec: BackendSpec, role: str | None, *, adapter: str | None = None) -> None:
     """`check_local` with the config key and a hint in the message (a bare name is read as a local model)."""
-    from ..models import ModelError
-
     try:
         check_local(spec, adapter=adapter)
     except ModelError as exc:
@@ -317,10 +312,9 @@ def _build(spec: BackendSpec, *, role, check, tools_in_prompt, engine, **kw) -> 
 
         args = {k: v for k, v in args.items() if k in ("max_model_len", "gpu_memory_utilization")}
         return VLLMBackend(spec.model, adapter=adapter, **args)
-    from .hf import HFBackend
 
     args = {k: v for k, v in args.items() if k in ("batch_size", "dtype", "device", "kv_cache_gb")}
-    return HFBackend(spec.model, adapter=adapter, **args)
+    return hf.HFBackend(spec.model, adapter=adapter, **args)  # looked up when called: tests put a fake there
 
 
 def describe(backend, spec: "BackendSpec | str | None" = None) -> dict:

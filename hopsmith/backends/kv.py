@@ -31,6 +31,9 @@ a dense per-row buffer wins.
 """
 from __future__ import annotations
 
+import copy
+import inspect
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -111,8 +114,6 @@ def choose_cpu_dtype(config, flags: set[str] | None = None, reps: int = 3) -> tu
 
 @lru_cache(maxsize=8)
 def _probe_dtype(config_json: str, reps: int) -> tuple[torch.dtype, str]:
-    import copy
-    import json
 
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -279,8 +280,6 @@ def _base_model(model):
 
 def _cache_kwarg(model) -> str:
     """`cache` since transformers 5.24 (`past_key_values` is deprecated there), `past_key_values` before."""
-    import inspect
-
     params = inspect.signature(type(_base_model(model)).forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 

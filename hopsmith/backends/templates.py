@@ -21,9 +21,11 @@ it for inference too, so an adapter's prompts are rendered exactly as its traini
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 from ..models import ModelError
 
@@ -113,8 +115,6 @@ def chat_templates(tokenizer) -> ChatTemplates:
 def adapter_chat_template(adapter) -> str | None:
     """The chat template an adapter was trained with, as it saved it: `chat_template.jinja` (older saves
     kept it in `tokenizer_config.json`); None when it saved none."""
-    import json
-    from pathlib import Path
 
     path = Path(adapter)
     if (path / "chat_template.jinja").exists():

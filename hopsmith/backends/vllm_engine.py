@@ -10,6 +10,7 @@ inside the constructor: importing this module costs nothing where vLLM is absent
 """
 from __future__ import annotations
 
+from ..models import resolve_model
 from . import Generation, cut_at_stop
 from .hf import check_adapter, pick_chat_template
 from .templates import load_tokenizer
@@ -27,8 +28,6 @@ class VLLMBackend:
         seed: int = 0,
         llm=None,
     ):
-        from ..models import resolve_model
-
         path = resolve_model(model)
         self.name = model if not adapter else f"{model}+{adapter}"
         if adapter:

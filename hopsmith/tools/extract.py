@@ -7,6 +7,7 @@ chains alive and beat a more honest, stronger reader (46% vs 44%).
 from __future__ import annotations
 
 from ..backends import Backend
+from ..chat import strip_thinking
 
 EXTRACT_SYSTEM = (
     "You read a text and answer one question about it. Reply with the answer only: a name, a date, "
@@ -42,8 +43,6 @@ class Extractor:
 
 
 def clean_extraction(text: str) -> str:
-    from ..chat import strip_thinking
-
     text = strip_thinking(text).strip()
     first = text.split("\n")[0].strip()
     for prefix in ("Answer:", "answer:", "A:"):

@@ -29,7 +29,9 @@ from __future__ import annotations
 import copy
 import json
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Literal
 
 from . import check_arguments, tool_schema
@@ -268,7 +270,29 @@ class BusinessTools:
 BUSINESS_TOOL_NAMES = ("get_order", "search_orders", "cancel_order", "issue_refund", "get_shipment",
                        "verify_shipment_receipt", "get_account", "search_accounts", "verify_identity", "update_account_email",
                        "get_ticket", "create_ticket", "update_ticket")
-BUSINESS_SCHEMAS: dict[str, dict] = {n: tool_schema(getattr(BusinessTools, n)) for n in BUSINESS_TOOL_NAMES}
+class _Schemas(Mapping):
+    """The business tools' schemas by name, each built on first use: building one reads its signature with
+    transformers, which an import of this module (every `hopsmith` command, every Modal container) should
+    not pay for."""
+
+    def __getitem__(self, name: str) -> dict:
+        if name not in BUSINESS_TOOL_NAMES:
+            raise KeyError(name)
+        return _schema(name)
+
+    def __iter__(self):
+        return iter(BUSINESS_TOOL_NAMES)
+
+    def __len__(self) -> int:
+        return len(BUSINESS_TOOL_NAMES)
+
+
+@cache
+def _schema(name: str) -> dict:
+    return tool_schema(getattr(BusinessTools, name))
+
+
+BUSINESS_SCHEMAS: Mapping[str, dict] = _Schemas()
 # Free-text fields an injection can hide in, by preference; a record without any gets a "notes" field.
 _TEXT_FIELDS = ("notes", "customer_note", "delivery_notes", "description", "message")
 

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterator
 
 from hopsmith.chat import extract_answer, strip_thinking
+from hopsmith.envs.multihop import MultihopEnv, _schema
 from hopsmith.metrics import f1, normalize_answer
 from hopsmith.tools import check_arguments
 
@@ -62,8 +63,6 @@ def shows(text: str | None, answers: list[str]) -> bool:
 # -- reading a trace ------------------------------------------------------------------------------
 
 def _default_schemas() -> dict[str, dict]:
-    from hopsmith.envs.multihop import MultihopEnv, _schema
-
     return {n: _schema(n) for n in MultihopEnv.tool_names}
 
 
