@@ -69,6 +69,36 @@ def check_adapter(adapter: str | Path) -> None:
         raise ModelError(f"--adapter {adapter}: no adapter_config.json there (not a LoRA adapter directory)")
 
 
+def _load(model: str, device: str, dtype: str | None):
+    """(model on `device`, its tokenizer, the precision chosen and why): an asked-for dtype, bf16 on CUDA, and
+    on CPU what the precision probe measured faster (`kv.choose_cpu_dtype`)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from ..models import resolve_model
+    from . import kv
+
+    path = resolve_model(model)
+    if dtype:
+        torch_dtype, precision = getattr(torch, dtype), f"{dtype}: asked for"
+    elif device == "cuda":
+        torch_dtype, precision = torch.bfloat16, "bfloat16: CUDA"
+    else:
+        torch_dtype, precision = kv.choose_cpu_dtype(AutoConfig.from_pretrained(path))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device), tokenizer, precision
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """The end-of-turn tokens a reply stops at, as well as the model's own end of sequence."""
+    stop = {tokenizer.eos_token_id}
+    for token in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid >= 0 and tid != tokenizer.unk_token_id:
+            stop.add(tid)
+    return sorted(i for i in stop if i is not None)
+
+
 class HFBackend:
     """Generate with a local transformers model (optionally with a LoRA adapter on top)."""
 
@@ -86,15 +116,10 @@ class HFBackend:
         engine: str = "kv",
         kv_cache_gb: float = DEFAULT_KV_CACHE_GB,
     ):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from ..models import resolve_model
         from . import kv
 
         if engine not in ("kv", "generate"):
             raise ValueError(f"unknown HF engine {engine!r}; known: kv, generate")
-        precision = None
         if adapter:
             check_adapter(adapter)
         self.batch_size = max(1, int(batch_size))
@@ -107,18 +132,8 @@ class HFBackend:
             precision = "as handed in"
         else:
             self.device = device or default_device()
-            path = resolve_model(model)
             self.name = model
-            if dtype:
-                torch_dtype, precision = getattr(torch, dtype), f"{dtype}: asked for"
-            elif self.device == "cuda":
-                torch_dtype, precision = torch.bfloat16, "bfloat16: CUDA"
-            else:
-                from transformers import AutoConfig
-
-                torch_dtype, precision = kv.choose_cpu_dtype(AutoConfig.from_pretrained(path))
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device)
+            self.model, self.tokenizer, precision = _load(model, self.device, dtype)
         if adapter:
             from peft import PeftModel
 
@@ -135,13 +150,7 @@ class HFBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 4096) or 4096)
-        # Stop on the end-of-turn token as well as the model's own end of sequence.
-        stop = {self.tokenizer.eos_token_id}
-        for token in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
-            tid = self.tokenizer.convert_tokens_to_ids(token)
-            if isinstance(tid, int) and tid >= 0 and tid != self.tokenizer.unk_token_id:
-                stop.add(tid)
-        self.stop_ids = sorted(i for i in stop if i is not None)
+        self.stop_ids = stop_token_ids(self.tokenizer)
         self.engine = None
         why_not = kv.supports_engine(_base(self.model)) if engine == "kv" else "engine='generate' asked for"
         if why_not is None:
