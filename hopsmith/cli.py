@@ -353,12 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     from .backends.remote import BackendError, BackendSetupError
     from .cost import BudgetExceeded, CostError
     from .report import ReportError
+    from .runlock import RunLockError
     from .volumes import LayoutError
 
     try:
         return args.func(args)
     except (ConfigError, DataError, ModelError, RunDirError, LeakageError, JudgeRunError, FileNotFoundError,
-            CostError, BudgetExceeded, LayoutError, PreferenceError, ReportError, BackendSetupError) as exc:
+            CostError, BudgetExceeded, LayoutError, PreferenceError, ReportError, BackendSetupError, RunLockError) as exc:
         print(f"hopsmith: error: {exc}", file=sys.stderr)
         return 2
     except BackendError as exc:

@@ -37,6 +37,7 @@ from pathlib import Path
 from hopsmith.io import read_jsonl, write_json
 from hopsmith.leakage import trained_question_ids as _trained_question_ids
 from hopsmith.leakage import training_record
+from hopsmith.runlock import locked
 
 PRESETS = {
     "seed000": dict(lora_r=16, lora_alpha=32, lora_dropout=0.05, target_modules="attention", epochs=3.0,
@@ -227,6 +228,7 @@ def load_model_for_training(cfg: SFTConfig):
     return model, tokenizer, chat_templates(tokenizer), use_qlora
 
 
+@locked
 def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_seconds: float | None = None) -> dict:
     """Train (or resume) the adapter; returns a summary also written to `root/training.json`.
 

@@ -1,0 +1,72 @@
+"""A catalogue of bad command lines: each ends with exit 2, one `hopsmith: error` line naming the problem,
+no traceback, and nothing written into the run directory it named."""
+import pytest
+
+from hopsmith import cli
+
+D = ["--data", "musique"]
+BAD = [
+    # numbers out of range, every stage that takes them
+    ("eval", [*D, "--max-turns", "0"], "max-turns"),
+    ("eval", [*D, "--top-k", "0"], "top-k"),
+    ("eval", [*D, "--temperature", "-1"], "temperature"),
+    ("eval", [*D, "--max-chars", "-10"], "max-chars"),
+    ("eval", [*D, "--batch-size", "0"], "batch-size"),
+    ("eval", [*D, "--limit", "0"], "limit"),
+    ("eval", [*D, "--limit", "-3"], "limit"),
+    ("eval", [*D, "--pool-size", "-5"], "pool-size"),
+    ("eval", [*D, "--max-new-tokens", "0"], "max-new-tokens"),
+    ("eval", [*D, "--search-failure-rate", "1.5"], "search_failure_rate"),
+    ("eval", [*D, "--kv-cache-gb", "-1"], "kv-cache-gb"),
+    ("eval", [*D, "--max-turns", "nan"], "max_turns"),
+    ("eval", [*D, "--temperature", "nan"], "nan"),
+    ("eval", [*D, "--limit", "ten"], "limit"),
+    ("eval", [*D, "--allow-leakage", "--drop-leakage"], "allow_leakage"),
+    ("eval", ["--data", "nosuchset"], "nosuchset"),
+    ("eval", [*D, "--split", "dev"], "dev"),
+    ("eval", [*D, "--model", "nosuch:thing"], "nosuch"),
+    ("eval", [*D, "--model", "/nonexistent/model/dir"], "/nonexistent/model/dir"),
+    ("eval", [*D, "--adapter", "/nonexistent/adapter"], "/nonexistent/adapter"),
+    ("eval", [*D, "--config", "/nonexistent.toml"], "config file not found"),
+    ("sft", ["--epochs", "0"], "epochs"),
+    ("sft", ["--epochs", "-1"], "epochs"),
+    ("sft", ["--learning-rate", "0"], "learning-rate"),
+    ("sft", ["--max-length", "0"], "max-length"),
+    ("sft", ["--batch-size", "0"], "batch-size"),
+    ("sft", ["--preset", "nosuch"], "nosuch"),
+    ("pipeline", ["--eval-limit", "0"], "eval-limit"),
+    ("pipeline", ["--max-traces", "0"], "max-traces"),
+    ("pipeline", ["--epochs", "0"], "epochs"),
+    ("pipeline", ["--max-turns", "-2"], "max-turns"),
+    ("pipeline", ["--preset", "huge"], "huge"),
+    ("pipeline", ["--with", "dpo2"], "dpo2"),
+    ("traces", ["--limit", "0"], "limit"),
+    ("traces", ["--top-k", "0"], "top-k"),
+    ("traces", ["--max-chars", "0"], "max-chars"),
+]
+
+
+@pytest.mark.parametrize("sub,argv,named", BAD, ids=[f"{s} {' '.join(a)}" for s, a, _ in BAD])
+def test_bad_input_is_one_clear_line(tmp_path, capsys, sub, argv, named):
+    out = tmp_path / "run"
+    flag = "--root" if sub in ("traces", "judge") else "--out"
+    code = cli.main([sub, *argv, flag, str(out)])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("hopsmith: error")]
+    assert code == 2, err
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert named.replace("-", "_") in errors[0].replace("-", "_"), errors[0]
+    assert not out.exists() or not any(p.name != ".hopsmith.lock" for p in out.rglob("*")), sorted(out.rglob("*"))
+
+
+def test_every_config_default_is_in_range():
+    """The shared ranges never refuse a default (a sentinel such as max_steps=-1 is not ranged)."""
+    from hopsmith.config import EvalConfig, check_values
+    from stages import cloud, grpo, judge, matrix, pipeline, preference, rft, serve, sft, traces
+
+    for cls in (EvalConfig, cloud.CloudConfig, grpo.GRPOConfig, judge.JudgeConfig, matrix.MatrixConfig,
+                pipeline.PipelineConfig, preference.PreferenceConfig, preference.MineConfig, rft.RFTConfig,
+                serve.ServeConfig, sft.SFTConfig, traces.TracesConfig):
+        check_values(cls())
+    for name, preset in pipeline.PRESETS.items():
+        check_values(pipeline.PipelineConfig(preset=name).resolved())
