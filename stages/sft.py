@@ -228,6 +228,35 @@ def load_model_for_training(cfg: SFTConfig):
     return model, tokenizer, chat_templates(tokenizer), use_qlora
 
 
+RUN_FILE = "sft_run.json"
+_NOT_IDENTITY = ("traces", "save_steps")  # where the traces file lies and how often to checkpoint change nothing
+
+
+def run_identity(cfg: SFTConfig, traces_path: Path) -> dict:
+    """What makes two SFT runs the same run: the resolved config and the traces' bytes."""
+    import hashlib
+
+    return {**{k: v for k, v in asdict(cfg).items() if k not in _NOT_IDENTITY},
+            "traces_sha256": hashlib.sha256(traces_path.read_bytes()).hexdigest()}
+
+
+def check_same_run(root: Path, identity: dict) -> None:
+    """A rerun into `root` resumes only the run that wrote it: another config or other traces would resume
+    its checkpoint (or die on another LoRA shape) and overwrite its trained question ids."""
+    from hopsmith.config import ConfigError
+
+    path = root / RUN_FILE
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    diff = [k for k in sorted(set(saved) | set(identity)) if saved.get(k) != identity.get(k)]
+    if diff:
+        detail = ", ".join("traces: other content" if k == "traces_sha256" else f"{k}: {saved.get(k)!r} -> {identity.get(k)!r}"
+                           for k in diff[:4])
+        raise ConfigError(f"{root} holds an SFT run of another configuration ({detail}); give another --out to train "
+                          "this one (the run there is kept)")
+
+
 @locked
 def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_seconds: float | None = None) -> dict:
     """Train (or resume) the adapter; returns a summary also written to `root/training.json`.
@@ -250,9 +279,11 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_sec
     traces_path = Path(cfg.traces)
     if not traces_path.exists():
         raise FileNotFoundError(f"no traces file at {traces_path}")
+    identity = run_identity(cfg, traces_path)
+    check_same_run(root, identity)
     traces = read_jsonl(traces_path)
     if not traces:
-        raise ValueError(f"{traces_path} holds no traces: nothing to train on")
+        raise ConfigError(f"{traces_path} holds no traces: nothing to train on")
     use_qlora = False
     if model is None:
         model, tokenizer, templates, use_qlora = load_model_for_training(cfg)
@@ -333,6 +364,7 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_sec
     # With tqdm off the Trainer prints every log dict; loss.json keeps the curve instead.
     trainer.remove_callback(PrinterCallback)
     checkpoints = sorted((root / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    write_json(root / RUN_FILE, identity)  # written once training really starts: a failed load blocks no rerun
     started, started_cpu = time.perf_counter(), time.process_time()
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
