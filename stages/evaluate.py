@@ -92,7 +92,10 @@ def check_run_dir(root: Path, cfg: EvalConfig) -> None:
 
     from hopsmith.backends.factory import canonical
 
-    saved = {**_ADDED_KEYS, **json.loads(saved_path.read_text())}
+    try:
+        saved = {**_ADDED_KEYS, **json.loads(saved_path.read_text())}
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise RunDirError(f"{saved_path} is not a run config ({exc}); move it away or use another --out") from None
     mine = to_dict(cfg)
     for d in (saved, mine):  # a spec's transport options (timeout, concurrency, ...) may change on a rerun
         for key in ("model", "extractor"):

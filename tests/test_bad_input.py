@@ -44,6 +44,7 @@ BAD = [
     ("traces", ["--top-k", "0"], "top-k"),
     ("traces", ["--max-chars", "0"], "max-chars"),
 ]
+FILE_CASES = ["out_is_a_file", "corrupt_config"]
 
 
 @pytest.mark.parametrize("sub,argv,named", BAD, ids=[f"{s} {' '.join(a)}" for s, a, _ in BAD])
@@ -70,3 +71,27 @@ def test_every_config_default_is_in_range():
         check_values(cls())
     for name, preset in pipeline.PRESETS.items():
         check_values(pipeline.PipelineConfig(preset=name).resolved())
+
+
+@pytest.mark.parametrize("case", FILE_CASES)
+def test_bad_run_directories_are_one_line(tmp_path, capsys, case):
+    blocker = tmp_path / "file"
+    blocker.write_text("keep me")
+    if case == "out_is_a_file":
+        out = blocker / "run"  # a directory inside a file
+    else:
+        out = tmp_path / "run"
+        out.mkdir()
+        (out / "config.json").write_text("{not json")
+    code = cli.main(["eval", "--data", "musique", "--limit", "1", "--out", str(out)])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("hopsmith: error")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert blocker.read_text() == "keep me"
+    if case == "corrupt_config":
+        assert "config.json" in errors[0] and (out / "config.json").read_text() == "{not json"
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(Exception, match="max_turns"):
+        cli.main(["--debug", "eval", "--data", "musique", "--max-turns", "0", "--out", str(tmp_path / "r")])
