@@ -2,9 +2,10 @@
 
 Two processes writing one `--out` used to both exit 0 with every row twice and their configs mixed. Every
 stage's `run(cfg, root)` takes an exclusive lock on `root/.hopsmith.lock` (`flock`, released by the OS
-when the process ends, so a killed run never leaves a stale lock) and refuses a root that another process
+when the process ends, so a killed run never blocks the next) and refuses a root that another process
 holds, or whose parent run another process holds (a pipeline's stages live inside its root), with one line
-naming the holder. Nested stages of one process share its locks.
+naming the holder. Nested stages of one process share its locks. The lock file goes when the run ends, and
+so does the directory if the run made it and wrote nothing there.
 """
 from __future__ import annotations
 
@@ -67,17 +68,26 @@ def run_lock(root: str | Path):
     for parent in root.parents:
         if _probe(parent):
             raise _refuse(root, parent)
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
-    f = open(root / LOCK_NAME, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    path = root / LOCK_NAME
+    while True:
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise _refuse(root, root) from None
+        except OSError:  # a filesystem without locks: run unguarded rather than not at all
+            f.close()
+            yield root
+            return
+        try:
+            if os.fstat(f.fileno()).st_ino == os.stat(path).st_ino:
+                break  # the file we hold is the one at the path (not one a finishing holder just unlinked)
+        except FileNotFoundError:
+            pass
         f.close()
-        raise _refuse(root, root) from None
-    except OSError:  # a filesystem without locks: run unguarded rather than not at all
-        f.close()
-        yield root
-        return
     f.seek(0)
     f.truncate()
     f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
@@ -88,8 +98,16 @@ def run_lock(root: str | Path):
         yield root
     finally:
         _held.pop(root, None)
+        # Gone before it is let go (a waiting opener then sees another inode and retries): a run that wrote
+        # nothing leaves nothing, not even the directory it made.
+        path.unlink(missing_ok=True)
         fcntl.flock(f, fcntl.LOCK_UN)
         f.close()
+        if created:
+            try:
+                root.rmdir()  # only when empty
+            except OSError:
+                pass
 
 
 def locked(run):

@@ -48,7 +48,7 @@ def test_a_second_writer_is_refused_and_the_first_keeps_its_files(tmp_path, hold
     assert code == 2 and len(errors) == 1 and "Traceback" not in err
     assert f"pid {proc.pid}" in errors[0] and "in use" in errors[0] and "another --out" in errors[0]
     assert (out / "results.jsonl").read_text() == '{"question_id": "x"}\n'
-    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME, "results.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME, "results.jsonl"]  # the holder's lock is untouched
 
 
 def test_a_run_inside_a_held_parent_run_is_refused(tmp_path, holder):
@@ -76,3 +76,13 @@ def test_results_without_a_config_are_not_reused(tmp_path, capsys):
     assert cli.main(["eval", "--data", "musique", "--limit", "1", "--out", str(out)]) == 2
     assert "no config.json" in capsys.readouterr().err
     assert (out / "results.jsonl").read_text() == '{"question_id": "x"}\n'
+
+
+def test_a_run_leaves_no_lock_and_no_empty_directory(tmp_path):
+    with run_lock(tmp_path / "new"):
+        assert (tmp_path / "new" / LOCK_NAME).exists()
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    with run_lock(tmp_path / "kept"):
+        (tmp_path / "kept" / "metrics.json").write_text("{}")
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["metrics.json"]
