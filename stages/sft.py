@@ -228,6 +228,17 @@ def load_model_for_training(cfg: SFTConfig):
     return model, tokenizer, chat_templates(tokenizer), use_qlora
 
 
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints a resume can use, oldest first: a process killed while saving leaves a folder without its
+    trainer state or weights, which the Trainer refuses; the one before it is taken instead."""
+    def complete(p: Path) -> bool:
+        return (p / "trainer_state.json").exists() and any(
+            (p / name).exists() for name in ("adapter_model.safetensors", "model.safetensors", "adapter_model.bin"))
+
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and complete(p)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
 RUN_FILE = "sft_run.json"
 _NOT_IDENTITY = ("traces", "save_steps")  # where the traces file lies and how often to checkpoint change nothing
 
@@ -363,7 +374,7 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_sec
                          peft_config=None if cfg.init_adapter else peft_config, callbacks=[LossLog(), Deadline()])
     # With tqdm off the Trainer prints every log dict; loss.json keeps the curve instead.
     trainer.remove_callback(PrinterCallback)
-    checkpoints = sorted((root / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    checkpoints = complete_checkpoints(root / "checkpoints")
     write_json(root / RUN_FILE, identity)  # written once training really starts: a failed load blocks no rerun
     started, started_cpu = time.perf_counter(), time.process_time()
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
