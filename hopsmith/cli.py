@@ -184,6 +184,9 @@ def cmd_cost(args) -> int:
         recipe = {k: v for k, v in {"traces": args.traces, "epochs": args.epochs, "eval_questions": args.eval_questions,
                                     "eval_shards": args.eval_shards, "sft_gpu": args.sft_gpu,
                                     "eval_gpu": args.eval_gpu}.items() if v is not None}
+        for key, value in recipe.items():
+            if isinstance(value, (int, float)) and not value > 0:  # also refuses nan
+                raise CostError(f"--{key.replace('_', '-')} must be above 0, got {value}")
         est = estimate_recipe(recipe, priors)
         print(format_estimate(est))
         if args.json:
