@@ -240,7 +240,9 @@ def complete_checkpoints(folder: Path) -> list[Path]:
 
 
 RUN_FILE = "sft_run.json"
-_NOT_IDENTITY = ("traces", "save_steps")  # where the traces file lies and how often to checkpoint change nothing
+# Where the traces file lies and how often to checkpoint change nothing; a longer run (more steps or epochs)
+# continues the same one.
+_NOT_IDENTITY = ("traces", "save_steps", "max_steps", "epochs")
 
 
 def run_identity(cfg: SFTConfig, traces_path: Path) -> dict:

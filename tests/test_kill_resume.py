@@ -39,12 +39,15 @@ def _lines(path: Path) -> list[str]:
 
 def test_a_killed_eval_resumes_without_loss_or_duplicates(serve, tmp_path):
     oa = agent_server(serve)
-    oa.delay = lambda request: 0.25  # every reply takes a while, so the kill lands mid-run
     out = tmp_path / "run"
-    argv = ["eval", "--limit", "6", "--max-turns", "3", "--extractor", "none", "--bootstrap", "50", "--quiet",
+    hold = {"on": True}
+    # Once two episodes are written the server stops answering, so the kill always lands mid-run.
+    oa.delay = lambda request: 60 if hold["on"] and len(_lines(out / "results.jsonl")) >= 2 else 0
+    argv = ["eval", "--limit", "6", "--max-turns", "3", "--extractor", "none", "--bootstrap", "50", "--quiet", "--batch-size", "1",
             "--model", f"openai:{AGENT}@{oa.url}/v1?concurrency=1", "--out", str(out)]
     proc = _start(argv)
     _kill_when(proc, lambda: len(_lines(out / "results.jsonl")) >= 2)
+    hold["on"] = False
     before = _lines(out / "results.jsonl")
     assert 2 <= len(before) < 6 and not (out / "metrics.json").exists()
     assert main(argv) == 0
