@@ -17,6 +17,42 @@ class ConfigError(ValueError):
     pass
 
 
+# Ranges by field name, shared by every stage config, so the CLI, TOML files, the Modal entrypoints and the
+# HTTP API refuse the same bad values with the same line. None means "unset" (a preset fills it) and passes.
+AT_LEAST_ONE = {"limit", "eval_limit", "train_limit", "max_traces", "max_turns", "max_new_tokens", "top_k", "k",
+                "max_chars", "batch_size", "pool_size", "max_length", "grad_accum", "lora_r",
+                "lora_alpha", "samples", "num_generations", "mine_limit", "max_pairs", "shards", "eval_shards",
+                "max_context_tokens", "per_category", "retries_max", "workers", "save_steps",
+                "max_prompt_length", "max_completion_length"}
+POSITIVE = {"epochs", "learning_rate", "preference_learning_rate", "beta", "timeout", "max_seconds"}
+NON_NEGATIVE = {"temperature", "kv_cache_gb", "probe_every", "budget", "budget_usd", "max_budget", "bootstrap", "neftune_noise_alpha",
+                "gamma", "simpo_gamma", "cpo_alpha", "max_grad_norm", "weight_decay", "retries", "thinking_fraction"}
+FRACTION = {"search_failure_rate", "warmup_ratio", "lora_dropout", "thinking_fraction", "min_score", "val_fraction",
+            "dev_fraction"}
+PORT = {"port"}
+
+
+def check_values(cfg) -> None:
+    """Raise ConfigError naming the first field of `cfg` outside its range (see the sets above)."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        name = f"{type(cfg).__name__}.{f.name} (--{f.name.replace('_', '-')})"
+        if value != value:  # NaN
+            raise ConfigError(f"{name} must be a number, got nan")
+        if f.name in AT_LEAST_ONE and value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
+        if f.name in POSITIVE and value <= 0:
+            raise ConfigError(f"{name} must be above 0, got {value}")
+        if f.name in NON_NEGATIVE and value < 0:
+            raise ConfigError(f"{name} must not be negative, got {value}")
+        if f.name in FRACTION and not 0 <= value <= 1:
+            raise ConfigError(f"{name} must be between 0 and 1, got {value}")
+        if f.name in PORT and not 0 < value < 65536:
+            raise ConfigError(f"{name} must be a TCP port (1-65535), got {value}")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """`hopsmith eval`: run the search agent on a question set and score it."""
@@ -58,6 +94,7 @@ class EvalConfig:
     drop_leakage: bool = False  # leave out (and count) the questions that overlap the adapter's training set
 
     def __post_init__(self):
+        check_values(self)
         if self.allow_leakage and self.drop_leakage:
             raise ConfigError("EvalConfig: allow_leakage keeps overlapping questions and drop_leakage drops them; "
                               "set one of them")
@@ -123,7 +160,9 @@ def build(cls, *, file: str | Path | None = None, **overrides):
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown {cls.__name__} key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
+    cfg = cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
+    check_values(cfg)
+    return cfg
 
 
 def to_dict(cfg) -> dict:

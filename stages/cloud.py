@@ -390,23 +390,25 @@ def run_ladder(cfg: CloudConfig, inv: Invoker, *, layout: Layout, cost_path: str
     n_eval = len(load_questions(cfg.data, limit=cfg.eval_limit, split="eval"))
     shards = dict(retries=cfg.retries, ledger=ledger, budget=budget, log=log)
 
-    def guarded(fn: str, kind: str, **size) -> None:
+    def guarded(fn: str, kind: str, **size) -> float:
+        """Refuse the stage if its estimate passes the budget; one shard's estimate (waves are sized by it)."""
         est = _estimate(inv, fn, kind, **size)
         budget.check(kind, est["usd"])
         log(f"{kind}: estimated {est['seconds'] / 60:.1f} min, ${est['usd']:.2f} (spent so far ${ledger.total_usd:.2f})")
+        return est["usd"] / max(1, size.get("shards") or 1)
 
     per_q = 2  # traces per question (TracesConfig.per_question)
-    guarded("generate_traces", "traces", traces=n_train * per_q, shards=cfg.trace_shards)
+    per_shard = guarded("generate_traces", "traces", traces=n_train * per_q, shards=cfg.trace_shards)
     # Once per model: downloaded (or converted) into the models volume, where every stage reads it.
     log(f"model {cfg.model}: {call_recorded(inv, ledger, 'prepare_model', cfg.model)}")
     t_res = run_shards("traces", None, [(cfg.run, cfg.traces_cfg(), i, cfg.trace_shards)
                                                 for i in range(cfg.trace_shards)],
-                       mapper=lambda _fn, args: inv.map("generate_traces", args), **shards)
+                       mapper=lambda _fn, args: inv.map("generate_traces", args), shard_usd=per_shard, **shards)
     n_traces = sum(r["traces"] for r in t_res)
 
-    guarded("judge", "judge", traces=n_traces, shards=cfg.trace_shards)
+    per_shard = guarded("judge", "judge", traces=n_traces, shards=cfg.trace_shards)
     run_shards("judge", None, [(cfg.run, cfg.judge_cfg(), i, cfg.trace_shards) for i in range(cfg.trace_shards)],
-               mapper=lambda _fn, args: inv.map("judge", args), **shards)
+               mapper=lambda _fn, args: inv.map("judge", args), shard_usd=per_shard, **shards)
     gathered = call_recorded(inv, ledger, "judge", cfg.run, cfg.judge_cfg(), 0, 1)
     selected = call_recorded(inv, ledger, "select_traces", cfg.run, cfg.select_cfg())
     log(f"judge: kept {gathered.get('kept')} of {gathered.get('traces')}; training on {selected['traces']} "
@@ -423,10 +425,10 @@ def run_ladder(cfg: CloudConfig, inv: Invoker, *, layout: Layout, cost_path: str
     evals = {}
     names = (("eval-base", None),) if cfg.base_eval else ()
     for name, adapter_path in (*names, ("eval-sft", adapter)):
-        guarded("evaluate_shard", "eval", questions=n_eval, shards=cfg.eval_shards)
+        per_shard = guarded("evaluate_shard", "eval", questions=n_eval, shards=cfg.eval_shards)
         ecfg = cfg.eval_cfg(adapter_path)
         run_shards("evaluate", None, [(cfg.run, name, ecfg, i, cfg.eval_shards) for i in range(cfg.eval_shards)],
-                   mapper=lambda _fn, args: inv.map("evaluate_shard", args), **shards)
+                   mapper=lambda _fn, args: inv.map("evaluate_shard", args), shard_usd=per_shard, **shards)
         evals[name] = call_recorded(inv, ledger, "merge_eval", cfg.run, name, ecfg, cfg.eval_shards)
         m = evals[name]
         log(f"{name}: EM {100 * m['em']['mean']:.1f}% F1 {100 * m['f1']['mean']:.1f} "

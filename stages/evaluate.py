@@ -23,6 +23,7 @@ from hopsmith.config import EvalConfig, to_dict
 from hopsmith.io import JsonlAppender, read_jsonl, write_json, write_jsonl
 from hopsmith.leakage import LeakageError  # noqa: F401  (re-exported: callers catch evaluate.LeakageError)
 from hopsmith.report import try_write_report
+from hopsmith.runlock import locked
 
 # Keys whose change makes earlier results incomparable; limit/batch size/bootstrap may change on resume.
 _RESULT_KEYS = ("data", "split", "model", "adapter", "extractor", "corpus", "pool_size", "pool_seed", "max_turns",
@@ -82,12 +83,19 @@ def load_eval_questions(cfg: EvalConfig):
 def check_run_dir(root: Path, cfg: EvalConfig) -> None:
     saved_path = root / "config.json"
     if not saved_path.exists():
+        if (root / "results.jsonl").exists():
+            # An eval writes its config with its first result: results without one come from something else.
+            raise RunDirError(f"{root} holds results.jsonl but no config.json, so its configuration is unknown; "
+                              "use another --out (or move that file away)")
         return
     import json
 
     from hopsmith.backends.factory import canonical
 
-    saved = {**_ADDED_KEYS, **json.loads(saved_path.read_text())}
+    try:
+        saved = {**_ADDED_KEYS, **json.loads(saved_path.read_text())}
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise RunDirError(f"{saved_path} is not a run config ({exc}); move it away or use another --out") from None
     mine = to_dict(cfg)
     for d in (saved, mine):  # a spec's transport options (timeout, concurrency, ...) may change on a rerun
         for key in ("model", "extractor"):
@@ -119,6 +127,7 @@ def config_writer(root: Path, cfg: EvalConfig, backend, extractor):
     return write
 
 
+@locked
 def run(cfg: EvalConfig, root: str | Path, *, backend=None, extractor=None, progress: bool = True) -> dict:
     """Evaluate, resume-safe; returns the metrics dict (also written to `root/metrics.json`)."""
     from hopsmith.agent.backends import describe_backends

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from hopsmith.config import ConfigError
 from hopsmith.io import write_json
+from hopsmith.runlock import locked
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,7 @@ def make_trainer(cfg: GRPOConfig, root: Path, model, tokenizer, dataset, rollout
     return trainer, flags
 
 
+@locked
 def run(cfg: GRPOConfig, root: str | Path, *, model=None, tokenizer=None, judge_backend=None) -> dict:
     import os
 

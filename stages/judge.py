@@ -27,6 +27,7 @@ from pathlib import Path
 from hopsmith.config import ConfigError, to_dict
 from hopsmith.io import read_jsonl, write_json, write_jsonl
 from hopsmith.judge import DIMENSIONS, RULES, LLMJudge, agreement, rule_checks
+from hopsmith.runlock import locked
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ def _ids(rows: list[dict]) -> list:
     return [r.get("id") for r in rows]
 
 
+@locked
 def run(cfg: JudgeConfig, root: str | Path, *, backend=None) -> dict:
     """Judge this worker's shards (skipping complete ones), then gather kept.jsonl and the summary."""
     root = Path(root)

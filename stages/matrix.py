@@ -38,6 +38,7 @@ from pathlib import Path
 
 from hopsmith.config import ConfigError, EvalConfig, to_dict
 from hopsmith.io import read_jsonl, write_json, write_jsonl
+from hopsmith.runlock import locked
 from stages import evaluate
 
 SPECIAL_EXTRACTORS = ("self", "none")
@@ -224,6 +225,7 @@ def run_cell(cfg: MatrixConfig, root: Path, i: int, j: int, *, engine: str = "hf
     return evaluate.run(ecfg, d, backend=backend, extractor=extractor, progress=progress)
 
 
+@locked
 def run(cfg: MatrixConfig, root: str | Path, *, progress: bool = True, log=None) -> dict:
     """Every column's benchmark, then every cell, in this process (each model loaded once); the table."""
     root = Path(root)

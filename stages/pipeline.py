@@ -22,6 +22,7 @@ from pathlib import Path
 from hopsmith.config import EvalConfig
 from hopsmith.io import read_jsonl, write_json, write_jsonl
 from hopsmith.report import try_write_report
+from hopsmith.runlock import locked
 
 # The local preset trades recipe size for minutes: few eval questions, few traces, shorter paragraphs.
 PRESETS = {
@@ -106,6 +107,7 @@ def sample_traces(traces: list[dict], n: int | None, seed: int) -> list[dict]:
     return picked
 
 
+@locked
 def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
     from hopsmith.metrics import compare, format_comparison, format_table
     from stages import evaluate, judge, sft, traces

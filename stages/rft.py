@@ -20,6 +20,7 @@ from pathlib import Path
 
 from hopsmith.config import ConfigError
 from hopsmith.io import JsonlAppender, read_jsonl, write_json, write_jsonl
+from hopsmith.runlock import locked
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ def accept(trace: dict, rules: dict) -> bool:
     return rules["passed"] and searched
 
 
+@locked
 def run(cfg: RFTConfig, root: str | Path, *, backend=None) -> dict:
     import torch
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from hopsmith.io import read_jsonl, write_json
 from hopsmith.leakage import trained_question_ids as _trained_question_ids
 from hopsmith.leakage import training_record
+from hopsmith.runlock import locked
 
 PRESETS = {
     "seed000": dict(lora_r=16, lora_alpha=32, lora_dropout=0.05, target_modules="attention", epochs=3.0,
@@ -227,6 +228,49 @@ def load_model_for_training(cfg: SFTConfig):
     return model, tokenizer, chat_templates(tokenizer), use_qlora
 
 
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints a resume can use, oldest first: a process killed while saving leaves a folder without its
+    trainer state or weights, which the Trainer refuses; the one before it is taken instead."""
+    def complete(p: Path) -> bool:
+        return (p / "trainer_state.json").exists() and any(
+            (p / name).exists() for name in ("adapter_model.safetensors", "model.safetensors", "adapter_model.bin"))
+
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and complete(p)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+RUN_FILE = "sft_run.json"
+# Where the traces file lies and how often to checkpoint change nothing; a longer run (more steps or epochs)
+# continues the same one.
+_NOT_IDENTITY = ("traces", "save_steps", "max_steps", "epochs")
+
+
+def run_identity(cfg: SFTConfig, traces_path: Path) -> dict:
+    """What makes two SFT runs the same run: the resolved config and the traces' bytes."""
+    import hashlib
+
+    return {**{k: v for k, v in asdict(cfg).items() if k not in _NOT_IDENTITY},
+            "traces_sha256": hashlib.sha256(traces_path.read_bytes()).hexdigest()}
+
+
+def check_same_run(root: Path, identity: dict) -> None:
+    """A rerun into `root` resumes only the run that wrote it: another config or other traces would resume
+    its checkpoint (or die on another LoRA shape) and overwrite its trained question ids."""
+    from hopsmith.config import ConfigError
+
+    path = root / RUN_FILE
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    diff = [k for k in sorted(set(saved) | set(identity)) if saved.get(k) != identity.get(k)]
+    if diff:
+        detail = ", ".join("traces: other content" if k == "traces_sha256" else f"{k}: {saved.get(k)!r} -> {identity.get(k)!r}"
+                           for k in diff[:4])
+        raise ConfigError(f"{root} holds an SFT run of another configuration ({detail}); give another --out to train "
+                          "this one (the run there is kept)")
+
+
+@locked
 def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_seconds: float | None = None) -> dict:
     """Train (or resume) the adapter; returns a summary also written to `root/training.json`.
 
@@ -248,9 +292,11 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_sec
     traces_path = Path(cfg.traces)
     if not traces_path.exists():
         raise FileNotFoundError(f"no traces file at {traces_path}")
+    identity = run_identity(cfg, traces_path)
+    check_same_run(root, identity)
     traces = read_jsonl(traces_path)
     if not traces:
-        raise ValueError(f"{traces_path} holds no traces: nothing to train on")
+        raise ConfigError(f"{traces_path} holds no traces: nothing to train on")
     use_qlora = False
     if model is None:
         model, tokenizer, templates, use_qlora = load_model_for_training(cfg)
@@ -330,7 +376,8 @@ def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_sec
                          peft_config=None if cfg.init_adapter else peft_config, callbacks=[LossLog(), Deadline()])
     # With tqdm off the Trainer prints every log dict; loss.json keeps the curve instead.
     trainer.remove_callback(PrinterCallback)
-    checkpoints = sorted((root / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    checkpoints = complete_checkpoints(root / "checkpoints")
+    write_json(root / RUN_FILE, identity)  # written once training really starts: a failed load blocks no rerun
     started, started_cpu = time.perf_counter(), time.process_time()
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu

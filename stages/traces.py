@@ -36,6 +36,7 @@ from pathlib import Path
 
 from hopsmith.config import ConfigError, to_dict
 from hopsmith.io import JsonlAppender, read_jsonl, write_json, write_jsonl
+from hopsmith.runlock import locked
 from stages.evaluate import RunDirError
 
 # Keys that do not change what a shard holds, so a rerun may change them (a teacher's timeout or concurrency).
@@ -139,6 +140,7 @@ def _check_config(path: Path, cfg: TracesConfig) -> None:
         raise TracesRunError(f"{path.parent} holds traces of another configuration ({detail}); use another --root")
 
 
+@locked
 def run(cfg: TracesConfig, root: str | Path, *, backend=None, extractor=None) -> dict:
     """Write shard `cfg.shard` of the traces under `root/traces/`; return its summary.
 

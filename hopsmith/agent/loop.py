@@ -22,6 +22,7 @@ from ..metrics import normalize_answer, score
 from ..records import Paragraph, Question
 from ..tools.extract import Extractor
 from ..tools.search import IndexCache
+from ..untrusted import neutralize
 from ..envs.multihop import MultihopEnv
 from .format import ActionFormat, HermesFormat, ToolCall
 from .prompts import agent_system_prompt, agent_user_prompt
@@ -144,7 +145,7 @@ def run_episodes(
             # The batch's wall time is shared evenly: the latency one call costs when calls are batched.
             each = (time.perf_counter() - t0) / len(llm_queries)
             for (ep, _call, pos), answer in zip(llm_queries, answers):
-                ep.messages[pos]["content"] = answer or "(no answer found)"
+                ep.messages[pos]["content"] = neutralize(answer) or "(no answer found)"
                 ep.calls[ep.messages[pos]["_call"]]["seconds"] = each
         for ep in live:
             if ep.stop is None and ep.turns >= cfg.max_turns and not ep.at_cap:
@@ -171,7 +172,9 @@ def _record(ep: _Episode, call: ToolCall, result: str, seconds: float, error: st
     ep.calls.append(
         {"name": call.name, "arguments": call.arguments, "valid": error is None, "error": error, "seconds": seconds}
     )
-    ep.messages.append({"role": "tool", "name": call.name or "invalid", "content": result, "_call": len(ep.calls) - 1})
+    # Whatever a tool returns is untrusted (see hopsmith/untrusted.py); envs neutralize too, this is the backstop.
+    ep.messages.append({"role": "tool", "name": call.name or "invalid", "content": neutralize(result),
+                        "_call": len(ep.calls) - 1})
     return len(ep.messages) - 1
 
 

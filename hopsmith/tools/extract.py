@@ -7,6 +7,7 @@ chains alive and beat a more honest, stronger reader (46% vs 44%).
 from __future__ import annotations
 
 from ..backends import Backend
+from ..untrusted import neutralize
 
 EXTRACT_SYSTEM = (
     "You read a text and answer one question about it. Reply with the answer only: a name, a date, "
@@ -18,7 +19,8 @@ EXTRACT_SYSTEM = (
 def extraction_messages(question: str, text: str) -> list[dict]:
     return [
         {"role": "system", "content": EXTRACT_SYSTEM},
-        {"role": "user", "content": f"Text:\n{text}\n\nQuestion: {question}\nAnswer:"},
+        # The text is retrieved paragraphs (untrusted): the reader must not get turns or tokens from it.
+        {"role": "user", "content": f"Text:\n{neutralize(text)}\n\nQuestion: {question}\nAnswer:"},
     ]
 
 
