@@ -637,6 +637,7 @@ def test_make_backend_specs(monkeypatch, tiny_dir, tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"")  # the files an adapter directory holds
     make_backend("embedded")
     make_backend(str(tiny_dir), batch_size=2)
     make_backend(f"hf:{tiny_dir}?batch_size=3&adapter={adapter}", batch_size=2)  # the spec's options win

@@ -239,6 +239,7 @@ def test_vllm_backend_sends_the_adapter_and_stops(monkeypatch, tiny_dir, tmp_pat
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"")  # the files an adapter directory holds
     from hopsmith.backends.vllm_engine import VLLMBackend
 
     b = VLLMBackend(str(tiny_dir), adapter=str(adapter), max_model_len=4096)
