@@ -107,6 +107,7 @@ def sample_traces(traces: list[dict], n: int | None, seed: int) -> list[dict]:
 
 
 def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
+    from hopsmith.guard import verdict
     from hopsmith.metrics import compare, format_comparison, format_table
     from stages import evaluate, judge, sft, traces
 
@@ -150,21 +151,52 @@ def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
     log("[5/5] tuned eval")
     tuned = evaluate.run(eval_config(cfg, adapter=str(root / "sft")), root / "eval-sft")
     text = format_comparison(base, tuned, names=("base", "sft"))
+    kept = guarded_stage(root, {"name": "base", "adapter": None, "metrics": base}, "sft", str(root / "sft"), tuned)
+    v = verdict(base, tuned, ("base", "sft"))
+    text += f"\n{kept['promotion']['line']}\n{v['line']}"
     (root / "comparison.txt").write_text(text + "\n")
     result = {"base": base, "sft": tuned, "comparison": compare(base, tuned), "traces": t_summary,
-              "judge": j_summary, "sft_training": s_summary}
+              "judge": j_summary, "sft_training": s_summary, "verdict": _verdict_record(v),
+              "promotions": [kept["promotion"]], "promoted": {k: kept[k] for k in ("name", "adapter")}}
     write_json(root / "comparison.json", result)
     log(text)
     if "simpo" in cfg.with_stages:
-        result["simpo"] = _simpo(cfg, root, tuned, log)
+        result["simpo"] = _simpo(cfg, root, tuned, log, kept=kept)
+        if "kept" in result["simpo"]:
+            kept = result["simpo"].pop("kept")
+            result["promotions"].append(kept["promotion"])
+            result["promoted"] = {k: kept[k] for k in ("name", "adapter")}
+            write_json(root / "comparison.json", result)
     report = try_write_report([root])
     if report:
         log(f"report: {report}")
+    if result["promoted"]["name"] != "sft":
+        log(f"the ladder keeps {result['promoted']['name']} ({result['promoted']['adapter'] or 'no adapter'}); "
+            + verdict(base, kept["metrics"], ("base", kept["name"]))["line"])
+    log(v["line"])  # last: the one line that says whether training helped
     return result
 
 
-def _simpo(cfg: PipelineConfig, root: Path, sft_metrics: dict, log) -> dict:
+def _verdict_record(v: dict) -> dict:
+    return {k: v[k] for k in ("verdict", "better", "worse", "line", "paired_n")}
+
+
+def guarded_stage(root: Path, kept: dict, name: str, adapter: str, metrics: dict) -> dict:
+    """The collapse guard after a ladder stage: the stage's adapter replaces the kept one unless its tool use
+    fell or its invalid calls rose beyond the paired 95% CI against it (`hopsmith.guard.promote`). Returns the
+    adapter now kept ({"name", "adapter", "metrics", "promotion"}) and records it in `root/promoted.json`."""
+    from hopsmith.guard import promote
+
+    decision = promote(kept["name"], kept["metrics"], name, metrics)
+    now = {"name": name, "adapter": adapter, "metrics": metrics} if decision["kept"] == name else dict(kept)
+    now["promotion"] = {k: v for k, v in decision.items() if k not in ("tool_use", "invalid_calls")}
+    write_json(root / "promoted.json", {"name": now["name"], "adapter": now["adapter"], "decision": now["promotion"]})
+    return now
+
+
+def _simpo(cfg: PipelineConfig, root: Path, sft_metrics: dict, log, kept: dict | None = None) -> dict:
     """SFT adapter on train questions -> its failures vs correct traces -> SimPO -> eval, compared with SFT."""
+    from hopsmith.guard import verdict
     from hopsmith.leakage import TRAINED_KEYS
     from hopsmith.metrics import compare, format_comparison
     from stages import evaluate, preference
@@ -192,9 +224,14 @@ def _simpo(cfg: PipelineConfig, root: Path, sft_metrics: dict, log) -> dict:
     log("[8/8] SimPO eval")
     simpo = evaluate.run(eval_config(cfg, adapter=str(root / "simpo")), root / "eval-simpo")
     text = format_comparison(sft_metrics, simpo, names=("sft", "simpo"))
+    kept = guarded_stage(root, kept or {"name": "sft", "adapter": str(root / "sft"), "metrics": sft_metrics},
+                         "simpo", str(root / "simpo"), simpo)
+    v = verdict(sft_metrics, simpo, ("sft", "simpo"))
+    text += f"\n{kept['promotion']['line']}\n{v['line']}"
     (root / "comparison-simpo.txt").write_text(text + "\n")
     out = {"sft": sft_metrics, "simpo": simpo, "comparison": compare(sft_metrics, simpo), "pairs": pairs,
-           "training": {k: v for k, v in p_summary.items() if k not in TRAINED_KEYS}}
+           "training": {k: v for k, v in p_summary.items() if k not in TRAINED_KEYS},
+           "verdict": {k: v[k] for k in ("verdict", "better", "worse", "line")}, "promotion": kept["promotion"]}
     write_json(root / "comparison-simpo.json", out)
     log(text)
-    return out
+    return {**out, "kept": kept}

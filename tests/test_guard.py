@@ -79,3 +79,19 @@ def test_guard_flags_an_invalid_call_rise_and_promotes_a_healthy_stage():
     # a fall within chance (one episode of thirty) is not flagged
     one_less = _run([_row(i, right=False, calls=[GOOD] if i else []) for i in range(N)])
     assert not collapse_check(sft, one_less)["flagged"]
+
+
+def test_the_ladder_does_not_promote_a_collapsed_adapter(tmp_path):
+    import json
+
+    from stages.pipeline import guarded_stage
+
+    base = _run([_row(i, right=False, calls=[GOOD, BAD]) for i in range(N)])
+    sft = _run([_row(i, right=i < 3, calls=[GOOD, GOOD]) for i in range(N)])
+    kept = guarded_stage(tmp_path, {"name": "base", "adapter": None, "metrics": base}, "sft", "runs/x/sft", sft)
+    assert kept["name"] == "sft" and kept["adapter"] == "runs/x/sft"
+    collapsed = _run([_row(i, right=i < 3, calls=[] if i % 2 else [GOOD]) for i in range(N)])
+    kept = guarded_stage(tmp_path, kept, "simpo", "runs/x/simpo", collapsed)
+    assert kept["name"] == "sft" and kept["adapter"] == "runs/x/sft" and kept["metrics"] is sft
+    saved = json.loads((tmp_path / "promoted.json").read_text())
+    assert saved["name"] == "sft" and saved["decision"]["flagged"] and "the ladder keeps sft" in saved["decision"]["line"]

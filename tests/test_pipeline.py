@@ -39,6 +39,12 @@ def test_ladder_end_to_end_on_tiny_model(tiny_dir, tmp_path, capsys):
     assert "prompt, base" in comparison and "one-shot" in comparison and "prompted differently" in comparison
     # training questions come from the train split only: the tuned eval ran, so no leakage was found
     assert result["sft"]["leakage"]["count"] == 0
+    # the collapse guard's decision and the paired verdict are in the comparison, and the verdict is printed last
+    assert "collapse guard: sft" in comparison and result["verdict"]["line"] in comparison
+    assert printed.strip().splitlines()[-1] == result["verdict"]["line"]
+    assert result["verdict"]["verdict"] in ("better", "worse", "mixed", "indistinguishable")
+    promoted = json.loads((out / "promoted.json").read_text())
+    assert promoted["name"] == result["promoted"]["name"] in ("base", "sft")
     # a rerun resumes every stage instead of redoing it
     before = (out / "eval-base" / "results.jsonl").read_text()
     assert cli.main(argv) == 0
@@ -62,6 +68,10 @@ def test_ladder_with_simpo_on_tiny_model(tiny_dir, tmp_path, capsys):
     evaluated = {json.loads(line)["question_id"] for line in (out / "eval-simpo" / "results.jsonl").read_text().splitlines()}
     assert mined and not mined & evaluated and result["simpo"]["leakage"]["count"] == 0
     assert "simpo" in capsys.readouterr().out
+    # the guard ran after SimPO too, against the adapter the ladder kept before it
+    decision = json.loads((out / "promoted.json").read_text())["decision"]
+    assert decision["new"] == "simpo" and decision["kept"] in ("simpo", decision["previous"])
+    assert "collapse guard: simpo" in (out / "comparison-simpo.txt").read_text()
 
 
 def test_unknown_with_stage_is_a_clear_error(capsys):
