@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--max-traces", type=int, default=None, help="SFT on at most this many traces (all: unset)")
     ap.add_argument("--per-question", type=int, default=2)
     ap.add_argument("--weights", default="chain=1,retry=1,labels=1,verify=1,warmup=1")
+    ap.add_argument("--hop-traces", action="store_true",
+                    help="add a single-hop reading trace per gold hop of each fit question (hopsmith.traces.hops)")
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--learning-rate", type=float, default=1e-3)
     ap.add_argument("--lora-r", type=int, default=None)
@@ -94,6 +96,11 @@ def main() -> None:
     traces, skips = generate(fit, build_pools(fit, others=everything), weights=args.weights,
                              per_question=args.per_question, thinking_fraction=0.0, top_k=args.top_k,
                              max_chars=args.max_chars)
+    if args.hop_traces:
+        from hopsmith.traces.hops import hop_traces
+
+        hops, _ = hop_traces(fit, build_pools(fit, others=everything), top_k=args.top_k, max_chars=args.max_chars)
+        traces += hops
     lengths = sft.trace_lengths(traces)
     ok = [t for t, n in zip(traces, lengths) if n <= args.max_length]
     train = sample_traces(ok, args.max_traces, seed=0)
