@@ -25,16 +25,20 @@ from hopsmith.report import try_write_report
 
 # The local preset trades recipe size for minutes: few eval questions, few traces, shorter paragraphs.
 PRESETS = {
-    # Before the KV engine and padding-free SFT, 12 sampled traces of which only the 4 under 1,024 tokens
-    # trained (every retry/verify trace was longer) took 6 min 10 s on 2 idle CPU cores. Now the traces are
-    # sampled among those that fit 1,536 tokens (with the compact tool specs every 2-hop trace of every type
-    # does), so all 12 train and all five types are drawn. `--max-traces` / `--max-length` trade minutes for data.
-    "local": dict(eval_limit=20, train_limit=None, max_traces=12, epochs=2.0, learning_rate=1e-3,
+    # Traces are sampled among those that fit 1,536 tokens (with the compact tool specs every 2-hop trace of
+    # every type does), so every sampled trace trains and all five types are drawn. `--max-traces` /
+    # `--max-length` trade minutes for data.
+    # Issue 14 measured on a dev split of the train questions (benchmarks/RECIPES.md): 12 traces x 2 epochs
+    # (12 steps) taught the embedded model to repeat one query and break its JSON (invalid calls 14% -> 28%,
+    # F1 1.5 -> 0.4 on the eval split); 39 traces x 1 epoch at one trace a step (39 steps, about the same
+    # tokens per step-second) took dev tool use 50% -> 100%, invalid calls 17% -> 0%, no final answer
+    # 65% -> 0%, supporting recall 18% -> 43%.
+    "local": dict(eval_limit=20, train_limit=None, max_traces=40, epochs=1.0, learning_rate=1e-3,
                   max_turns=6, max_new_tokens=96, max_chars=200, top_k=3, max_length=1536, mine_limit=12,
-                  max_pairs=16, preference_learning_rate=1e-4),
+                  max_pairs=16, preference_learning_rate=1e-4, sft_batch_size=1, hop_traces=False),
     "full": dict(eval_limit=None, train_limit=None, max_traces=None, epochs=3.0, learning_rate=2e-4,
                  max_turns=20, max_new_tokens=512, max_chars=None, top_k=5, max_length=4096, mine_limit=None,
-                 max_pairs=None, preference_learning_rate=None),
+                 max_pairs=None, preference_learning_rate=None, sft_batch_size=2, hop_traces=False),
 }
 
 
@@ -61,6 +65,8 @@ class PipelineConfig:
     with_stages: str = ""  # comma-separated stages after SFT: "simpo"
     mine_limit: int | None = None  # train questions the SFT adapter is run on to find its failures
     max_pairs: int | None = None
+    sft_batch_size: int | None = None  # traces per optimizer step
+    hop_traces: bool | None = None  # add a single-hop reading trace per gold hop (hopsmith.traces.hops)
     preference_preset: str = "seed002"  # seed002 (SimPO) | dpo
     # None: the preference preset's own (seed 002: 5e-7). Seed 002 sets it "10x lower than SFT"; the local
     # preset's SFT runs at 1e-3 on a few dozen steps, where 5e-7 would leave the adapter unchanged, so it uses 1e-4.
@@ -133,6 +139,8 @@ def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
     log("[3/5] judge (rules" + (f" + {cfg.judge})" if cfg.judge else ")"))
     j_summary = judge.run(judge.JudgeConfig(judge=cfg.judge), root, backend=judge_backend)
     kept = read_jsonl(root / "kept.jsonl")
+    if cfg.hop_traces:
+        kept += reading_traces(cfg, root)
     # Sampled from the traces that fit max_length, so SFT drops none and every type that fits is drawn.
     fit = [t for t, n in zip(kept, sft.trace_lengths(kept, cfg.model)) if n <= cfg.max_length]
     train = sample_traces(fit, cfg.max_traces, cfg.seed)
@@ -144,7 +152,7 @@ def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
     log("[4/5] LoRA SFT")
     s_summary = sft.run(sft.SFTConfig(traces=str(root / "train.jsonl"), model=cfg.model, preset=cfg.sft_preset,
                                       epochs=cfg.epochs, learning_rate=cfg.learning_rate, max_length=cfg.max_length,
-                                      seed=cfg.seed), root / "sft")
+                                      batch_size=cfg.sft_batch_size, seed=cfg.seed), root / "sft")
     log(f"      {s_summary['steps']} steps on {s_summary['traces']} traces ({s_summary['too_long_dropped']} too long),"
         f" mean loss {s_summary['train_loss']:.3f}, {s_summary['seconds']:.0f} s")
 
@@ -175,6 +183,19 @@ def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
             + verdict(base, kept["metrics"], ("base", kept["name"]))["line"])
     log(v["line"])  # last: the one line that says whether training helped
     return result
+
+
+def reading_traces(cfg: PipelineConfig, root: Path) -> list[dict]:
+    """Single-hop reading traces of the train questions (`hopsmith.traces.hops`), in the traces' env, written
+    to `root/hops.jsonl` once and read back on a rerun."""
+    from hopsmith.traces.hops import hop_traces
+    from stages.traces import TracesConfig, load_train_questions
+
+    path = root / "hops.jsonl"
+    if not path.exists():
+        questions, pools = load_train_questions(TracesConfig(data=cfg.data, split="train", limit=cfg.train_limit))
+        write_jsonl(path, hop_traces(questions, pools, top_k=cfg.top_k, max_chars=cfg.max_chars)[0])
+    return read_jsonl(path)
 
 
 def _verdict_record(v: dict) -> dict:
