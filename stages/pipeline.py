@@ -12,6 +12,12 @@ taxonomy side by side), and last `report.html` (every number, curve and episode 
 (its failures against correct traces), `simpo/` (the adapter, its behaviour probes and collapse flags),
 `eval-simpo/` and `comparison-simpo.txt` / `.json` (SFT vs SimPO, with tool-use behaviour before and after). Training questions come from the `train` split and evaluation from `eval`; the
 leakage guard refuses any overlap.
+
+After every training stage the collapse guard (`hopsmith.guard.promote`) compares the new adapter's tool use
+and invalid-call rate with the adapter the ladder kept so far, paired on the same questions: one whose tool
+use fell or whose invalid calls rose beyond the paired 95% interval is flagged and not promoted. The
+decision is in each comparison and in `promoted.json` (the adapter the ladder ends with). The last line
+printed is the paired verdict of SFT against the base model: better, worse, mixed or indistinguishable.
 """
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ def test_sample_traces_is_balanced_and_deterministic():
 def test_ladder_end_to_end_on_tiny_model(tiny_dir, tmp_path, capsys):
     out = tmp_path / "ladder"
     argv = ["pipeline", "--model", str(tiny_dir), "--eval-limit", "2", "--train-limit", "3", "--max-traces", "4",
-            "--epochs", "1", "--max-turns", "1", "--max-new-tokens", "6", "--max-length", "8192", "--out", str(out)]
+            "--epochs", "1", "--max-turns", "1", "--max-new-tokens", "6", "--max-length", "8192", "--hop-traces", "true",
+            "--out", str(out)]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     for path in ("eval-base/metrics.json", "kept.jsonl", "train.jsonl", "sft/adapter_config.json",
@@ -32,6 +33,9 @@ def test_ladder_end_to_end_on_tiny_model(tiny_dir, tmp_path, capsys):
     trained = result["sft_training"]
     assert 0 < trained["traces"] + trained["too_long_dropped"] == len((out / "train.jsonl").read_text().splitlines()) <= 4
     assert trained["too_long_dropped"] == 0  # traces are sampled among those that fit max_length
+    # the single-hop reading traces join the sampled ones as their own type
+    hops = (out / "hops.jsonl").read_text().splitlines()
+    assert hops and "synthetic:hop" in {json.loads(line)["source"] for line in (out / "train.jsonl").read_text().splitlines()}
     comparison = (out / "comparison.txt").read_text()
     assert "exact match" in printed and "sft" in comparison
     # the comparison is paired and names how each side was prompted (the base gets the one-shot example)
