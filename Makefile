@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   - create .venv, install, run the training ladder on the embedded model (about 7 minutes),
+#   make demo   - create .venv, install, run the training ladder on the embedded model (see README for its time),
 #                 then print the path of its report.html
 #   make test   - create .venv, install, run the test suite
 VENV ?= .venv

@@ -3,6 +3,10 @@
     python benchmarks/learning_gain.py [--eval musique] [--train musique,hotpotqa,2wiki] [--max-traces 120]
     python benchmarks/learning_gain.py --out runs/learning-gain --print-only     # reprint a finished run
 
+Beside the base and tuned agents it runs two baselines with the base model on the same questions and pools
+(`hopsmith.baselines`): closed-book (the question alone) and naive retrieve-then-read (BM25 top-k of the
+question, then one answer); a search agent earns its keep only above them (`--baselines none` skips them).
+
 Trains only on bundled *train*-split questions (traces -> rule judge -> SFT), then evaluates the base model
 and the adapter on `--eval` (a bundled set's eval split, or any original-format file; the leakage guard
 refuses overlap). The tuned model runs zero-shot, as it was trained; the base model runs both one-shot (its
@@ -45,10 +49,56 @@ def report(record: dict) -> str:
         blocks.append(format_comparison(base, tuned, names=(name, "tuned")))
         lines.append(headline(base, tuned, names=(name, "tuned"))
                      + f"; EM {_ratio(base['em']['mean'], tuned['em']['mean'])}")
+    if record.get("baselines"):
+        lines.append(baselines_table(record))
     sft = record.get("sft") or {}
     lines.append(f"{record.get('traces', '?')} traces, {sft.get('steps', '?')} SFT steps; "
                  f"{record.get('seconds', 0) / 60:.1f} min")
     return "\n\n".join(blocks) + "\n\n" + "\n".join(lines)
+
+
+def baselines_table(record: dict) -> str:
+    """Closed-book and retrieve-then-read beside the base and tuned agents (same questions, same model), and
+    the tuned agent's paired comparison with each baseline."""
+    from hopsmith.metrics import headline
+
+    runs = [(name, record["baselines"][key]) for key, name in (("closed_book", "closed-book"), ("rag", "BM25 top-k + read"))
+            if key in record["baselines"]]
+    runs += [(name, record[key]) for key, _, _, name in BASE_RUNS.values() if record.get(key)]
+    runs.append(("tuned agent", record["tuned"]))
+
+    def cell(m: dict) -> str:
+        return f"{100 * m['mean']:5.1f} [{100 * m['lo']:4.1f},{100 * m['hi']:5.1f}]"
+
+    lines = [f"{'baselines (n=' + str(record['tuned']['n']) + ')':<20}{'EM':>19}{'F1':>19}{'cover-EM':>19}"]
+    lines += [f"{name:<20}{cell(m['em']):>19}{cell(m['f1']):>19}{cell(m['acc']):>19}" for name, m in runs]
+    lines += [headline(m, record["tuned"], names=(name, "tuned")) for name, m in runs[:len(record["baselines"])]]
+    return "\n".join(lines)
+
+
+def run_baselines(args, root: Path, kinds: list[str]) -> dict:
+    """Closed-book and naive RAG with the base model on the eval questions and pools the agent is evaluated on
+    (cached in OUT/baseline-<kind>/results.jsonl)."""
+    from hopsmith.agent.backends import agent_backends
+    from hopsmith.baselines import run_baseline
+    from hopsmith.metrics import aggregate
+    from stages import evaluate
+
+    cfg = evaluate.EvalConfig(data=args.eval, split="eval", limit=args.eval_limit, top_k=args.top_k,
+                              max_chars=args.max_chars, extractor="none")
+    questions, pools = evaluate.load_eval_questions(cfg)
+    backend = None
+    out = {}
+    for kind in kinds:
+        path = root / f"baseline-{kind}" / "results.jsonl"
+        rows = read_jsonl(path) if path.exists() else None
+        if rows is None or len(rows) != len(questions):
+            if backend is None:
+                backend, _ = agent_backends(cfg)
+            rows = run_baseline(kind, questions, pools, backend, top_k=args.top_k, max_chars=args.max_chars)
+            write_jsonl(path, rows)
+        out[kind] = aggregate(rows)
+    return out
 
 
 def main() -> None:
@@ -64,6 +114,8 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=3)
     ap.add_argument("--base", default="one-shot,zero-shot",
                     help="base runs to compare with the tuned one: one-shot, zero-shot or both")
+    ap.add_argument("--baselines", default="closed_book,rag",
+                    help="baselines run with the base model on the same questions (closed_book, rag; 'none': skip)")
     ap.add_argument("--out", default="runs/learning-gain")
     ap.add_argument("--print-only", action="store_true", help="reprint OUT/learning_gain.json, run nothing")
     args = ap.parse_args()
@@ -112,6 +164,9 @@ def main() -> None:
         # the extraction benchmark (the ceiling's other half) runs once: the extractor does not change
         record[key] = evaluate.run(cfg(few_shot=few_shot, extraction_bench=i == 0), root / folder)
     record["tuned"] = evaluate.run(cfg(str(root / "sft")), root / "eval-sft")
+    kinds = [k.strip() for k in args.baselines.split(",") if k.strip() and k.strip() != "none"]
+    if kinds:
+        record["baselines"] = run_baselines(args, root, kinds)
     record.update(sft=summary, traces=len(train), seconds=time.perf_counter() - started, traces_seconds=t_traces,
                   args=vars(args))
     write_json(root / "learning_gain.json", record)

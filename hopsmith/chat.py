@@ -28,8 +28,9 @@ from typing import Protocol
 
 THINK_RE = re.compile(r"<think>.*?(</think>|$)", re.S)
 TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.S)
-# Within one line, up to its last ")": answers may hold parentheses, "Nightwing (Dick Grayson)".
-FINAL_RE = re.compile(r"FINAL\((.*)\)")
+# The first FINAL( of a reply; its answer runs to the matching ")" (answers may hold parentheses,
+# "Nightwing (Dick Grayson)"), or to the end of the line when the model never closed it.
+FINAL_RE = re.compile(r"FINAL\(")
 ANSWER_RE = re.compile(r"\b(?:final answer|answer)(?: is)?\s*[:：]", re.I)
 # Where a reply stops being the assistant's own words: an imitated tool reply or a new chat turn.
 IMITATION_RE = re.compile(r"<tool_response>|</tool_response>|<\|im_start\|>|<\|im_end\|>|<\|endoftext\|>")
@@ -100,11 +101,35 @@ def extract_answer(text: str) -> str:
     body = reply_body(text)
     final = FINAL_RE.search(body)
     if final:
-        return final.group(1).strip().strip('"').strip()
+        return final_answer_at(body, final.end()).strip().strip('"').strip()
     marks = list(ANSWER_RE.finditer(body))
     if marks:
         body = body[marks[-1].end():]
     return next((line.strip() for line in body.split("\n") if line.strip()), "")
+
+
+def final_answer_at(text: str, start: int) -> str:
+    """The text from `start` (just after "FINAL(") to its balanced ")" on the same line; the rest of the
+    line when it is never balanced. `FINAL(Stanley) but FINAL(x)` gives "Stanley", not everything between."""
+    depth = 0
+    for i in range(start, len(text)):
+        ch = text[i]
+        if ch == "\n":
+            break
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            if depth == 0:
+                return text[start:i]
+            depth -= 1
+    end = text.find("\n", start)
+    return text[start:] if end == -1 else text[start:end]
+
+
+def own_text(text: str) -> str:
+    """The reply up to where it stops being the model's own words (an imitated tool reply or chat turn)."""
+    cut = IMITATION_RE.search(text)
+    return text if cut is None else text[: cut.start()]
 
 
 class HermesFormat:
@@ -114,7 +139,8 @@ class HermesFormat:
 
     def parse(self, text: str) -> Action:
         thinking = thinking_of(text)
-        body = strip_thinking(text)
+        # Calls after an imitated <tool_response> or chat turn are the model echoing, not acting.
+        body = own_text(strip_thinking(text))
         calls = [self._parse_call(m.group(1)) for m in TOOL_CALL_RE.finditer(body)]
         if not calls and (bare := _bare_call(body)) is not None:
             calls = [bare]
@@ -157,7 +183,8 @@ class HermesFormat:
                     "tool_calls": [{"type": "function", "function": {"name": bare.name, "arguments": bare.arguments}}]}
         content = text
         structured = []
-        for m in reversed(list(TOOL_CALL_RE.finditer(text))):
+        own = len(own_text(text))  # calls past an imitated tool reply stay text, as parse() read them
+        for m in reversed([m for m in TOOL_CALL_RE.finditer(text) if m.start() < own]):
             call = self._parse_call(m.group(1))
             if call.valid:
                 structured.append({"type": "function", "function": {"name": call.name, "arguments": call.arguments}})

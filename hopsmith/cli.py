@@ -25,6 +25,7 @@ Every role's model (`--model`, `--extractor`, `--teacher`, `--judge`) is a backe
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import sys
@@ -258,6 +259,9 @@ def cmd_cost(args) -> int:
         recipe = {k: v for k, v in {"traces": args.traces, "epochs": args.epochs, "eval_questions": args.eval_questions,
                                     "eval_shards": args.eval_shards, "sft_gpu": args.sft_gpu,
                                     "eval_gpu": args.eval_gpu}.items() if v is not None}
+        for key, value in recipe.items():
+            if isinstance(value, (int, float)) and not value > 0:  # also refuses nan
+                raise CostError(f"--{key.replace('_', '-')} must be above 0, got {value}")
         est = estimate_recipe(recipe, priors)
         print(format_estimate(est))
         if args.json:
@@ -284,6 +288,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every subcommand; given `command`, only that stage's flags are built (importing its stage
     module), so `hopsmith --help` and one command's run load nothing they do not use."""
     parser = argparse.ArgumentParser(prog="hopsmith", description="Train and evaluate small search agents.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error, not one line")
     sub = parser.add_subparsers(dest="command", required=True)
     for stage in STAGES:
         p = sub.add_parser(stage.name, help=stage.help, description=stage.help)
@@ -348,6 +353,25 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), "")
     args = build_parser(command).parse_args(argv)
+    try:
+        return args.func(args)
+    except Exception as exc:
+        if getattr(args, "debug", False):
+            raise
+        return _one_line(exc)
+    except KeyboardInterrupt:
+        print("hopsmith: interrupted; finished episodes are saved, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+# File-system failures a user causes (a path that is a file, missing, read-only, a full disk, a port in use).
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.EROFS,
+                errno.ENOSPC, errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.ENAMETOOLONG}
+
+
+def _one_line(exc: Exception) -> int:
+    """The error boundary: a user-caused failure becomes one line and exit 2 (a backend that failed mid-run
+    exit 1, finished work kept); anything else is a bug and keeps its traceback."""
     from .config import ConfigError, RunDirError
     from .data import DataError
     from .models import ModelError
@@ -358,21 +382,26 @@ def main(argv: list[str] | None = None) -> int:
     from .backends.remote import BackendError, BackendSetupError
     from .cost import BudgetExceeded, CostError
     from .report import ReportError
+    from .runlock import RunLockError
     from .volumes import LayoutError
 
     try:
-        return args.func(args)
+        raise exc
     except (ConfigError, DataError, ModelError, RunDirError, LeakageError, JudgeRunError, FileNotFoundError,
-            CostError, BudgetExceeded, LayoutError, PreferenceError, ReportError, BackendSetupError) as exc:
+            CostError, BudgetExceeded, LayoutError, PreferenceError, ReportError, BackendSetupError, RunLockError) as exc:
         print(f"hopsmith: error: {exc}", file=sys.stderr)
         return 2
     except BackendError as exc:
         # A backend that passed its check and failed later (a server gone, retries used up): what finished is kept.
         print(f"hopsmith: error: {exc}; finished work is saved, rerun the same command to resume", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("hopsmith: interrupted; finished episodes are saved, rerun the same command to resume", file=sys.stderr)
-        return 130
+    except OSError as err:
+        if err.errno not in _USER_ERRNOS:
+            raise
+        where = f": {err.filename}" if err.filename else ""
+        print(f"hopsmith: error: {err.strerror or err}{where} (check the path or the port; --debug shows the traceback)",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -33,6 +33,42 @@ class RunDirError(ConfigError):
     """A run directory holds the results of another configuration."""
 
 
+# Ranges by field name, shared by every stage config, so the CLI, TOML files, the Modal entrypoints and the
+# HTTP API refuse the same bad values with the same line. None means "unset" (a preset fills it) and passes.
+AT_LEAST_ONE = {"limit", "eval_limit", "train_limit", "max_traces", "max_turns", "max_new_tokens", "top_k", "k",
+                "max_chars", "batch_size", "pool_size", "max_length", "grad_accum", "lora_r",
+                "lora_alpha", "samples", "num_generations", "mine_limit", "max_pairs", "shards", "eval_shards",
+                "max_context_tokens", "per_category", "retries_max", "workers", "save_steps",
+                "max_prompt_length", "max_completion_length"}
+POSITIVE = {"epochs", "learning_rate", "preference_learning_rate", "beta", "timeout", "max_seconds"}
+NON_NEGATIVE = {"temperature", "kv_cache_gb", "probe_every", "budget", "budget_usd", "max_budget", "bootstrap", "neftune_noise_alpha",
+                "gamma", "simpo_gamma", "cpo_alpha", "max_grad_norm", "weight_decay", "retries", "thinking_fraction"}
+FRACTION = {"search_failure_rate", "warmup_ratio", "lora_dropout", "thinking_fraction", "min_score", "val_fraction",
+            "dev_fraction"}
+PORT = {"port"}
+
+
+def check_values(cfg) -> None:
+    """Raise ConfigError naming the first field of `cfg` outside its range (see the sets above)."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        name = f"{type(cfg).__name__}.{f.name} (--{f.name.replace('_', '-')})"
+        if value != value:  # NaN
+            raise ConfigError(f"{name} must be a number, got nan")
+        if f.name in AT_LEAST_ONE and value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
+        if f.name in POSITIVE and value <= 0:
+            raise ConfigError(f"{name} must be above 0, got {value}")
+        if f.name in NON_NEGATIVE and value < 0:
+            raise ConfigError(f"{name} must not be negative, got {value}")
+        if f.name in FRACTION and not 0 <= value <= 1:
+            raise ConfigError(f"{name} must be between 0 and 1, got {value}")
+        if f.name in PORT and not 0 < value < 65536:
+            raise ConfigError(f"{name} must be a TCP port (1-65535), got {value}")
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """The agent: its model, its environment and its episode loop."""
@@ -82,6 +118,7 @@ class AgentConfig:
         return self.adapter is None if self.few_shot is None else self.few_shot
 
     def __post_init__(self):
+        check_values(self)
         if not 0.0 <= self.search_failure_rate <= 1.0:
             raise ConfigError(f"search_failure_rate must be between 0 and 1 (0.1 fails a tenth of searches), "
                               f"got {self.search_failure_rate}")
@@ -130,6 +167,7 @@ class EvalConfig:
     agent: AgentConfig = field(default_factory=AgentConfig)
 
     def __post_init__(self):
+        check_values(self)
         if self.allow_leakage and self.drop_leakage:
             raise ConfigError("EvalConfig: allow_leakage keeps overlapping questions and drop_leakage drops them; "
                               "set one of them")
@@ -298,8 +336,16 @@ def refuse_other_config(path: Path, cfg, keys, *, what: str, added: dict | None 
     `added` says what a key means in a config saved before the key existed; `normalize(flat)` rewrites both
     sides in place before they are compared (specs without their transport options)."""
     if not path.exists():
+        results = path.parent / "results.jsonl"
+        if what == "results" and results.exists():
+            # An eval writes its config with its first result: results without one come from something else.
+            raise RunDirError(f"{path.parent} holds results.jsonl but no config.json, so its configuration is "
+                              "unknown; use another --out (or move that file away)")
         return
-    saved = {**(added or {}), **flat_config(json.loads(path.read_text()))}
+    try:
+        saved = {**(added or {}), **flat_config(json.loads(path.read_text()))}
+    except (json.JSONDecodeError, TypeError, AttributeError) as exc:
+        raise RunDirError(f"{path} is not a run config ({exc}); move it away or {_another(what)}") from None
     mine = flat_config(to_dict(cfg))
     for side in (saved, mine) if normalize else ():
         normalize(side)

@@ -22,6 +22,7 @@ from hopsmith.leakage import guard
 from hopsmith.metrics import aggregate, answer_summary, failure_kind, format_table
 from hopsmith.report import try_write_report
 from hopsmith.tools.search import IndexCache
+from hopsmith.runlock import locked
 from tqdm.auto import tqdm
 
 # Keys whose change makes earlier results incomparable; limit/batch size/bootstrap may change on resume.
@@ -87,6 +88,7 @@ def config_writer(root: Path, cfg: EvalConfig, backend, extractor):
     return write
 
 
+@locked
 def run(cfg: EvalConfig, root: str | Path, *, backend=None, extractor=None, progress: bool = True) -> dict:
     """Evaluate, resume-safe; returns the metrics dict (also written to `root/metrics.json`)."""
     root = Path(root)

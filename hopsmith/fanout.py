@@ -45,13 +45,16 @@ def run_shards(
     ledger: Ledger | None = None,
     budget: Budget | None = None,
     wave: int | None = None,
+    shard_usd: float | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> list[Any]:
     """Results of fn(*args[i]) for every shard i, in order.
 
     Shards go out in waves of `wave` (all at once by default); the failed ones are sent again up to
-    `retries` more times. With a budget, a wave does not start once the ledger has passed the cap
-    (BudgetExceeded names the shards left undone; what finished is recorded and kept)."""
+    `retries` more times. With a budget, a wave does not start once the ledger has passed the cap, and
+    with `shard_usd` (one shard's estimate) a wave holds only as many shards as the money left pays for:
+    8 shards of $7 under a $10 cap launch one, not eight (BudgetExceeded names the shards left undone; what
+    finished is recorded and kept)."""
     results: dict[int, Any] = {}
     pending = list(range(len(args)))
     failures: dict[int, BaseException] = {}
@@ -60,14 +63,17 @@ def run_shards(
             break
         if attempt:
             log(f"{stage}: retrying shard(s) {pending} (attempt {attempt + 1})")
-        size = wave or len(pending)
         still: list[int] = []
-        for start in range(0, len(pending), size):
-            if budget is not None and budget.over():
+        start = 0
+        while start < len(pending):
+            size = _wave_size(wave or len(pending), budget, shard_usd)
+            if size == 0:
                 left = sorted(set(pending[start:]) | set(still))
-                raise BudgetExceeded(f"stage {stage!r}: ledger at ${budget.ledger.total_usd:.2f} is over the budget of "
-                                     f"${budget.cap_usd:.2f}; shards {left} were not launched")
+                spent = budget.ledger.total_usd_caller
+                raise BudgetExceeded(f"stage {stage!r}: ${spent:.2f} spent of the budget of ${budget.cap_usd:.2f}, and one "
+                                     f"shard is estimated at ${shard_usd or 0:.2f}; shards {left} were not launched")
             chunk = pending[start:start + size]
+            start += len(chunk)
             for i, out in zip(chunk, mapper(fn, [args[i] for i in chunk])):
                 if isinstance(out, BaseException):
                     failures[i] = out
@@ -86,6 +92,18 @@ def run_shards(
     if pending:
         raise ShardsFailed(stage, {i: failures[i] for i in pending})
     return [results[i] for i in range(len(args))]
+
+
+def _wave_size(size: int, budget: Budget | None, shard_usd: float | None) -> int:
+    """How many shards the next wave may launch: 0 once over budget or when the money left pays for none."""
+    if budget is None or budget.cap_usd is None:
+        return size
+    left = budget.cap_usd - budget.ledger.total_usd_caller
+    if left <= 0:
+        return 0
+    if shard_usd and shard_usd > 0:
+        return min(size, int(left // shard_usd))
+    return size
 
 
 class CallTimedOut(RuntimeError):

@@ -263,7 +263,8 @@ def failure_kind(row: dict) -> str | None:
 def per_question(rows: Sequence[dict]) -> dict[str, dict]:
     """Each question's scores and behaviour, keyed by question id: what `compare` pairs two runs on.
 
-    {"acc", "em", "f1", "tool_calls", "turns", "tool_use", "no_search", "no_final", "at_cap", "recall"}; the
+    {"acc", "em", "f1", "tool_calls", "invalid_calls", "turns", "tool_use", "no_search", "no_final", "at_cap",
+    "recall"}; the
     four behaviour flags are 0/1, `recall` is None when the supporting ids are unknown. Rows without a
     question id are left out, and a repeated id keeps its first row."""
     out: dict[str, dict] = {}
@@ -276,6 +277,8 @@ def per_question(rows: Sequence[dict]) -> dict[str, dict]:
         out[str(qid)] = {
             "acc": s["acc"], "em": s["em"], "f1": s["f1"],
             "tool_calls": len(r.get("tool_calls") or []), "turns": int(r.get("turns") or 0),
+            # with tool_calls, the per-question counts behind the run's invalid-call rate (a ratio of sums)
+            "invalid_calls": sum(1 for c in r.get("tool_calls") or [] if not c.get("valid")),
             "tool_use": int(_valid_calls(r) > 0),
             "no_search": int(_finished(r) and _valid_calls(r, "search") == 0),
             "no_final": int(not _finished(r)),

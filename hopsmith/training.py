@@ -214,6 +214,10 @@ def train_sft(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, m
     cfg = cfg.resolved()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    if not Path(cfg.traces).exists():
+        raise FileNotFoundError(f"no traces file at {cfg.traces}")
+    identity = run_identity(cfg, Path(cfg.traces))
+    check_same_run(root, identity)
     traces = _read_traces(Path(cfg.traces))
     use_qlora = False
     if model is None:
@@ -234,6 +238,7 @@ def train_sft(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, m
     check_prompts_are_prefixes(tokenizer, kept[0]["messages"], kept[0].get("tools"), templates)
     log = TrainingLog(max_seconds)
     trainer = _sft_trainer(cfg, root, model, tokenizer, rows, log)
+    write_json(root / RUN_FILE, identity)  # written once training really starts: a failed load blocks no rerun
     result = trainer.train(resume_from_checkpoint=last_checkpoint(root / "checkpoints"))
     trainer.model.save_pretrained(root)
     tokenizer.chat_template = templates.training
@@ -320,9 +325,45 @@ def _sft_trainer(cfg: SFTConfig, root: Path, model, tokenizer, rows: list[dict],
 
 
 def last_checkpoint(directory: Path) -> str | None:
-    """The newest `checkpoint-<step>` under `directory` (a rerun resumes there), or None."""
-    checkpoints = sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(checkpoints[-1]) if checkpoints else None
+    """The newest complete `checkpoint-<step>` under `directory` (a rerun resumes there), or None: a process
+    killed while saving leaves a folder without its trainer state or weights, which the Trainer refuses."""
+    def complete(p: Path) -> bool:
+        return (p / "trainer_state.json").exists() and any(
+            (p / name).exists() for name in ("adapter_model.safetensors", "model.safetensors", "adapter_model.bin"))
+
+    found = [p for p in directory.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and complete(p)]
+    return str(max(found, key=lambda p: int(p.name.split("-")[-1]))) if found else None
+
+
+RUN_FILE = "sft_run.json"
+# Where the traces file lies and how often to checkpoint change nothing; a longer run (more steps or epochs)
+# continues the same one.
+_NOT_IDENTITY = ("traces", "save_steps", "max_steps", "epochs")
+
+
+def run_identity(cfg: SFTConfig, traces_path: Path) -> dict:
+    """What makes two SFT runs the same run: the resolved config and the traces' bytes."""
+    import hashlib
+
+    return {**{k: v for k, v in asdict(cfg).items() if k not in _NOT_IDENTITY},
+            "traces_sha256": hashlib.sha256(traces_path.read_bytes()).hexdigest()}
+
+
+def check_same_run(root: Path, identity: dict) -> None:
+    """A rerun into `root` resumes only the run that wrote it: another config or other traces would resume
+    its checkpoint (or die on another LoRA shape) and overwrite its trained question ids."""
+    import json
+
+    path = root / RUN_FILE
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    diff = [k for k in sorted(set(saved) | set(identity)) if saved.get(k) != identity.get(k)]
+    if diff:
+        detail = ", ".join("traces: other content" if k == "traces_sha256" else f"{k}: {saved.get(k)!r} -> {identity.get(k)!r}"
+                           for k in diff[:4])
+        raise ConfigError(f"{root} holds an SFT run of another configuration ({detail}); give another --out to train "
+                          "this one (the run there is kept)")
 
 
 class TrainingLog:

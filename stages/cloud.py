@@ -357,15 +357,19 @@ class CloudSteps:
         self.shards = dict(retries=cfg.retries, ledger=self.ledger, budget=self.budget, log=log)
         self.n_traces = 0
         self.selected: dict = {}
+        self.shard_usd: float | None = None  # the last guarded stage's estimate of one shard
 
     def guarded(self, fn: str, kind: str, **size) -> None:
+        """Refuse the stage if its estimate passes the budget; remember one shard's estimate (waves are sized by it)."""
         est = _estimate(self.inv, fn, kind, **size)
         self.budget.check(kind, est["usd"])
+        self.shard_usd = est["usd"] / max(1, size.get("shards") or 1)
         self.log(f"{kind}: estimated {est['seconds'] / 60:.1f} min, ${est['usd']:.2f} "
                  f"(spent so far ${self.ledger.total_usd:.2f})")
 
     def fan_out(self, name: str, fn: str, args: list[tuple]) -> list:
-        return run_shards(name, None, args, mapper=lambda _fn, a: self.inv.map(fn, a), **self.shards)
+        return run_shards(name, None, args, mapper=lambda _fn, a: self.inv.map(fn, a), shard_usd=self.shard_usd,
+                          **self.shards)
 
     def traces(self) -> int:
         cfg = self.cfg

@@ -40,6 +40,7 @@ from hopsmith.leakage import training_record
 from hopsmith.tools.extract import Extractor
 from hopsmith.training import load_policy
 from hopsmith.traces.synthetic import tool_schemas
+from hopsmith.runlock import locked
 
 
 @flat_knobs
@@ -259,6 +260,7 @@ def make_trainer(cfg: GRPOConfig, root: Path, model, tokenizer, dataset, rollout
     return trainer, flags
 
 
+@locked
 def run(cfg: GRPOConfig, root: str | Path, *, model=None, tokenizer=None, judge_backend=None) -> dict:
     """Train the policy with GRPO into `root`; returns the summary in `training.json`."""
     from datasets import Dataset

@@ -29,6 +29,7 @@ from hopsmith.config import ConfigError, flat_knobs, to_dict
 from hopsmith.io import read_jsonl, write_json, write_jsonl
 from hopsmith.judge import (DIMENSIONS, RULES, KeepRules, LLMJudge, agreement, judge_backend, judge_field,
                             judge_traces)
+from hopsmith.runlock import locked
 
 
 @flat_knobs
@@ -79,6 +80,7 @@ def _ids(rows: list[dict]) -> list:
     return [r.get("id") for r in rows]
 
 
+@locked
 def run(cfg: JudgeConfig, root: str | Path, *, backend=None) -> dict:
     """Judge this worker's shards (skipping complete ones), then gather kept.jsonl and the summary."""
     root = Path(root)

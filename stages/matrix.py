@@ -46,6 +46,7 @@ from hopsmith.config import ConfigError, EvalConfig, flat_fields, to_dict, updat
 from hopsmith.io import read_jsonl, write_json, write_jsonl
 from hopsmith.metrics import answer_summary, compare
 from hopsmith.tools.extract import Extractor
+from hopsmith.runlock import locked
 
 SPECIAL_EXTRACTORS = ("self", "none")
 
@@ -217,6 +218,7 @@ def run_cell(cfg: MatrixConfig, root: Path, i: int, j: int, *, engine: str = "hf
     return evaluate.run(ecfg, d, backend=backend, extractor=extractor, progress=progress)
 
 
+@locked
 def run(cfg: MatrixConfig, root: str | Path, *, progress: bool = True, log=None) -> dict:
     """Every column's benchmark, then every cell, in this process (each model loaded once); the table."""
     root = Path(root)

@@ -30,6 +30,7 @@ from hopsmith.judge import KeepRules, LLMJudge, judge_traces, rule_checks, judge
 from hopsmith.tools.extract import Extractor
 from hopsmith.traces.synthetic import tool_schemas
 from hopsmith.training import SFTConfig, train_sft
+from hopsmith.runlock import locked
 
 
 @flat_knobs
@@ -72,6 +73,7 @@ def accept(trace: dict, rules: dict) -> bool:
     return rules["passed"] and searched
 
 
+@locked
 def run(cfg: RFTConfig, root: str | Path, *, backend=None) -> dict:
     """Sample (resuming from `samples.jsonl`), keep, and train; returns the summary in `rft_summary.json`."""
     policy = cfg.agent

@@ -32,11 +32,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hopsmith.runlock import locked
 from hopsmith.training import SFTConfig, train_sft
 
 __all__ = ["SFTConfig", "run"]
 
 
+@locked
 def run(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, max_seconds: float | None = None) -> dict:
     """Train (or resume) the adapter into `root`; the summary is also `root/training.json`."""
     return train_sft(cfg, root, model=model, tokenizer=tokenizer, max_seconds=max_seconds)

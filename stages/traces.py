@@ -43,6 +43,7 @@ from hopsmith.io import JsonlAppender, read_jsonl, write_json, write_jsonl
 from hopsmith.tools.search import IndexCache
 from hopsmith.traces import asp_filter, generate, hop_paragraph_ids, parse_weights
 from hopsmith.traces.synthetic import as_extractor, tool_schemas
+from hopsmith.runlock import locked
 
 # Keys that do not change what a shard holds, so a rerun may change them (a teacher's timeout or concurrency).
 _FREE_KEYS = ("batch_size", "teacher_options", "kv_cache_gb")
@@ -135,6 +136,7 @@ def _canonical_teacher(flat: dict) -> None:
     flat["teacher"] = canonical(flat.get("teacher"), flat.get("teacher_options"))
 
 
+@locked
 def run(cfg: TracesConfig, root: str | Path, *, backend=None, extractor=None) -> dict:
     """Write shard `cfg.shard` of the traces under `root/traces/`; return its summary.
 

@@ -268,6 +268,7 @@ def test_cloud_and_local_eval_build_the_same_extractor(monkeypatch, tiny_dir, tm
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"")  # the files an adapter directory holds
     cfg = EvalConfig(model=str(tiny_dir), adapter=str(adapter))
     backend, extractor = cloud.make_eval_backend(cfg, "vllm")
     assert extractor.backend is backend and backend.lora is not None  # the adapter reads, as locally

@@ -60,6 +60,24 @@ def test_learning_gain_prints_paired_tests_for_both_base_runs(tmp_path, monkeypa
     assert capsys.readouterr().out.strip() == text.strip()
 
 
+def test_learning_gain_prints_the_baselines_beside_the_agents():
+    lg = _load("learning_gain")
+    record = {"base": _run({0}, True), "tuned": _run({0, 1, 2, 3, 4, 5, 6}, False), "sft": {"steps": 40},
+              "traces": 80, "seconds": 600,
+              "baselines": {"closed_book": _run(set(), False, searched=False), "rag": _run({0, 1}, False, searched=False)}}
+    text = lg.report(record)
+    lines = text.splitlines()
+    table = lines.index(next(line for line in lines if line.startswith("baselines (n=12)")))
+    names = [line[:20].strip() for line in lines[table + 1:table + 5]]
+    assert names == ["closed-book", "BM25 top-k + read", "base 1-shot", "tuned agent"]
+    assert lines[table + 2].split()[4] == "16.7"  # RAG's EM: 2 of 12
+    # the tuned agent against each baseline, paired: 5 questions right only for the agent against RAG
+    assert any(line.startswith("BM25 top-k + read -> tuned: EM 16.7% -> 58.3% (+41.7pt, McNemar p = 0.062)")
+               for line in lines)
+    assert any(line.startswith("closed-book -> tuned: EM 0.0% -> 58.3%") for line in lines)
+    assert lines[-1] == "80 traces, 40 SFT steps; 10.0 min"
+
+
 def test_preference_gain_pairs_an_older_sft_eval_and_prints_the_test(tmp_path, monkeypatch, capsys):
     pg = _load("preference_gain")
     run = tmp_path / "lg"

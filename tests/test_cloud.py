@@ -256,3 +256,25 @@ def test_run_names_cannot_escape_the_volume():
         with pytest.raises(LayoutError):
             check_run_name(bad)
     assert Layout(__import__("pathlib").Path("/vol")).adapter("r1", "sft").as_posix() == "/vol/adapters/r1/sft"
+
+
+def test_waves_are_sized_by_the_money_left():
+    """8 shards each estimated (and costing) about $6.6 under a $10 cap: one launches, not eight; the
+    estimate of a wave never passes the cap, and the refusal names the shards left."""
+    ledger = Ledger()
+    budget = Budget(10.0, ledger)
+    launched = []
+
+    def shard(i):
+        launched.append(i)
+        return {"result": i, "usage": Usage("evaluate", 3600.0, gpu="B200").to_dict()}
+
+    one = Usage("evaluate", 3600.0, gpu="B200").usd
+    with pytest.raises(BudgetExceeded, match=r"shards \[1, 2, 3, 4, 5, 6, 7\] were not launched"):
+        run_shards("evaluate", shard, [(i,) for i in range(8)], ledger=ledger, budget=budget, shard_usd=one)
+    assert launched == [0] and ledger.total_usd <= 10.0
+    # with money for three, the first wave holds three
+    ledger, launched[:] = Ledger(), []
+    run_shards("evaluate", shard, [(i,) for i in range(3)], ledger=ledger, budget=Budget(3 * one + 0.01, ledger),
+               shard_usd=one)
+    assert launched == [0, 1, 2]

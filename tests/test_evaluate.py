@@ -141,7 +141,7 @@ def test_config_errors_name_the_problem(tmp_path):
     (["eval", "--data", "/no/such/file.jsonl"], "no such file: /no/such/file.jsonl"),
     (["eval", "--data", "squad"], "unknown"),
     (["eval", "--model", "no-such-model-dir"], "unknown model"),
-    (["eval", "--limit", "0"], "no questions"),
+    (["eval", "--limit", "0"], "--limit) must be at least 1"),
     (["eval", "--limit", "x"], "not a int"),
 ])
 def test_cli_bad_input_gives_clear_error(argv, message, tmp_path, capsys):

@@ -251,7 +251,7 @@ def test_judge_messages_render_the_trace_compactly():
     assert "Question: Where was the director of Film X born?" in text
     assert "Gold answer(s): Lyon | Lyon, France" in text
     assert 'search(query="Film X director")' in text and "more chars]" in text
-    assert "Extracted answer: Lyon" in text and "Final thinking: Roe was born in Lyon." in text
+    assert "Extracted answer: Lyon" in text and "Final thinking:\n```\nRoe was born in Lyon.\n```" in text
     assert "final answer appears in a tool result: yes" in text
     assert len(text) < 2000  # the 2,100-character result was cut
 

@@ -20,7 +20,8 @@ def test_sample_traces_is_balanced_and_deterministic():
 def test_ladder_end_to_end_on_tiny_model(tiny_dir, tmp_path, capsys):
     out = tmp_path / "ladder"
     argv = ["pipeline", "--model", str(tiny_dir), "--eval-limit", "2", "--train-limit", "3", "--max-traces", "4",
-            "--epochs", "1", "--max-turns", "1", "--max-new-tokens", "6", "--max-length", "8192", "--out", str(out)]
+            "--epochs", "1", "--max-turns", "1", "--max-new-tokens", "6", "--max-length", "8192", "--hop-traces", "true",
+            "--out", str(out)]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     for path in ("eval-base/metrics.json", "kept.jsonl", "train.jsonl", "sft/adapter_config.json",
@@ -33,6 +34,9 @@ def test_ladder_end_to_end_on_tiny_model(tiny_dir, tmp_path, capsys):
     trained = result["sft_training"]
     assert 0 < trained["traces"] + trained["too_long_dropped"] == len((out / "train.jsonl").read_text().splitlines()) <= 4
     assert trained["too_long_dropped"] == 0  # traces are sampled among those that fit max_length
+    # the single-hop reading traces join the sampled ones as their own type
+    hops = (out / "hops.jsonl").read_text().splitlines()
+    assert hops and "synthetic:hop" in {json.loads(line)["source"] for line in (out / "train.jsonl").read_text().splitlines()}
     comparison = (out / "comparison.txt").read_text()
     assert "exact match" in printed and "sft" in comparison
     # the comparison is paired and names how each side was prompted (the base gets the one-shot example)
@@ -40,6 +44,12 @@ def test_ladder_end_to_end_on_tiny_model(tiny_dir, tmp_path, capsys):
     assert "prompt, base" in comparison and "one-shot" in comparison and "prompted differently" in comparison
     # training questions come from the train split only: the tuned eval ran, so no leakage was found
     assert result["sft"]["leakage"]["count"] == 0
+    # the collapse guard's decision and the paired verdict are in the comparison, and the verdict is printed last
+    assert "collapse guard: sft" in comparison and result["verdict"]["line"] in comparison
+    assert printed.strip().splitlines()[-1] == result["verdict"]["line"]
+    assert result["verdict"]["verdict"] in ("better", "worse", "mixed", "indistinguishable")
+    promoted = json.loads((out / "promoted.json").read_text())
+    assert promoted["name"] == result["promoted"]["name"] in ("base", "sft")
     # a rerun resumes every stage instead of redoing it
     before = (out / "eval-base" / "results.jsonl").read_text()
     assert cli.main(argv) == 0
@@ -63,6 +73,10 @@ def test_ladder_with_simpo_on_tiny_model(tiny_dir, tmp_path, capsys):
     evaluated = {json.loads(line)["question_id"] for line in (out / "eval-simpo" / "results.jsonl").read_text().splitlines()}
     assert mined and not mined & evaluated and result["simpo"]["leakage"]["count"] == 0
     assert "simpo" in capsys.readouterr().out
+    # the guard ran after SimPO too, against the adapter the ladder kept before it
+    decision = json.loads((out / "promoted.json").read_text())["decision"]
+    assert decision["new"] == "simpo" and decision["kept"] in ("simpo", decision["previous"])
+    assert "collapse guard: simpo" in (out / "comparison-simpo.txt").read_text()
 
 
 def test_unknown_with_stage_is_a_clear_error(capsys):

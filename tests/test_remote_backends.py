@@ -638,6 +638,7 @@ def test_make_backend_specs(monkeypatch, tiny_dir, tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"")  # the files an adapter directory holds
     make_backend("embedded")
     make_backend(str(tiny_dir), batch_size=2)
     make_backend(f"hf:{tiny_dir}?batch_size=3&adapter={adapter}", batch_size=2)  # the spec's options win
@@ -707,3 +708,17 @@ def test_gemini_judge_never_passes_malformed_json(serve):
     [result] = LLMJudge(gemini_backend(server), retries=2).judge_many([_judge_trace()])
     assert result["verdict"] == "judge_error" and "raw" in result
     assert len(server.requests) == 4  # one 429 retried, then three malformed replies (first try + 2 retries)
+
+
+def test_a_key_is_never_sent_in_plain_text_to_another_machine(monkeypatch):
+    """OPENAI_API_KEY goes to https servers and to this machine; a plain-http remote server gets no key."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    remote = OpenAICompatBackend("m", base_url="http://10.1.2.3:8000/v1")
+    assert remote.key_withheld and remote.api_key is None and remote._headers is not None
+    assert "sk-secret" not in repr(remote.client.default_headers)
+    assert "only over https" in remote._hint(401, "", None, "")
+    for url in ("https://api.example.com/v1", "http://localhost:8000/v1", "http://127.0.0.1:9/v1"):
+        kept = OpenAICompatBackend("m", base_url=url)
+        assert kept.api_key == "sk-secret" and not kept.key_withheld
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert OpenAICompatBackend("m", base_url="http://10.1.2.3:8000/v1").api_key is None  # no key needed to try

@@ -62,7 +62,7 @@ def endpoint():
         base, stop = start_server(serve.make_app(service, TOKEN))
         stops.append(stop)
         request = client(base)
-        request.service = service
+        request.service, request.base = service, base
         return request
 
     yield start
@@ -239,6 +239,7 @@ def test_vllm_backend_sends_the_adapter_and_stops(monkeypatch, tiny_dir, tmp_pat
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"")  # the files an adapter directory holds
     from hopsmith.backends.vllm_engine import VLLMBackend
 
     b = VLLMBackend(str(tiny_dir), adapter=str(adapter), max_model_len=4096)
@@ -253,3 +254,26 @@ def test_vllm_backend_sends_the_adapter_and_stops(monkeypatch, tiny_dir, tmp_pat
     assert "<|im_start|>user\nhello" in seen["prompts"][0]
     with pytest.raises(ValueError, match="no adapter_config.json"):
         VLLMBackend(str(tiny_dir), adapter=str(tmp_path))
+
+
+def test_idle_and_half_sent_connections_never_block_health(endpoint):
+    """Ten connections that opened and went silent (one mid-headers, one mid-body) do not stop /health or an
+    answer: the server is asynchronous, not one connection at a time."""
+    import socket
+    from urllib.parse import urlparse
+
+    request = endpoint(ScriptedBackend({}, default=["FINAL(x)"]))
+    status, _ = request("/health", token=None)
+    assert status == 200
+    port = urlparse(request.base).port
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
+    idle[0].sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+    idle[1].sendall(b"POST /answer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"question\"")  # body never finished
+    try:
+        t0 = time.monotonic()
+        assert request("/health", token=None)[0] == 200
+        status, body = request("/answer", {"question": "q?", "paragraphs": [{"text": "t"}]})
+        assert status == 200 and body["answer"] == "x" and time.monotonic() - t0 < 10
+    finally:
+        for s in idle:
+            s.close()

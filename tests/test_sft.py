@@ -197,3 +197,27 @@ def test_per_trace_assistant_logits_train_like_padded_batches(tmp_path, tiny_dir
     assert losses["per_trace"] == pytest.approx(losses["padded"], rel=1e-4)
     with pytest.raises(Exception, match="unknown SFT collation"):
         sft.SFTConfig(collation="packed").resolved()
+
+
+def test_a_rerun_resumes_only_its_own_run(tmp_path, tiny_dir, capsys):
+    """Another LoRA rank or other traces into the same --out are refused with one line, and the first
+    run's adapter and trained question ids are kept; the same command again resumes."""
+    from hopsmith import cli
+
+    write_jsonl(tmp_path / "t.jsonl", _traces(n=2))
+    out = tmp_path / "sft"
+    argv = ["sft", "--traces", str(tmp_path / "t.jsonl"), "--model", str(tiny_dir), "--max-steps", "1",
+            "--batch-size", "1", "--lora-r", "2", "--lora-alpha", "4", "--max-length", "8192", "--out", str(out)]
+    assert cli.main(argv) == 0
+    first = (out / "training.json").read_text()
+    weights = (out / "adapter_model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert cli.main([*argv, "--lora-r", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "another configuration" in err and "lora_r: 2 -> 4" in err and "Traceback" not in err
+    write_jsonl(tmp_path / "t.jsonl", _traces(n=3))
+    assert cli.main(argv) == 2
+    assert "traces: other content" in capsys.readouterr().err
+    assert (out / "training.json").read_text() == first and (out / "adapter_model.safetensors").read_bytes() == weights
+    write_jsonl(tmp_path / "t.jsonl", _traces(n=2))
+    assert cli.main(argv) == 0  # the same run again: resumed from its checkpoint, nothing refused

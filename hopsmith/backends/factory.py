@@ -235,9 +235,27 @@ def check_local(spec: BackendSpec, *, adapter: str | None = None) -> None:
         if not (models_dir() / EMBEDDED_NAME / "config.json").exists():
             embedded_gguf()  # raises ModelError naming the package when the GGUF is missing
     else:
-        resolve_model(spec.model)  # a ModelError that names the model and how to fetch it
+        path = resolve_model(spec.model)  # a ModelError that names the model and how to fetch it
+        _check_model_config(spec.model, path)
     for path in filter(None, (spec.options.get("adapter"), adapter)):
         check_adapter(path)
+
+
+def _check_model_config(name: str, path) -> None:
+    """The model directory's config.json reads as a config transformers knows (only that file is read)."""
+    import json
+
+    from ..models import ModelError
+
+    config = Path(path) / "config.json"
+    if not config.exists():
+        return  # a hub cache layout or a GGUF: the loader says what is missing
+    try:
+        data = json.loads(config.read_text())
+    except (ValueError, OSError) as exc:
+        raise ModelError(f"{name}: {config} is not valid JSON ({exc}); the model directory is damaged") from None
+    if not isinstance(data, dict) or not data.get("model_type"):
+        raise ModelError(f"{name}: {config} names no model_type; is this a transformers model directory?")
 
 
 def with_role(role: str | None, text: str, exc: Exception) -> Exception:

@@ -67,6 +67,9 @@ def check_adapter(adapter: str | Path) -> None:
 
     if not (Path(adapter) / "adapter_config.json").exists():
         raise ModelError(f"--adapter {adapter}: no adapter_config.json there (not a LoRA adapter directory)")
+    if not any((Path(adapter) / name).exists() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise ModelError(f"--adapter {adapter}: adapter_config.json but no adapter_model.safetensors (training did not "
+                         "finish there? rerun the stage that writes it)")
 
 
 def _load(model: str, device: str, dtype: str | None):

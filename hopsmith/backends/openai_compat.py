@@ -67,6 +67,11 @@ PROBE = [{"role": "user", "content": "Reply with the word OK."}]
 _MODEL_WORDS = ("model", "pinned")
 
 
+def is_plain_remote(url: str) -> bool:
+    """An http:// URL of another machine: no credential is sent there."""
+    return urlparse(url).scheme == "http" and not is_local_url(url)
+
+
 def is_local_url(url: str) -> bool:
     host = (urlparse(url).hostname or "").lower()
     return host in LOCAL_HOSTS or host.endswith(".localhost")
@@ -116,7 +121,11 @@ class OpenAICompatBackend(ConcurrentBackend):
         self.where = f"{self.url}, model {model}"
         self.api_key_env = api_key_env
         self.api_key = key_from_env(api_key, (api_key_env,))
-        if not self.api_key and not is_local_url(self.base_url):
+        # A key travels only over https or to this machine: a plain-http remote server gets no key.
+        self.key_withheld = bool(self.api_key) and is_plain_remote(self.base_url)
+        if self.key_withheld:
+            self.api_key = None
+        if not self.api_key and not is_local_url(self.base_url) and not is_plain_remote(self.base_url):
             # Fail when the backend is built, not after the first batch of an expensive run.
             raise MissingKeyError(backend="openai", where=self.base_url, env_vars=(api_key_env,))
         self.concurrency = max(1, int(concurrency))
@@ -278,6 +287,9 @@ class OpenAICompatBackend(ConcurrentBackend):
         if status == 404:
             return f"nothing answers at {self.url}: does the base URL end in /v1?"
         if status in (401, 403):
+            if self.key_withheld:
+                return (f"the server wants an API key, and hopsmith sends ${self.api_key_env} only over https or to "
+                        f"this machine, not to {self.base_url}: serve it over https")
             if not self.api_key:
                 return f"the server wants an API key: set ${self.api_key_env} (or api_key_env=NAME in the spec)"
             return f"the server refused the API key from ${self.api_key_env}: check it (or api_key_env=NAME in the spec)"

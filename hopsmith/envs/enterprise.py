@@ -49,6 +49,7 @@ from ..config import AgentConfig
 from ..tools import check_arguments, tool_schema
 from .base import Episode
 from ..tools.simulator import BUSINESS_SCHEMAS, Fault, ToolSimulator, business_tool_lines, check_business_call
+from ..untrusted import neutralize
 
 ACTIONS = ("call_tool", "answer_directly", "clarify", "escalate", "refuse")
 TERMINAL = frozenset({"answer_directly", "escalate", "refuse"})
@@ -490,7 +491,7 @@ class EnterpriseEnv:
             if act.error and not (act.tool in BUSINESS_SCHEMAS and isinstance(act.arguments, dict)):
                 return [{"role": "tool", "name": name, "content": json.dumps(
                     {"error": {"status": 400, "type": "bad_request", "message": act.error}})}]
-            return [{"role": "tool", "name": name, "content": self.sim.call(act.tool, act.arguments).content}]
+            return [{"role": "tool", "name": name, "content": neutralize(self.sim.call(act.tool, act.arguments).content)}]
         if act.action == "clarify":
             out = [{"role": "tool", "name": "clarify", "content": ASKED}]
             # In a replayed history the caller's answer is the next history item, not a scripted reply.

@@ -25,6 +25,7 @@ from ..records import Paragraph, Question
 from ..tools import check_arguments, tool_schema
 from ..tools.extract import Extractor
 from ..tools.search import NO_RESULTS, BM25Index, IndexCache, format_hits, paragraph_label
+from ..untrusted import neutralize
 from .base import Episode
 
 _LABEL_RE = re.compile(r"\b(p[0-9a-f]{6})\b")
@@ -151,7 +152,7 @@ class MultihopEnv:
         key = " ".join(query.lower().split())
         if key in self.queries:
             # The same results again would only grow the context; say so and nudge towards a new query.
-            return f'You already searched for "{query}"; its results are above. Search for something else or answer.'
+            return neutralize(f'You already searched for "{query}"; its results are above. Search for something else or answer.')
         failed = self._failed_search(key)
         if failed is not None:
             # Not remembered as searched: retrying a failed search is what a robust agent should do.
@@ -162,7 +163,8 @@ class MultihopEnv:
         for p in hits:
             self.retrieved.setdefault(p.id, p)
             self.by_label[paragraph_label(p.id)] = p
-        return format_hits([(p, 0.0) for p in hits], max_chars=self.max_chars)
+        # Paragraphs are untrusted text: no control token or answer marker in them reaches the prompt.
+        return neutralize(format_hits([(p, 0.0) for p in hits], max_chars=self.max_chars))
 
     def _failed_search(self, key: str) -> str | None:
         """The failure text when this attempt of this query fails (noisy retrieval), else None."""
@@ -183,7 +185,7 @@ class MultihopEnv:
             question: One factual question, e.g. "Where was Lloyd Dane born?".
             text: The text, or paragraph labels like [p1a2b3c]; empty reads the last search results.
         """
-        return self.extractor.extract(question, self.resolve_text(text))
+        return neutralize(self.extractor.extract(question, self.resolve_text(text)))
 
     def resolve_text(self, text: str) -> str:
         ids = _LABEL_RE.findall(text or "")
@@ -224,7 +226,8 @@ class MultihopEnv:
     def _record(self, call: ToolCall, result: str, seconds: float, error: str | None) -> int:
         self.calls.append({"name": call.name, "arguments": call.arguments, "valid": error is None, "error": error,
                            "seconds": seconds})
-        self.messages.append({"role": "tool", "name": call.name or "invalid", "content": result})
+        # Whatever a tool returns is untrusted (hopsmith/untrusted.py): the tools neutralize it, this is the backstop.
+        self.messages.append({"role": "tool", "name": call.name or "invalid", "content": neutralize(result)})
         return len(self.messages) - 1
 
     @classmethod
@@ -238,7 +241,7 @@ class MultihopEnv:
         # The batch's wall time is shared evenly: the latency one call costs when calls are batched.
         each = (time.perf_counter() - t0) / len(waiting)
         for (env, c, m), answer in zip(waiting, answers):
-            env.messages[m]["content"] = answer or "(no answer found)"
+            env.messages[m]["content"] = neutralize(answer) or "(no answer found)"
             env.calls[c]["seconds"] = each
         for env in envs:
             env._waiting.clear()
@@ -250,7 +253,7 @@ class MultihopEnv:
             return []
         extractor = requests[0][0].extractor
         pairs = [(args["question"], env.resolve_text(args.get("text", ""))) for env, args in requests]
-        return extractor.extract_many(pairs)
+        return [neutralize(a) for a in extractor.extract_many(pairs)]
 
     def result(self, ep: Episode) -> dict:
         q = self.question

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..backends import Backend
 from ..chat import strip_thinking
+from ..untrusted import neutralize
 
 EXTRACT_SYSTEM = (
     "You read a text and answer one question about it. Reply with the answer only: a name, a date, "
@@ -19,7 +20,8 @@ EXTRACT_SYSTEM = (
 def extraction_messages(question: str, text: str) -> list[dict]:
     return [
         {"role": "system", "content": EXTRACT_SYSTEM},
-        {"role": "user", "content": f"Text:\n{text}\n\nQuestion: {question}\nAnswer:"},
+        # The text is retrieved paragraphs (untrusted): the reader must not get turns or tokens from it.
+        {"role": "user", "content": f"Text:\n{neutralize(text)}\n\nQuestion: {question}\nAnswer:"},
     ]
 
 

@@ -1,0 +1,175 @@
+"""Two judgements the training ladder makes from paired tests on the same questions.
+
+- `verdict(base, tuned)`: is the tuned agent better, worse or indistinguishable from the base one? Each of
+  EM and cover-EM (McNemar's exact test), F1, tool use and supporting recall (paired-bootstrap interval of
+  the change) and the invalid-call rate (paired bootstrap of a ratio of sums, see `invalid_call_change`)
+  counts as better or worse only when its test excludes "no change" at 95%. "better": something is
+  significantly better and nothing significantly worse; "worse": the reverse; "mixed": both;
+  "indistinguishable": neither. `verdict_line` is the one line the pipeline prints last.
+- `collapse_check(previous, new)` and `promote(...)`: the collapse guard between ladder stages. An adapter
+  whose tool use fell, or whose invalid-call rate rose, beyond the paired 95% interval (the whole interval
+  of the change on the wrong side of 0) is flagged, and the ladder keeps the previous adapter instead of
+  promoting it. A stage that merely did not help is promoted: the guard is about behaviour collapse (seed
+  000's SimPO run: tool use 100% -> 5%), not about accuracy, so it never selects on the answer metrics.
+
+Both take two `hopsmith.metrics.aggregate` outputs (a `metrics.json`); the tests are paired on the
+questions both answered (`per_question`). Runs without per-question scores cannot be tested: the verdict
+is "untested" and the guard promotes, saying why.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .metrics import bootstrap_ci, compare
+
+ALPHA = 0.05
+# (compare() key, label, +1 when a rise is better, -1 when a fall is)
+_PAIRED_RATES = (("tool_use_rate", "tool use", +1), ("supporting_recall", "supporting recall", +1))
+_ANSWERS = (("em", "EM", +1), ("f1", "F1", +1), ("acc", "cover-EM", +1))
+
+
+def invalid_call_change(base: dict, tuned: dict, *, n_boot: int = 1000, seed: int = 0,
+                        alpha: float = ALPHA) -> dict[str, Any] | None:
+    """The change of the invalid-call rate (invalid calls / all calls, as `aggregate` reports it) with a
+    paired-bootstrap interval: questions are resampled, and each side's rate recomputed on the resample as
+    a ratio of sums (0 when a side made no call). None without per-question call counts."""
+    pb, pt = base.get("per_question") or {}, tuned.get("per_question") or {}
+    common = [q for q in pb if q in pt and "invalid_calls" in pb[q] and "invalid_calls" in pt[q]]
+    if not common:
+        return None
+    arr = np.array([[pb[q]["tool_calls"], pb[q]["invalid_calls"], pt[q]["tool_calls"], pt[q]["invalid_calls"]]
+                    for q in common], dtype=float)
+
+    def rates(a: np.ndarray) -> np.ndarray:  # a: (..., n, 4) -> (..., 2): base rate, tuned rate
+        calls, bad = a[..., [0, 2]].sum(axis=-2), a[..., [1, 3]].sum(axis=-2)
+        return np.divide(bad, calls, out=np.zeros_like(bad), where=calls > 0)
+
+    point = rates(arr)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(common), size=(n_boot, len(common)))
+    boot = rates(arr[idx])
+    diffs = boot[:, 1] - boot[:, 0]
+    lo, hi = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
+    return {"n": len(common), "base": float(point[0]), "tuned": float(point[1]),
+            "delta": float(point[1] - point[0]), "lo": float(lo), "hi": float(hi), "test": "paired_bootstrap_ratio"}
+
+
+def _direction(lo: float | None, hi: float | None) -> int:
+    """+1 when the interval of a change lies above 0, -1 below, 0 when it holds 0 (or is unknown)."""
+    if lo is None or hi is None or (isinstance(lo, float) and math.isnan(lo)):
+        return 0
+    return 1 if lo > 0 else -1 if hi < 0 else 0
+
+
+def significant_changes(base: dict, tuned: dict, *, n_boot: int = 1000, seed: int = 0,
+                        alpha: float = ALPHA) -> dict[str, Any]:
+    """Every tested metric's change: {label: {"delta", "test", "direction" (+1 better, -1 worse, 0 neither),
+    ...}}, and "paired_n". Only what is significant at `alpha` gets a non-zero direction."""
+    c = compare(base, tuned, n_boot=n_boot, seed=seed)
+    out: dict[str, Any] = {"paired_n": c["paired_n"], "changes": {}}
+    if not c["paired_n"]:
+        return out
+    for key, label, sign in _ANSWERS:
+        p = c[key]["paired"]
+        if p is None:
+            continue
+        if p.get("test") == "mcnemar_exact":
+            moved = 0 if p["p"] >= alpha else (1 if p["tuned_only"] > p["base_only"] else -1)
+            out["changes"][label] = {"delta": p["delta"], "test": f"McNemar p={p['p']:.3g}",
+                                     "direction": sign * moved}
+        else:
+            out["changes"][label] = {"delta": p["delta"], "lo": p["lo"], "hi": p["hi"], "test": "paired bootstrap",
+                                     "direction": sign * _direction(p["lo"], p["hi"])}
+    for key, label, sign in _PAIRED_RATES:
+        p = c[key]["paired"]
+        if p is None or p.get("delta") is None:
+            continue
+        out["changes"][label] = {"delta": p["delta"], "lo": p["lo"], "hi": p["hi"], "test": "paired bootstrap",
+                                 "direction": sign * _direction(p["lo"], p["hi"])}
+    inv = invalid_call_change(base, tuned, n_boot=n_boot, seed=seed, alpha=alpha)
+    if inv is not None:
+        out["changes"]["invalid calls"] = {**inv, "direction": -_direction(inv["lo"], inv["hi"])}
+    return out
+
+
+def verdict(base: dict, tuned: dict, names: tuple[str, str] = ("base", "tuned"), **kw) -> dict[str, Any]:
+    """{"verdict": better | worse | mixed | indistinguishable | untested, "better": [...], "worse": [...],
+    "changes": {...}, "line": the one-line summary}."""
+    s = significant_changes(base, tuned, **kw)
+    better = [k for k, v in s["changes"].items() if v["direction"] > 0]
+    worse = [k for k, v in s["changes"].items() if v["direction"] < 0]
+    if not s["paired_n"]:
+        word = "untested"
+    elif better and worse:
+        word = "mixed"
+    elif better:
+        word = "better"
+    elif worse:
+        word = "worse"
+    else:
+        word = "indistinguishable"
+    result = {"verdict": word, "better": better, "worse": worse, **s}
+    result["line"] = verdict_line(result, names)
+    return result
+
+
+def _change_text(label: str, ch: dict) -> str:
+    text = f"{label} {100 * ch['delta']:+.1f}pt"
+    if ch.get("lo") is not None:
+        text += f" [{100 * ch['lo']:+.1f}, {100 * ch['hi']:+.1f}]"
+    elif ch.get("test", "").startswith("McNemar"):
+        text += f" ({ch['test']})"
+    return text
+
+
+def verdict_line(v: dict, names: tuple[str, str] = ("base", "tuned")) -> str:
+    a, b = names
+    if v["verdict"] == "untested":
+        return f"verdict: {b} vs {a} untested: a run lacks per-question scores, so no paired test"
+    head = {"better": f"{b} is BETTER than {a}", "worse": f"{b} is WORSE than {a}",
+            "mixed": f"{b} is MIXED against {a} (better on some, worse on others)",
+            "indistinguishable": f"{b} is INDISTINGUISHABLE from {a}"}[v["verdict"]]
+    parts = []
+    if v["better"]:
+        parts.append("better on " + ", ".join(_change_text(k, v["changes"][k]) for k in v["better"]))
+    if v["worse"]:
+        parts.append("worse on " + ", ".join(_change_text(k, v["changes"][k]) for k in v["worse"]))
+    if not parts:
+        parts.append("no paired 95% test excludes no change")
+    return f"verdict: {head} ({v['paired_n']} paired questions): " + "; ".join(parts)
+
+
+def collapse_check(previous: dict, new: dict, **kw) -> dict[str, Any]:
+    """{"flagged", "reasons", "tool_use", "invalid_calls"}: flagged when the new run's tool use fell, or its
+    invalid-call rate rose, with the paired 95% interval of the change wholly on that side of 0."""
+    c = compare(previous, new, **{k: v for k, v in kw.items() if k in ("n_boot", "seed")})
+    tool = c["tool_use_rate"]["paired"]
+    inv = invalid_call_change(previous, new, **kw)
+    reasons = []
+    if tool and tool.get("hi") is not None and tool["hi"] < 0:
+        reasons.append(f"tool use fell {100 * c['tool_use_rate']['base']:.0f}% -> {100 * c['tool_use_rate']['tuned']:.0f}% "
+                       f"(change {100 * tool['delta']:+.1f}pt, paired 95% CI [{100 * tool['lo']:+.1f}, {100 * tool['hi']:+.1f}])")
+    if inv and inv["lo"] > 0:
+        reasons.append(f"invalid calls rose {100 * inv['base']:.1f}% -> {100 * inv['tuned']:.1f}% "
+                       f"(change {100 * inv['delta']:+.1f}pt, paired 95% CI [{100 * inv['lo']:+.1f}, {100 * inv['hi']:+.1f}])")
+    return {"flagged": bool(reasons), "reasons": reasons, "tested": bool(c["paired_n"]),
+            "tool_use": tool, "invalid_calls": inv}
+
+
+def promote(previous_name: str, previous: dict, new_name: str, new: dict, **kw) -> dict[str, Any]:
+    """The collapse guard's decision between a ladder stage's input and its output: {"kept": the name kept,
+    "flagged", "reasons", "line"}. The new adapter is kept unless `collapse_check` flags it."""
+    check = collapse_check(previous, new, **kw)
+    if check["flagged"]:
+        kept = previous_name
+        line = (f"collapse guard: {new_name} FLAGGED against {previous_name} ({'; '.join(check['reasons'])}); "
+                f"the ladder keeps {previous_name}")
+    else:
+        kept = new_name
+        why = ("no paired test possible (a run lacks per-question scores)" if not check["tested"] else
+               "tool use did not fall and invalid calls did not rise beyond the paired 95% CI")
+        line = f"collapse guard: {new_name} promoted over {previous_name}: {why}"
+    return {"kept": kept, "previous": previous_name, "new": new_name, **check, "line": line}

@@ -1,0 +1,97 @@
+"""The verdict line and the collapse guard, on fabricated result rows with known paired differences."""
+import pytest
+
+from hopsmith.guard import collapse_check, invalid_call_change, promote, verdict
+from hopsmith.metrics import aggregate
+
+GOOD = {"name": "search", "arguments": {"query": "lloyd dane born"}, "valid": True}
+BAD = {"name": None, "arguments": None, "valid": False}
+
+
+def _row(i: int, *, right: bool, calls: list[dict], finished: bool = True) -> dict:
+    return {"question_id": f"q{i}", "answers": ["Stanley"], "prediction": ("Stanley" if right else "Paris") if finished else None,
+            "finished": finished, "tool_calls": calls, "turns": len(calls) + 1, "hops": 2,
+            "supporting_ids": ["a", "b"], "retrieved_ids": ["a"] if any(c["valid"] for c in calls) else []}
+
+
+def _run(rows):
+    return aggregate(rows, n_boot=500)
+
+
+N = 30
+
+
+def test_invalid_call_change_is_a_paired_ratio():
+    # base: 1 valid + 1 invalid call everywhere (50%); tuned: 2 valid calls (0%)
+    base = _run([_row(i, right=False, calls=[GOOD, BAD]) for i in range(N)])
+    tuned = _run([_row(i, right=False, calls=[GOOD, GOOD]) for i in range(N)])
+    c = invalid_call_change(base, tuned)
+    assert c["base"] == pytest.approx(0.5) and c["tuned"] == 0.0 and c["delta"] == pytest.approx(-0.5)
+    assert c["lo"] == c["hi"] == pytest.approx(-0.5)  # no variation across questions: the interval is the point
+    assert base["invalid_call_rate"] == pytest.approx(c["base"])  # the same rate aggregate reports
+    # a side without any call has rate 0, as aggregate says
+    silent = _run([_row(i, right=False, calls=[]) for i in range(N)])
+    assert invalid_call_change(base, silent)["tuned"] == 0.0
+
+
+def test_verdict_better_worse_indistinguishable_mixed():
+    base = _run([_row(i, right=False, calls=[GOOD, BAD]) for i in range(N)])
+    better = _run([_row(i, right=i < 12, calls=[GOOD]) for i in range(N)])
+    v = verdict(base, better, ("base", "sft"))
+    assert v["verdict"] == "better" and "F1" in v["better"] and "invalid calls" in v["better"] and not v["worse"]
+    assert v["line"].startswith("verdict: sft is BETTER than base (30 paired questions)")
+    assert verdict(better, base)["verdict"] == "worse"
+    same = _run([_row(i, right=False, calls=[GOOD, BAD]) for i in range(N)])
+    v = verdict(base, same)
+    assert v["verdict"] == "indistinguishable" and "no paired 95% test excludes no change" in v["line"]
+    # one right answer more is within chance: still indistinguishable
+    assert verdict(base, _run([_row(i, right=i == 0, calls=[GOOD, BAD]) for i in range(N)]))["verdict"] == "indistinguishable"
+    # answers better, invalid calls worse
+    noisy = _run([_row(i, right=i < 12, calls=[GOOD, BAD, BAD, BAD]) for i in range(N)])
+    v = verdict(base, noisy)
+    assert v["verdict"] == "mixed" and "F1" in v["better"] and v["worse"] == ["invalid calls"]
+
+
+def test_verdict_without_per_question_scores_is_untested():
+    base = _run([_row(i, right=False, calls=[GOOD]) for i in range(N)])
+    old = {k: v for k, v in base.items() if k != "per_question"}
+    v = verdict(old, base)
+    assert v["verdict"] == "untested" and "no paired test" in v["line"]
+
+
+def test_guard_keeps_the_previous_adapter_when_tool_use_collapses():
+    sft = _run([_row(i, right=i < 3, calls=[GOOD, GOOD]) for i in range(N)])
+    # the preference stage answered more often right by luck but stopped searching in 2 of 3 episodes
+    collapsed = _run([_row(i, right=i < 4, calls=[GOOD] if i % 3 == 0 else []) for i in range(N)])
+    decision = promote("sft", sft, "simpo", collapsed)
+    assert decision["flagged"] and decision["kept"] == "sft"
+    assert "tool use fell 100% -> 33%" in decision["line"] and "the ladder keeps sft" in decision["line"]
+
+
+def test_guard_flags_an_invalid_call_rise_and_promotes_a_healthy_stage():
+    sft = _run([_row(i, right=False, calls=[GOOD]) for i in range(N)])
+    sloppy = _run([_row(i, right=False, calls=[GOOD, BAD] if i % 2 else [GOOD]) for i in range(N)])
+    decision = promote("sft", sft, "rft", sloppy)
+    assert decision["kept"] == "sft" and "invalid calls rose 0.0% -> 33.3%" in decision["reasons"][0]
+    healthy = _run([_row(i, right=i < 2, calls=[GOOD, GOOD]) for i in range(N)])
+    decision = promote("sft", sft, "rft", healthy)
+    assert not decision["flagged"] and decision["kept"] == "rft" and "promoted" in decision["line"]
+    # a fall within chance (one episode of thirty) is not flagged
+    one_less = _run([_row(i, right=False, calls=[GOOD] if i else []) for i in range(N)])
+    assert not collapse_check(sft, one_less)["flagged"]
+
+
+def test_the_ladder_does_not_promote_a_collapsed_adapter(tmp_path):
+    import json
+
+    from stages.pipeline import guarded_stage
+
+    base = _run([_row(i, right=False, calls=[GOOD, BAD]) for i in range(N)])
+    sft = _run([_row(i, right=i < 3, calls=[GOOD, GOOD]) for i in range(N)])
+    kept = guarded_stage(tmp_path, {"name": "base", "adapter": None, "metrics": base}, "sft", "runs/x/sft", sft)
+    assert kept["name"] == "sft" and kept["adapter"] == "runs/x/sft"
+    collapsed = _run([_row(i, right=i < 3, calls=[] if i % 2 else [GOOD]) for i in range(N)])
+    kept = guarded_stage(tmp_path, kept, "simpo", "runs/x/simpo", collapsed)
+    assert kept["name"] == "sft" and kept["adapter"] == "runs/x/sft" and kept["metrics"] is sft
+    saved = json.loads((tmp_path / "promoted.json").read_text())
+    assert saved["name"] == "sft" and saved["decision"]["flagged"] and "the ladder keeps sft" in saved["decision"]["line"]
