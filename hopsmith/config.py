@@ -86,7 +86,7 @@ class AgentConfig:
     # without it, a server that ignores the field is detected and gets them in the prompt as well.
     tools_in_prompt: bool = False
     kv_cache_gb: float = 3.0  # the local engine's prefix cache (keys/values kept across turns); 0 turns it off
-    env: str = "multihop"  # the environment the agent acts in (hopsmith.envs.ENVS: multihop | enterprise)
+    env: str = "multihop"  # the environment the agent acts in (hopsmith.envs.ENVS: multihop | enterprise | wikicode)
     batch_size: int = 16  # episodes live at once; each turn is one batched generate over them
     max_turns: int = 20  # assistant turns before the episode is capped
     max_new_tokens: int = 256  # tokens the model may write per turn
@@ -111,6 +111,9 @@ class AgentConfig:
     # (an empty result or a service error), drawn per question, query and attempt
     search_failure_rate: float = 0.0
     search_failure_seed: int = 0  # seeds which searches fail
+    # The wikicode environment runs programs under bubblewrap; without it a run refuses to start unless
+    # this accepts the weaker rlimit-only sandbox (no filesystem or network isolation)
+    weak_sandbox: bool = False
 
     @property
     def shows_example(self) -> bool:

@@ -191,7 +191,8 @@ def _metrics(cfg: EvalConfig, questions, pools, rows, extraction_rows, cache=Non
     types = {q.id: q.type for q in questions}
     for r in rows:  # rows written before result rows carried the question type
         r.setdefault("type", types.get(r["question_id"]))
-    metrics = aggregate(rows, extraction_accuracy=extraction["acc"]["mean"] if extraction else None,
+    summarize = get_env(cfg.agent.env).summarize or aggregate  # an environment may add its own metrics
+    metrics = summarize(rows, extraction_accuracy=extraction["acc"]["mean"] if extraction else None,
                         oracle_retrieval=oracle["rate"], n_boot=cfg.bootstrap, seed=cfg.seed)
     metrics["oracle_retrieval"] = oracle
     metrics["extraction_benchmark"] = extraction

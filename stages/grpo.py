@@ -33,14 +33,13 @@ from hopsmith.backends.templates import chat_templates, render, tokenize_convers
 from hopsmith.collapse import CollapseGuard, behaviour
 from hopsmith.config import AgentConfig, ConfigError, flat_knobs
 from hopsmith.data import load_with_pools
-from hopsmith.envs import multihop
+from hopsmith.envs import get_env
 from hopsmith.io import write_json
 from hopsmith.judge import LLMJudge, judge_backend as make_judge_backend
 from hopsmith.leakage import training_record
+from hopsmith.runlock import locked
 from hopsmith.tools.extract import Extractor
 from hopsmith.training import load_policy
-from hopsmith.traces.synthetic import tool_schemas
-from hopsmith.runlock import locked
 
 
 @flat_knobs
@@ -69,7 +68,7 @@ class GRPOConfig:
     # rollouts; each rollout's temperature comes from the range above.
     agent: AgentConfig = field(default_factory=lambda: AgentConfig(max_turns=4, max_new_tokens=96, top_k=3, max_chars=300,
                                                                    few_shot=False),
-                               metadata={"omit": ("env", "temperature", "thinking", "extractor")})
+                               metadata={"omit": ("temperature", "thinking", "extractor")})
 
     def __post_init__(self):
         if self.num_generations < 2:
@@ -86,8 +85,16 @@ def temperatures(cfg: GRPOConfig) -> list[float]:
 
 
 def rule_approach(row: dict) -> float:
-    """Search approach without a judge: searched at all, every call valid, no query asked twice."""
+    """Search approach without a judge: searched at all, every call valid, no query asked twice. A program
+    (the wikicode environment) counts as a search when it called a primitive, and as valid when it ran."""
     calls = row.get("tool_calls") or []
+    if any(c.get("name") == "python" for c in calls):
+        programs = [c for c in calls if c.get("valid") and c.get("primitives")]
+        codes = [(c.get("arguments") or {}).get("code", "") for c in calls]
+        score = 0.5 if programs else 0.0
+        score += 0.25 if calls and all(c.get("status") == "ok" for c in calls) else 0.0
+        score += 0.25 if programs and len(set(codes)) == len(codes) else 0.0
+        return score
     searches = [c for c in calls if c.get("name") == "search" and c.get("valid")]
     queries = [" ".join(str((c.get("arguments") or {}).get("query", "")).lower().split()) for c in searches]
     score = 0.5 if searches else 0.0
@@ -152,10 +159,13 @@ def episode_tokens(row: dict, tools: list[dict], tokenizer, template: str) -> di
 class Rollouts:
     """`rollout_func` for GRPOTrainer: plays the agent loop for every prompt TRL hands over."""
 
-    def __init__(self, cfg: GRPOConfig, questions, pools, tokenizer, template: str, judge=None):
+    def __init__(self, cfg: GRPOConfig, questions, pools, tokenizer, template: str, judge=None, first=None):
         self.cfg, self.pools, self.tokenizer, self.template, self.judge = cfg, pools, tokenizer, template, judge
-        self.by_text = {q.question: q for q in questions}
-        self.tools = tool_schemas(True)
+        self.env = get_env(cfg.agent.env)
+        # The question of each prompt, by its first user message (the environment wrote it).
+        first = first or {}
+        self.by_text = {first[q.id]: q for q in questions if q.id in first}
+        self.tools: list[dict] = []
         self.rewards: list[float] = []
         self.history: list[dict] = []
 
@@ -179,12 +189,10 @@ class Rollouts:
 
     def _play(self, prompts: list, backend) -> list[dict]:
         """One episode per prompt, rollout i at its group member's temperature, in prompt order."""
-        prefix = multihop.USER_TEMPLATE.split("{question}")[0]
         temps = temperatures(self.cfg)
         jobs: dict[float, list] = {}
         for i, prompt in enumerate(prompts):
-            user = next(m["content"] for m in prompt if m["role"] == "user")
-            q = self.by_text[user.removeprefix(prefix).split("\n", 1)[0]]
+            q = self.by_text[next(m["content"] for m in prompt if m["role"] == "user")]
             # Rollout i is member i % G of its group (TRL repeats each prompt G times in a row).
             copy = dataclasses.replace(q, id=f"{q.id}#{i}")
             self.pools[copy.id] = self.pools[q.id]
@@ -192,7 +200,8 @@ class Rollouts:
         rows: list[dict | None] = [None] * len(prompts)
         for temp, items in sorted(jobs.items()):
             agent = dataclasses.replace(self.cfg.agent, temperature=temp)
-            make_env = multihop.make(agent, pools=self.pools, extractor=Extractor(backend))
+            make_env = self.env.make(agent, pools=self.pools, extractor=Extractor(backend))
+            self.tools = make_env(items[0][1]).tools
             order = {c.id: i for i, c in items}
             for row in run_episodes([c for _, c in items], make_env, backend, agent):
                 rows[order[row["question_id"]]] = {**row, "temperature": temp}
@@ -279,11 +288,12 @@ def run(cfg: GRPOConfig, root: str | Path, *, model=None, tokenizer=None, judge_
     # Rollouts are prompted, and their episodes tokenised, with the template the policy trains with.
     template = chat_templates(tokenizer).training
     tokenizer.chat_template = template
-    system = multihop.agent_system_prompt(few_shot=False)
-    dataset = Dataset.from_list([{"prompt": [{"role": "system", "content": system},
-                                             {"role": "user", "content": multihop.agent_user_prompt(q.question)}],
-                                  "question_id": q.id} for q in questions])
-    rollouts = Rollouts(cfg, questions, dict(pools), tokenizer, template, judge)
+    # Each prompt is the environment's own opening (system prompt and question), as the rollouts see it.
+    opener = get_env(policy.env).make(policy, pools=pools, extractor=None)
+    prompts = {q.id: opener(q).messages[:2] for q in questions}
+    dataset = Dataset.from_list([{"prompt": prompts[q.id], "question_id": q.id} for q in questions])
+    first = {q.id: prompts[q.id][1]["content"] for q in questions}
+    rollouts = Rollouts(cfg, questions, dict(pools), tokenizer, template, judge, first=first)
     trainer, flags = make_trainer(cfg, root, model, tokenizer, dataset, rollouts)
     started = time.perf_counter()
     trainer.train()

@@ -63,3 +63,25 @@ def test_grpo_runs_a_few_steps_on_tiny_model(tiny_model, tiny_tokenizer, tmp_pat
     assert len(history) == 2 and {"tool_use_rate", "query_diversity", "reward_mean", "mean_turns"} <= set(history[0])
     logs = json.loads((tmp_path / "log_history.json").read_text())
     assert any("loss" in entry for entry in logs)
+
+
+def test_grpo_plays_the_wikicode_environment(tiny_model, tiny_tokenizer, tmp_path):
+    """`hopsmith grpo --env wikicode`: the prompts are the code environment's, its rollouts run in the sandbox."""
+    import copy
+
+    from sandbox_support import local_sandbox
+
+    from hopsmith.tools.sandbox import SandboxConfig
+
+    local_sandbox({}, SandboxConfig()).close()  # skips where bubblewrap cannot run (CI requires it)
+    cfg = grpo.GRPOConfig(limit=2, num_generations=2, max_steps=1, max_turns=2, max_new_tokens=8, min_tool_use=0.0,
+                          env="wikicode")
+    summary = grpo.run(cfg, tmp_path, model=copy.deepcopy(tiny_model), tokenizer=copy.deepcopy(tiny_tokenizer))
+    assert summary["steps"] == 1 and summary["config"]["agent"]["env"] == "wikicode"
+    assert len(summary["behaviour"]) == 1
+    # a code episode's approach: primitives called, every program ran, none repeated
+    row = {"tool_calls": [{"name": "python", "valid": True, "status": "ok", "primitives": ["search_pages"],
+                           "arguments": {"code": "print(search_pages('x'))"}}]}
+    assert grpo.rule_approach(row) == 1.0
+    row["tool_calls"].append({**row["tool_calls"][0], "status": "error"})
+    assert grpo.rule_approach(row) == 0.5

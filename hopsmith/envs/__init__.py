@@ -6,13 +6,14 @@ here and one line below; `hopsmith eval --env NAME` then runs it.
 from __future__ import annotations
 
 from ..config import ConfigError
-from . import enterprise, enterprise_cases, enterprise_scoring, multihop
+from . import enterprise, enterprise_cases, enterprise_scoring, multihop, wikicode
 from .base import Env, EnvSpec, Episode, MakeEnv
 
 ENVS: dict[str, EnvSpec] = {
     "multihop": EnvSpec(multihop.make),
     "enterprise": EnvSpec(enterprise.make, load=enterprise_cases.load_for_eval, summarize=enterprise_scoring.summarize,
                           describe=enterprise_scoring.format_report, id_key="case_id"),
+    "wikicode": EnvSpec(wikicode.make, summarize=wikicode.summarize),
 }
 
 
