@@ -12,7 +12,7 @@ FLOORS = (
     ("stages", ("stages",)),
     ("library", ("hopsmith.agent", "hopsmith.traces", "hopsmith.judge", "hopsmith.enterprise_judge", "hopsmith.ceiling",
                  "hopsmith.leakage", "hopsmith.training", "hopsmith.evaluation", "hopsmith.report", "hopsmith.cost", "hopsmith.fanout",
-                 "hopsmith.browser")),
+                 "hopsmith.browser", "hopsmith.guard", "hopsmith.baselines")),
     ("environments", ("hopsmith.envs",)),
     ("scoring", ("hopsmith.metrics", "hopsmith.collapse")),
     ("engines, tools, data", ("hopsmith.backends", "hopsmith.tools", "hopsmith.data")),
