@@ -264,7 +264,9 @@ def _assemble(cls, values: dict):
         default = next(f for f in fields(cls) if f.name == name).default_factory()
         base = {f.name: getattr(default, f.name) for f in fields(sub)}
         outer[name] = sub(**{**base, **{k: _coerce(sub, k, v) for k, v in given.items()}})
-    return cls(**outer)
+    cfg = cls(**outer)
+    check_values(cfg)  # the same ranges whichever way the config came (flags, TOML, a Modal call, the HTTP API)
+    return cfg
 
 
 def build(cls, *, file: str | Path | None = None, **overrides):

@@ -130,8 +130,11 @@ def select_settings(cfg) -> dict:
 
 
 def sft_settings(cfg) -> dict:
-    return {"model": cfg.model, "preset": cfg.sft_preset, "epochs": cfg.epochs, "max_length": cfg.max_length,
-            "seed": cfg.seed, "batch_size": getattr(cfg, "sft_batch_size", None)}
+    out = {"model": cfg.model, "preset": cfg.sft_preset, "epochs": cfg.epochs, "max_length": cfg.max_length,
+           "seed": cfg.seed}
+    if getattr(cfg, "sft_batch_size", None) is not None:  # the local preset trains one trace a step
+        out["batch_size"] = cfg.sft_batch_size
+    return out
 
 
 def eval_settings(cfg, adapter: str | None = None) -> dict:
