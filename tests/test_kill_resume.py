@@ -78,3 +78,23 @@ def test_a_killed_sft_resumes_from_its_checkpoint(tmp_path, tiny_dir):
     steps = [x["step"] for x in losses]
     assert steps == sorted(set(steps)) and steps[-1] == 12  # resumed: no step logged twice
     assert min(steps) > 2  # the rerun started from a checkpoint the kill left (a half-saved one is skipped)
+
+
+def test_killed_teacher_traces_resume_without_loss_or_duplicates(serve, tmp_path):
+    """A teacher's traces are appended as its episodes end; after a kill the rerun plays only the rest."""
+    oa = agent_server(serve, renders_tools=False)
+    root = tmp_path / "ladder"
+    partial = root / "traces" / ".teacher-0.partial.jsonl"
+    hold = {"on": True}
+    oa.delay = lambda request: 60 if hold["on"] and len(_lines(partial)) >= 2 else 0
+    argv = ["traces", "--root", str(root), "--limit", "5", "--max-turns", "3", "--thinking-fraction", "0",
+            "--batch-size", "1", "--teacher", f"openai:{AGENT}@{oa.url}/v1?concurrency=1"]
+    proc = _start(argv)
+    _kill_when(proc, lambda: len(_lines(partial)) >= 2)
+    hold["on"] = False
+    before = _lines(partial)
+    assert 2 <= len(before) < 5
+    assert main(argv) == 0
+    traces = read_jsonl(root / "traces" / "rejected-0.jsonl") + read_jsonl(root / "traces" / "shard-0.jsonl")
+    ids = [t["question_id"] for t in traces]
+    assert len(ids) == 5 == len(set(ids))  # every question played once in all
