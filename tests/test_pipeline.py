@@ -20,7 +20,7 @@ def test_sample_traces_is_balanced_and_deterministic():
 def test_ladder_end_to_end_on_tiny_model(tiny_dir, tmp_path, capsys):
     out = tmp_path / "ladder"
     argv = ["pipeline", "--model", str(tiny_dir), "--eval-limit", "2", "--train-limit", "3", "--max-traces", "4",
-            "--epochs", "1", "--max-turns", "1", "--max-new-tokens", "6", "--max-length", "8192", "--hop-traces", "true",
+            "--epochs", "1", "--max-turns", "1", "--max-new-tokens", "6", "--max-length", "8192", "--hop-traces",
             "--out", str(out)]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
