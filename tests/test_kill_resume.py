@@ -98,3 +98,39 @@ def test_killed_teacher_traces_resume_without_loss_or_duplicates(serve, tmp_path
     traces = read_jsonl(root / "traces" / "rejected-0.jsonl") + read_jsonl(root / "traces" / "shard-0.jsonl")
     ids = [t["question_id"] for t in traces]
     assert len(ids) == 5 == len(set(ids))  # every question played once in all
+
+
+def test_a_killed_llm_judge_resumes_from_its_judged_shards(serve, tmp_path):
+    """Each judged shard is written whole; killed on the second shard, the rerun keeps the first untouched,
+    judges only the rest, and every trace is judged and kept once."""
+    from fake_servers import chat_reply, models_list
+
+    from hopsmith.io import write_jsonl
+
+    verdict = {"correctness": 5, "search_approach": 4, "grounding": 5, "format": 5, "verdict": "pass", "reasons": ["ok"]}
+    judged = tmp_path / "judged"
+    hold = {"on": True}
+    judge = serve([chat_reply(json.dumps(verdict))], get=models_list("judge-model"))
+    # the second shard's calls hang once the first shard is judged: the kill lands between shards
+    judge.delay = lambda request: 60 if hold["on"] and (judged / "shard-0.jsonl").exists() else 0
+    for s in range(3):
+        write_jsonl(tmp_path / "traces" / f"shard-{s}.jsonl", [
+            {"id": f"t{s}{k}", "question_id": f"q{s}{k}", "answers": ["Eldon"], "messages": [
+                {"role": "user", "content": f"Question: Where was Lloyd Dane born? ({s}{k})"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"type": "function", "function": {"name": "search", "arguments": {"query": "Lloyd Dane"}}}]},
+                {"role": "tool", "name": "search", "content": "Lloyd Dane was born in Eldon."},
+                {"role": "assistant", "content": "FINAL(Eldon)"}]} for k in range(2)])
+    argv = ["judge", "--root", str(tmp_path), "--judge", f"openai:judge-model@{judge.url}/v1?concurrency=1"]
+    proc = _start(argv)
+    _kill_when(proc, lambda: (judged / "shard-0.jsonl").exists())
+    hold["on"] = False
+    first = (judged / "shard-0.jsonl").read_text()
+    assert not (judged / "shard-2.jsonl").exists()
+    calls_before = len(judge.requests)
+    assert main(argv) == 0
+    assert (judged / "shard-0.jsonl").read_text() == first  # not judged again
+    judge_calls = [r for r in judge.requests[calls_before:] if r["body"].get("max_completion_tokens") != 1]
+    assert len(judge_calls) == 4  # only the two shards left were judged (2 traces each)
+    kept = read_jsonl(tmp_path / "kept.jsonl")
+    assert sorted(t["id"] for t in kept) == sorted(f"t{s}{k}" for s in range(3) for k in range(2))
