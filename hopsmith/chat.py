@@ -91,9 +91,7 @@ def thinking_of(text: str) -> str:
 
 def reply_body(text: str) -> str:
     """A reply's own words: thinking removed, cut where it starts imitating a tool reply or a new turn."""
-    body = strip_thinking(text)
-    cut = IMITATION_RE.search(body)
-    return body[: cut.start()] if cut else body
+    return own_text(strip_thinking(text))
 
 
 def extract_answer(text: str) -> str:
@@ -140,7 +138,7 @@ class HermesFormat:
     def parse(self, text: str) -> Action:
         thinking = thinking_of(text)
         # Calls after an imitated <tool_response> or chat turn are the model echoing, not acting.
-        body = own_text(strip_thinking(text))
+        body = reply_body(text)
         calls = [self._parse_call(m.group(1)) for m in TOOL_CALL_RE.finditer(body)]
         if not calls and (bare := _bare_call(body)) is not None:
             calls = [bare]

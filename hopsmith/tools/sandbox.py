@@ -469,6 +469,16 @@ def _signal_name(sig: int) -> str:
 _uids = count()
 
 
+def reject_program(code, config: SandboxConfig) -> ExecResult | None:
+    """The result for a program no sandbox should start (empty, or over `max_code_chars`); None to run it."""
+    if not isinstance(code, str) or not code.strip():
+        return ExecResult("", "ProgramRejected: the program is empty", "rejected", 0.0)
+    if len(code) > config.max_code_chars:
+        return ExecResult("", f"ProgramRejected: the program is {len(code)} characters long; the limit is "
+                              f"{config.max_code_chars}", "rejected", 0.0)
+    return None
+
+
 class LocalSandbox:
     """Programs in fresh sandboxed processes on this machine (see the module docstring).
 
@@ -543,11 +553,9 @@ class LocalSandbox:
         if self._closed:
             raise RuntimeError("the sandbox is closed")
         t0 = time.perf_counter()
-        if not isinstance(code, str) or not code.strip():
-            return ExecResult("", "ProgramRejected: the program is empty", "rejected", 0.0)
-        if len(code) > self.config.max_code_chars:
-            return ExecResult("", f"ProgramRejected: the program is {len(code)} characters long; the limit is "
-                                  f"{self.config.max_code_chars}", "rejected", 0.0)
+        rejected = reject_program(code, self.config)
+        if rejected is not None:
+            return rejected
         worker = self._take()
         try:
             result = self._drive(worker, code, t0)
@@ -1025,11 +1033,9 @@ class ModalSandbox:
         import modal
 
         t0 = time.perf_counter()
-        if not isinstance(code, str) or not code.strip():
-            return ExecResult("", "ProgramRejected: the program is empty", "rejected", 0.0)
-        if len(code) > self.config.max_code_chars:
-            return ExecResult("", f"ProgramRejected: the program is {len(code)} characters long; the limit is "
-                                  f"{self.config.max_code_chars}", "rejected", 0.0)
+        rejected = reject_program(code, self.config)
+        if rejected is not None:
+            return rejected
         if self._sandbox is None:
             self._sandbox = modal.Sandbox.create(**self.create_kwargs())
         argv, kwargs = self.exec_args()
