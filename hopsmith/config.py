@@ -121,12 +121,7 @@ class AgentConfig:
         return self.adapter is None if self.few_shot is None else self.few_shot
 
     def __post_init__(self):
-        check_values(self)
-        if not 0.0 <= self.search_failure_rate <= 1.0:
-            raise ConfigError(f"search_failure_rate must be between 0 and 1 (0.1 fails a tenth of searches), "
-                              f"got {self.search_failure_rate}")
-        if self.batch_size < 1 or self.max_turns < 1:
-            raise ConfigError("batch_size and max_turns must be >= 1")
+        check_values(self)  # search_failure_rate in [0, 1], batch_size and max_turns >= 1, ...
 
 
 def flat_knobs(cls):
