@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from hopsmith.config import AgentConfig, EvalConfig
@@ -65,7 +66,7 @@ def main() -> None:
     t_base = time.perf_counter() - started
     summary = sft.run(sft.SFTConfig(traces=str(root / "train.jsonl"), model=args.model, epochs=args.epochs,
                                     learning_rate=args.learning_rate, max_length=args.max_length), root / "sft")
-    tuned_agent = AgentConfig(**{**agent.__dict__, "adapter": str(root / "sft")})
+    tuned_agent = replace(agent, adapter=str(root / "sft"))
     tuned = evaluate(EvalConfig(data=str(root / "eval_cases.jsonl"), limit=None, agent=tuned_agent, bootstrap=200),
                      root / "eval-sft", progress=False)
     seconds = time.perf_counter() - started
