@@ -20,7 +20,8 @@ together, one batched `generate` per turn). Long evaluations are jobs. Routes:
 
 Every other request gets a JSON `{"error": ...}`: 401 without or with a wrong token, 400 for a body that is
 not JSON or misses a field (the message names it), 404 for an unknown path or job, 405 for a wrong method,
-413 for a body over 4 MiB.
+413 for a body over 4 MiB, 408 for a request whose headers (`header_timeout`) or body (`body_timeout`) do
+not arrive in time: a silent or trickling client holds a socket for seconds, not forever.
 """
 # No `from __future__ import annotations` here: FastAPI reads the route handlers' annotations (`Request`)
 # at definition time, inside make_app.
@@ -69,6 +70,11 @@ class ServeConfig:
     max_eval: int = 50  # /evaluate refuses larger requests
     max_batch: int = 16  # /answer requests answered together
     batch_wait_ms: int = 20  # how long the first request of a batch waits for others to join
+    # A connection that has not finished sending a request's headers this many seconds after it opened (or
+    # after its last response) is closed with 408: a slow or silent client holds no socket for long
+    header_timeout: float = 10.0
+    # A request whose body has not fully arrived this many seconds after its headers gets 408
+    body_timeout: float = 30.0
     # The agent served (model, adapter) and how it answers; a request may lower max_turns
     agent: AgentConfig = field(default_factory=lambda: AgentConfig(max_turns=8, max_new_tokens=160, few_shot=None),
                                metadata={"omit": ("env", "batch_size")})
@@ -338,11 +344,14 @@ def make_app(service: AgentService, token: str | None, *, jobs=None, batcher: Ba
                                  wait_s=service.cfg.batch_wait_ms / 1000)
     jobs = jobs or LocalJobs(service, batcher)
     app = FastAPI(title="hopsmith", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyDeadline, seconds=service.cfg.body_timeout)
     app.state.service, app.state.batcher, app.state.jobs = service, batcher, jobs
 
     @app.exception_handler(HTTPError)
     async def _ours(request, exc: HTTPError):
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        # After a 408 the rest of the body may still be on its way: the connection cannot carry another request
+        headers = {"connection": "close"} if exc.status == 408 else None
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _routing(request, exc: StarletteHTTPException):
@@ -399,6 +408,88 @@ def make_app(service: AgentService, token: str | None, *, jobs=None, batcher: Ba
     return app
 
 
+class BodyDeadline:
+    """ASGI middleware: a request body must arrive in full within `seconds` of its headers, or the request
+    ends with 408 (the route's `receive` raises, and the HTTPError handler answers). Runs on Modal too."""
+
+    def __init__(self, app, seconds: float):
+        self.app, self.seconds = app, seconds
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        deadline = asyncio.get_running_loop().time() + self.seconds
+
+        async def timed_receive():
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                return await asyncio.wait_for(receive(), max(left, 0.0))
+            except TimeoutError:
+                raise HTTPError(408, f"the request body did not arrive within {self.seconds:g} s") from None
+
+        await self.app(scope, timed_receive, send)
+
+
+_TIMEOUT_408 = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                b"content-length: %d\r\n\r\n%s")
+
+
+def header_deadline_protocol(seconds: float):
+    """uvicorn's h11 protocol with a deadline on request headers, which uvicorn itself does not have: a
+    connection that opened (or finished its last response) and has not sent a whole request head within
+    `seconds` is answered 408 and closed, however slowly its bytes trickle in."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        header_timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._watch_headers()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._watch_headers()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._watch_headers()
+
+        def connection_lost(self, exc) -> None:
+            self._stop_watch()
+            super().connection_lost(exc)
+
+        def _watch_headers(self) -> None:
+            """Arm the deadline while the client owes us a request head; disarm once it arrived."""
+            if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
+                self._stop_watch()
+            elif self.header_timer is None:
+                self.header_timer = self.loop.call_later(seconds, self._headers_late)
+
+        def _stop_watch(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+
+        def _headers_late(self) -> None:
+            self.header_timer = None
+            if not self.transport.is_closing():
+                body = json.dumps({"error": f"request headers did not arrive within {seconds:g} s"}).encode()
+                self.transport.write(_TIMEOUT_408 % (len(body), body))
+                self.transport.close()
+
+    return HeaderDeadlineProtocol
+
+
+def server_config(app, cfg: ServeConfig, **kw):
+    """The uvicorn config `hopsmith serve` runs under: the header deadline, the keep-alive timeout, `kw` on top."""
+    import uvicorn
+
+    kw = {"host": cfg.host, "port": cfg.port, "log_level": "warning", **kw}
+    return uvicorn.Config(app, http=header_deadline_protocol(cfg.header_timeout), **kw)
+
+
 def _check_token(header: str, token: str) -> None:
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given:
@@ -424,4 +515,4 @@ def serve_forever(cfg: ServeConfig, *, evaluate: Callable | None = None) -> None
         raise ConfigError(f"no API token: set ${cfg.token_env} (the endpoint refuses to run without auth)")
     app = make_app(build_service(cfg, evaluate=evaluate), token)
     print(f"serving {cfg.agent.adapter or cfg.agent.model} on http://{cfg.host}:{cfg.port} (token from ${cfg.token_env})", flush=True)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    uvicorn.Server(server_config(app, cfg)).run()

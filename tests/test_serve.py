@@ -19,11 +19,13 @@ from stages import serve
 TOKEN = "s3cret-token"
 
 
-def start_server(app):
-    """uvicorn serving `app` on a free port in a thread; returns (base url, stop)."""
+def start_server(app, cfg: serve.ServeConfig | None = None):
+    """uvicorn serving `app` on a free port in a thread, configured as `hopsmith serve` configures it;
+    returns (base url, stop)."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off"))
+    config = serve.server_config(app, cfg or serve.ServeConfig(), port=0, log_level="error", lifespan="off")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -59,7 +61,7 @@ def endpoint():
 
     def start(backend, **cfg):
         service = serve.AgentService(serve.ServeConfig(**cfg), backend)
-        base, stop = start_server(serve.make_app(service, TOKEN))
+        base, stop = start_server(serve.make_app(service, TOKEN), service.cfg)
         stops.append(stop)
         request = client(base)
         request.service, request.base = service, base
@@ -277,3 +279,65 @@ def test_idle_and_half_sent_connections_never_block_health(endpoint):
     finally:
         for s in idle:
             s.close()
+
+
+def _read_until_closed(sock, limit_s: float) -> bytes:
+    """Everything the server sends on `sock` until it closes the connection (or `limit_s` passes)."""
+    sock.settimeout(limit_s)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except TimeoutError:
+        return data + b"<still open>"
+    return data
+
+
+def test_slow_headers_and_stalled_bodies_get_408_and_lose_their_socket(endpoint):
+    """A client that trickles its request head, one that sends nothing, and one that stops mid-body are each
+    answered 408 and disconnected at their deadline; the server keeps answering everyone else."""
+    import socket
+    from urllib.parse import urlparse
+
+    request = endpoint(ScriptedBackend({}, default=["FINAL(x)"]), header_timeout=0.6, body_timeout=0.6)
+    port = urlparse(request.base).port
+    silent = socket.create_connection(("127.0.0.1", port))
+    trickle = socket.create_connection(("127.0.0.1", port))
+    stalled = socket.create_connection(("127.0.0.1", port))
+    try:
+        t0 = time.monotonic()
+        for byte in b"GET /healt":  # a byte every 50 ms, still mid-head when the 0.6 s deadline comes
+            trickle.sendall(bytes([byte]))
+            time.sleep(0.05)
+        stalled.sendall(b"POST /answer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                        + b"\r\nContent-Length: 1000\r\n\r\n{\"question\"")
+        replies = [_read_until_closed(s, 10) for s in (silent, trickle, stalled)]
+        elapsed = time.monotonic() - t0
+        for reply in replies:
+            assert reply.startswith(b"HTTP/1.1 408"), reply
+        assert b"headers did not arrive" in replies[0] and b"headers did not arrive" in replies[1]
+        assert b"body did not arrive" in replies[2]
+        assert elapsed < 5  # closed at the deadline, not at some much later idle timeout
+        status, body = request("/answer", {"question": "q?", "paragraphs": [{"text": "t"}]})
+        assert status == 200 and body["answer"] == "x"
+    finally:
+        for s in (silent, trickle, stalled):
+            s.close()
+
+
+def test_a_keep_alive_connection_gets_a_fresh_header_deadline_per_request(endpoint):
+    """The deadline runs from the end of the previous response, so a client that sends requests on one
+    connection at a normal pace is never cut off mid-conversation."""
+    import http.client
+    from urllib.parse import urlparse
+
+    request = endpoint(ScriptedBackend({}, default=["FINAL(x)"]), header_timeout=1.0)
+    conn = http.client.HTTPConnection("127.0.0.1", urlparse(request.base).port, timeout=10)
+    try:
+        for _ in range(4):  # 4 x 0.4 s on one connection: past one deadline in all, within it each time
+            conn.request("GET", "/health")
+            resp = conn.getresponse()
+            assert resp.status == 200 and json.loads(resp.read())["ok"] is True
+            time.sleep(0.4)
+    finally:
+        conn.close()
