@@ -57,45 +57,33 @@ CONTEXT_ENV = {"HOPSMITH_SECRET": SECRET_NAME or None,
                "HOPSMITH_SERVE_MODEL": os.environ.get("HOPSMITH_SERVE_MODEL") or None}
 CONTEXT = modal.Secret.from_dict(CONTEXT_ENV)
 
-# The one table: where each function runs. cpu in cores, memory_gib in GiB, timeout in seconds; keys: it gets
-# the API keys (a teacher, an LLM judge, a gated download, the endpoint's token).
-FUNCTIONS = {
-    "generate_traces": dict(image="cpu", gpu=None, cpu=2.0, memory_gib=4, timeout=30 * 60, retries=2,
-                            volumes=("traces",), keys=True),
-    "judge": dict(image="cpu", gpu=None, cpu=2.0, memory_gib=4, timeout=60 * 60, retries=2,
-                  volumes=("traces",), keys=True),
+# The one table: where each function runs. Columns: the image; the GPU; CPU cores; memory in GiB; timeout in
+# seconds; retries; the volumes it mounts; keys: it gets the API keys (a teacher, an LLM judge, a gated download,
+# the endpoint's token); an idle container's lifetime in seconds (0: Modal's default).
+COLUMNS = ("image", "gpu", "cpu", "memory_gib", "timeout", "retries", "volumes", "keys", "scaledown_window")
+FUNCTIONS = {name: dict(zip(COLUMNS, row)) for name, row in {
+    #                     image   gpu     cpu GiB timeout retries volumes                            keys  idle
+    "generate_traces":   ("cpu",  None,   2.0, 4, 1800,   2, ("traces",),                        True,  0),
+    "judge":             ("cpu",  None,   2.0, 4, 3600,   2, ("traces",),                        True,  0),
     # The training image: it tokenises with the model's training template to leave out what SFT would.
-    "select_traces": dict(image="sft", gpu=None, cpu=2.0, memory_gib=4, timeout=20 * 60, retries=2,
-                          volumes=("traces", "models"), keys=False),
-    "run_sft": dict(image="sft", gpu="L4", cpu=4.0, memory_gib=16, timeout=4 * 3600, retries=1,
-                    volumes=("traces", "adapters", "models"), keys=False),
+    "select_traces":     ("sft",  None,   2.0, 4, 1200,   2, ("traces", "models"),               False, 0),
+    "run_sft":           ("sft",  "L4",   4.0, 16, 14400, 1, ("traces", "adapters", "models"),   False, 0),
     # keys: an eval's agent or extractor may be a hosted model (`--extractor gemini:...`).
-    "evaluate_shard": dict(image="eval", gpu="B200", cpu=8.0, memory_gib=32, timeout=2 * 3600, retries=2,
-                           volumes=("runs", "adapters", "models"), keys=True),
+    "evaluate_shard":    ("eval", "B200", 8.0, 32, 7200,  2, ("runs", "adapters", "models"),     True,  0),
     # The matrix: one container per column's extraction benchmark, then one per cell (a whole eval each).
-    "matrix_extraction": dict(image="eval", gpu="L4", cpu=4.0, memory_gib=16, timeout=60 * 60, retries=2,
-                              volumes=("runs", "adapters", "models"), keys=True),
-    "matrix_cell": dict(image="eval", gpu="L4", cpu=4.0, memory_gib=16, timeout=2 * 3600, retries=2,
-                        volumes=("runs", "adapters", "models"), keys=True),
-    "merge_eval": dict(image="cpu", gpu=None, cpu=2.0, memory_gib=4, timeout=20 * 60, retries=2,
-                       volumes=("runs",), keys=False),
-    "mine_pairs": dict(image="cpu", gpu=None, cpu=2.0, memory_gib=4, timeout=20 * 60, retries=2,
-                       volumes=("traces", "runs"), keys=False),
-    "train_simpo": dict(image="sft", gpu="L4", cpu=4.0, memory_gib=16, timeout=4 * 3600, retries=1,
-                        volumes=("traces", "adapters", "models"), keys=False),
-    "run_grpo": dict(image="sft", gpu="H100", cpu=8.0, memory_gib=32, timeout=6 * 3600, retries=1,
-                     volumes=("adapters", "models"), keys=True),
-    "run_rft": dict(image="sft", gpu="L4", cpu=4.0, memory_gib=16, timeout=4 * 3600, retries=1,
-                    volumes=("adapters", "models"), keys=True),
+    "matrix_extraction": ("eval", "L4",   4.0, 16, 3600,  2, ("runs", "adapters", "models"),     True,  0),
+    "matrix_cell":       ("eval", "L4",   4.0, 16, 7200,  2, ("runs", "adapters", "models"),     True,  0),
+    "merge_eval":        ("cpu",  None,   2.0, 4, 1200,   2, ("runs",),                          False, 0),
+    "mine_pairs":        ("cpu",  None,   2.0, 4, 1200,   2, ("traces", "runs"),                 False, 0),
+    "train_simpo":       ("sft",  "L4",   4.0, 16, 14400, 1, ("traces", "adapters", "models"),   False, 0),
+    "run_grpo":          ("sft",  "H100", 8.0, 32, 21600, 1, ("adapters", "models"),             True,  0),
+    "run_rft":           ("sft",  "L4",   4.0, 16, 14400, 1, ("adapters", "models"),             True,  0),
     # The eval image writes model directories: its transformers is the older one, and the newer reads them.
-    "prepare_model": dict(image="eval", gpu=None, cpu=2.0, memory_gib=8, timeout=60 * 60, retries=1,
-                          volumes=("models",), keys=True),
+    "prepare_model":     ("eval", None,   2.0, 8, 3600,   1, ("models",),                        True,  0),
     # The endpoint's /evaluate jobs (at most ServeConfig.max_eval questions): one container each, via .spawn.
-    "evaluate_job": dict(image="eval", gpu="L4", cpu=4.0, memory_gib=16, timeout=60 * 60, retries=0,
-                         volumes=("runs", "adapters", "models"), keys=False),
-    "endpoint": dict(image="sft", gpu="L4", cpu=4.0, memory_gib=16, timeout=15 * 60, retries=0,
-                     volumes=("adapters", "models"), keys=True, scaledown_window=300),
-}
+    "evaluate_job":      ("eval", "L4",   4.0, 16, 3600,  0, ("runs", "adapters", "models"),     False, 0),
+    "endpoint":          ("sft",  "L4",   4.0, 16, 900,   0, ("adapters", "models"),             True,  300),
+}.items()}
 # `modal run app.py::smoke`: the same functions on a cheap GPU (Function.with_options).
 SMOKE_GPU = {"run_sft": "L4", "evaluate_shard": "L4"}
 
@@ -140,86 +128,70 @@ def _layout() -> Layout:
 
 # -- functions: thin wrappers. `cfg`: a dict from the entrypoints, or JSON text from the command line ---------
 
+def _body(name: str, body, *args, **kwargs) -> dict:
+    """Run a stage body inside a function's container: its volumes reloaded first, committed by the body."""
+    _sync(name, "reload")()
+    return body(*args, layout=_layout(), resources=resources(name), commit=_sync(name, "commit"), **kwargs)
+
+
 @app.function(**options("generate_traces"))
 def generate_traces(run: str, cfg=None, shard: int = 0, num_shards: int = 1) -> dict:
-    _sync("generate_traces", "reload")()
-    return cloud.traces_body(run, cfg, shard, num_shards, layout=_layout(), resources=resources("generate_traces"),
-                             commit=_sync("generate_traces", "commit"))
+    return _body("generate_traces", cloud.traces_body, run, cfg, shard, num_shards)
 
 
 @app.function(**options("judge"))
 def judge(run: str, cfg=None, shard: int = 0, num_shards: int = 1) -> dict:
-    _sync("judge", "reload")()
-    return cloud.judge_body(run, cfg, shard, num_shards, layout=_layout(), resources=resources("judge"),
-                            commit=_sync("judge", "commit"))
+    return _body("judge", cloud.judge_body, run, cfg, shard, num_shards)
 
 
 @app.function(**options("select_traces"))
 def select_traces(run: str, cfg=None) -> dict:
-    _sync("select_traces", "reload")()
-    return cloud.select_body(run, cfg, layout=_layout(), resources=resources("select_traces"),
-                             commit=_sync("select_traces", "commit"))
+    return _body("select_traces", cloud.select_body, run, cfg)
 
 
 @app.function(**options("run_sft"))
 def run_sft(run: str, cfg=None, max_seconds: float | None = None) -> dict:
-    _sync("run_sft", "reload")()
-    return cloud.sft_body(run, cfg, layout=_layout(), resources=resources("run_sft"), max_seconds=max_seconds,
-                          commit=_sync("run_sft", "commit"))
+    return _body("run_sft", cloud.sft_body, run, cfg, max_seconds=max_seconds)
 
 
 @app.function(**options("evaluate_shard"))
 def evaluate_shard(run: str, name: str, cfg=None, shard: int = 0, num_shards: int = 1, engine: str = "vllm") -> dict:
-    _sync("evaluate_shard", "reload")()
-    return cloud.eval_shard_body(run, name, cfg, shard, num_shards, layout=_layout(), engine=engine,
-                                 resources=resources("evaluate_shard"), commit=_sync("evaluate_shard", "commit"))
+    return _body("evaluate_shard", cloud.eval_shard_body, run, name, cfg, shard, num_shards, engine=engine)
 
 
 @app.function(**options("matrix_extraction"))
 def matrix_extraction(run: str, cfg=None, col: int = 0) -> dict:
-    _sync("matrix_extraction", "reload")()
-    return cloud.matrix_extraction_body(run, cfg, col, layout=_layout(), resources=resources("matrix_extraction"),
-                                        commit=_sync("matrix_extraction", "commit"))
+    return _body("matrix_extraction", cloud.matrix_extraction_body, run, cfg, col)
 
 
 @app.function(**options("matrix_cell"))
 def matrix_cell(run: str, cfg=None, row: int = 0, col: int = 0, engine: str = "vllm") -> dict:
-    _sync("matrix_cell", "reload")()
-    return cloud.matrix_cell_body(run, cfg, row, col, layout=_layout(), engine=engine, resources=resources("matrix_cell"),
-                                  commit=_sync("matrix_cell", "commit"))
+    return _body("matrix_cell", cloud.matrix_cell_body, run, cfg, row, col, engine=engine)
 
 
 @app.function(**options("merge_eval"))
 def merge_eval(run: str, name: str, cfg=None, num_shards: int = 1) -> dict:
-    _sync("merge_eval", "reload")()
-    return cloud.merge_body(run, name, cfg, num_shards, layout=_layout(), resources=resources("merge_eval"),
-                            commit=_sync("merge_eval", "commit"))
+    return _body("merge_eval", cloud.merge_body, run, name, cfg, num_shards)
 
 
 @app.function(**options("mine_pairs"))
 def mine_pairs(run: str, eval_name: str = "mine", cfg=None) -> dict:
-    _sync("mine_pairs", "reload")()
-    return cloud.mine_pairs_body(run, eval_name, cfg, layout=_layout(), resources=resources("mine_pairs"),
-                                 commit=_sync("mine_pairs", "commit"))
+    return _body("mine_pairs", cloud.mine_pairs_body, run, eval_name, cfg)
 
 
 @app.function(**options("train_simpo"))
 def train_simpo(run: str, cfg=None) -> dict:
-    _sync("train_simpo", "reload")()
-    return cloud.simpo_body(run, cfg, layout=_layout(), resources=resources("train_simpo"),
-                            commit=_sync("train_simpo", "commit"))
+    return _body("train_simpo", cloud.simpo_body, run, cfg)
 
 
 @app.function(**options("run_grpo"))
 def run_grpo(run: str, cfg=None) -> dict:
-    _sync("run_grpo", "reload")()
-    return cloud.grpo_body(run, cfg, layout=_layout(), resources=resources("run_grpo"), commit=_sync("run_grpo", "commit"))
+    return _body("run_grpo", cloud.grpo_body, run, cfg)
 
 
 @app.function(**options("run_rft"))
 def run_rft(run: str, cfg=None) -> dict:
-    _sync("run_rft", "reload")()
-    return cloud.rft_body(run, cfg, layout=_layout(), resources=resources("run_rft"), commit=_sync("run_rft", "commit"))
+    return _body("run_rft", cloud.rft_body, run, cfg)
 
 
 @app.function(**options("prepare_model"))
