@@ -58,36 +58,40 @@ def _from_dict(cls, d: dict | str | None):
 
 # -- bodies: one container's work ----------------------------------------------------------------------
 
+def _metered(stage: str, resources: dict, commit: Callable[[], None], work: Callable[[], Any], *,
+             shard: int | None = None, items=None, tokens=None, shown=None) -> dict:
+    """`work()` timed by a Meter, the volumes committed after it: {"result", "usage"}. `items` and `tokens`
+    read the usage's counts from what work returned; `shown` maps it to the result handed back."""
+    with Meter(stage, shard=shard, **resources) as m:
+        out = work()
+        commit()
+    if items:
+        m.usage.items = items(out)
+    if tokens:
+        m.usage.tokens = tokens(out)
+    return {"result": shown(out) if shown else out, "usage": m.usage.to_dict()}
+
+
 def prepare_model_body(model: str, *, resources: dict, commit: Callable[[], None] = _noop) -> dict:
     """The model into `$HOPSMITH_CACHE/models` (the models volume in the cloud): the embedded GGUF converted,
     or a hub model downloaded with HF_TOKEN when set. Every stage's `resolve_model` reads it from there."""
-
-
-    with Meter("prepare_model", **resources) as m:
-        path = str(download_model(model, token=os.environ.get("HF_TOKEN")))
-        commit()
-    return {"result": path, "usage": m.usage.to_dict()}
+    return _metered("prepare_model", resources, commit,
+                    lambda: str(download_model(model, token=os.environ.get("HF_TOKEN"))))
 
 
 def traces_body(run: str, cfg: dict, shard: int, num_shards: int, *, layout: Layout, resources: dict,
                 commit: Callable[[], None] = _noop) -> dict:
     """One shard of trace generation into `traces/<run>/traces/shard-<i>.jsonl`."""
     tcfg = _from_dict(traces.TracesConfig, {**cfg, "shard": shard, "num_shards": num_shards})
-    with Meter("traces", shard=shard, **resources) as m:
-        summary = traces.run(tcfg, layout.traces(run))
-        commit()
-    m.usage.items = summary.get("traces")
-    return {"result": summary, "usage": m.usage.to_dict()}
+    return _metered("traces", resources, commit, lambda: traces.run(tcfg, layout.traces(run)), shard=shard,
+                    items=lambda out: out.get("traces"))
 
 
 def judge_body(run: str, cfg: dict, shard: int, num_shards: int, *, layout: Layout, resources: dict,
                commit: Callable[[], None] = _noop) -> dict:
     """Judge the trace shards with position % num_shards == shard (num_shards=1 after the fan-out gathers)."""
     jcfg = _from_dict(judge.JudgeConfig, {**cfg, "shard": shard, "num_shards": num_shards})
-    with Meter("judge", shard=shard, **resources) as m:
-        summary = judge.run(jcfg, layout.traces(run))
-        commit()
-    return {"result": summary, "usage": m.usage.to_dict()}
+    return _metered("judge", resources, commit, lambda: judge.run(jcfg, layout.traces(run)), shard=shard)
 
 
 def select_body(run: str, cfg: dict | str | None, *, layout: Layout, resources: dict,
@@ -103,26 +107,23 @@ def select_body(run: str, cfg: dict | str | None, *, layout: Layout, resources: 
     source = root / c["source"]
     if not source.exists():
         raise FileNotFoundError(f"no traces at {source}")
-    with Meter("select", **resources) as m:
+
+    def work() -> dict:
         traces = read_jsonl(source)
         train, tokens, left_out = select_traces(traces, model=c["model"], max_length=c["max_length"],
                                                 max_traces=c["max_traces"], seed=c["seed"])
         write_jsonl(root / "train.jsonl", train)
-        commit()
-    result = {"traces": len(train), "tokens": tokens, "given": len(traces), "left_out": left_out}
-    return {"result": result, "usage": m.usage.to_dict()}
+        return {"traces": len(train), "tokens": tokens, "given": len(traces), "left_out": left_out}
+
+    return _metered("select", resources, commit, work)
 
 
 def sft_body(run: str, cfg: dict, *, layout: Layout, resources: dict, max_seconds: float | None = None,
              commit: Callable[[], None] = _noop, stage: str = "sft") -> dict:
     """LoRA SFT on `traces/<run>/train.jsonl` into `adapters/<run>/sft/` (resumes from its checkpoints)."""
     scfg = _from_dict(sft.SFTConfig, {**cfg, "traces": str(layout.traces(run) / "train.jsonl")})
-    with Meter(stage, **resources) as m:
-        summary = sft.run(scfg, layout.adapter(run, stage), max_seconds=max_seconds)
-        commit()
-    m.usage.tokens = int(summary["tokens"] * summary["config"]["epochs"])
-    m.usage.items = summary["traces"]
-    return {"result": summary, "usage": m.usage.to_dict()}
+    return _metered(stage, resources, commit, lambda: sft.run(scfg, layout.adapter(run, stage), max_seconds=max_seconds),
+                    items=lambda out: out["traces"], tokens=lambda out: int(out["tokens"] * out["config"]["epochs"]))
 
 
 def eval_job_body(run: str, job: str, cfg: dict | str | None, *, layout: Layout, resources: dict, engine: str = "vllm",
@@ -131,12 +132,13 @@ def eval_job_body(run: str, job: str, cfg: dict | str | None, *, layout: Layout,
     `runs/<run>/job-<job>/` (results.jsonl, metrics.json on the volume), its summary returned."""
     ecfg = _from_dict(EvalConfig, cfg)
     root = layout.eval(run, f"job-{job}")
-    with Meter("endpoint-evaluate", **resources) as m:
+
+    def work() -> dict:
         backend, extractor = make_eval_backend(ecfg, engine)
-        metrics = evaluate.run(ecfg, root, backend=backend, extractor=extractor, progress=False)
-        commit()
-    m.usage.items = metrics.get("n")
-    return {"result": serve.summarise(metrics), "usage": m.usage.to_dict()}
+        return evaluate.run(ecfg, root, backend=backend, extractor=extractor, progress=False)
+
+    return _metered("endpoint-evaluate", resources, commit, work, items=lambda out: out.get("n"),
+                    shown=serve.summarise)
 
 
 def endpoint_app(run: str | None, stage: str, *, layout: Layout, token: str | None, model: str | None = None,
@@ -144,8 +146,6 @@ def endpoint_app(run: str | None, stage: str, *, layout: Layout, token: str | No
     """The endpoint's ASGI app for the adapter `adapters/<run>/<stage>` (the base model when run is empty).
     Refuses to start (ServeError) when that adapter is not on the volume: a deployment named for an adapter
     never silently serves the base model. The base model is the one the adapter was trained on."""
-
-
     adapter = None
     if run:
         path = layout.adapter(run, stage)
@@ -178,27 +178,23 @@ def eval_shard_body(run: str, name: str, cfg: dict, shard: int, num_shards: int,
     """One eval shard into `runs/<run>/<name>/results/shard-<i>.jsonl` (complete shards return at once)."""
     ecfg = _from_dict(EvalConfig, cfg)
     root = layout.eval(run, name)
-    with Meter("evaluate", shard=shard, **resources) as m:
-        final = evaluate.shard_path(root, shard)
-        if final.exists():
-            summary = evaluate.run_shard(ecfg, root, shard, num_shards)
-        else:
-            backend, extractor = make_eval_backend(ecfg, engine)
-            summary = evaluate.run_shard(ecfg, root, shard, num_shards, backend=backend, extractor=extractor)
-        commit()
-    m.usage.tokens = summary.get("tokens")
-    m.usage.items = summary.get("questions")
-    return {"result": summary, "usage": m.usage.to_dict()}
+
+    def work() -> dict:
+        if evaluate.shard_path(root, shard).exists():
+            return evaluate.run_shard(ecfg, root, shard, num_shards)
+        backend, extractor = make_eval_backend(ecfg, engine)
+        return evaluate.run_shard(ecfg, root, shard, num_shards, backend=backend, extractor=extractor)
+
+    return _metered("evaluate", resources, commit, work, shard=shard, items=lambda out: out.get("questions"),
+                    tokens=lambda out: out.get("tokens"))
 
 
 def matrix_extraction_body(run: str, cfg: dict | str | None, col: int, *, layout: Layout, resources: dict,
                            commit: Callable[[], None] = _noop) -> dict:
     """Column `col`'s extraction benchmark into `runs/<run>/matrix/extraction/<col>.jsonl`; its summary."""
     mcfg = _from_dict(matrix.MatrixConfig, cfg)
-    with Meter("matrix", **resources) as m:
-        summary = matrix.extraction_column(mcfg, layout.eval(run, "matrix"), col)
-        commit()
-    return {"result": {"col": col, "summary": summary}, "usage": m.usage.to_dict()}
+    return _metered("matrix", resources, commit,
+                    lambda: {"col": col, "summary": matrix.extraction_column(mcfg, layout.eval(run, "matrix"), col)})
 
 
 def matrix_cell_body(run: str, cfg: dict | str | None, row: int, col: int, *, layout: Layout, resources: dict,
@@ -206,19 +202,16 @@ def matrix_cell_body(run: str, cfg: dict | str | None, row: int, col: int, *, la
     """One cell of the matrix into `runs/<run>/matrix/cells/<row>__<col>/` (a complete cell returns at once);
     its metrics. A local orchestrator runs on `engine` (vLLM in the eval image)."""
     mcfg = _from_dict(matrix.MatrixConfig, cfg)
-    with Meter("matrix", **resources) as m:
-        metrics = matrix.run_cell(mcfg, layout.eval(run, "matrix"), row, col, engine=engine)
-        commit()
-    m.usage.items = metrics.get("n")
-    return {"result": {"row": row, "col": col, "metrics": metrics}, "usage": m.usage.to_dict()}
+    return _metered("matrix", resources, commit,
+                    lambda: {"row": row, "col": col,
+                             "metrics": matrix.run_cell(mcfg, layout.eval(run, "matrix"), row, col, engine=engine)},
+                    items=lambda out: out["metrics"].get("n"))
 
 
 def merge_body(run: str, name: str, cfg: dict, num_shards: int, *, layout: Layout, resources: dict,
                commit: Callable[[], None] = _noop) -> dict:
-    with Meter("merge", **resources) as m:
-        metrics = evaluate.merge(_from_dict(EvalConfig, cfg), layout.eval(run, name), num_shards)
-        commit()
-    return {"result": metrics, "usage": m.usage.to_dict()}
+    return _metered("merge", resources, commit,
+                    lambda: evaluate.merge(_from_dict(EvalConfig, cfg), layout.eval(run, name), num_shards))
 
 
 def mine_pairs_body(run: str, eval_name: str, cfg: dict, *, layout: Layout, resources: dict,
@@ -227,39 +220,27 @@ def mine_pairs_body(run: str, eval_name: str, cfg: dict, *, layout: Layout, reso
     `traces/<run>/kept.jsonl`, into `traces/<run>/pairs/`."""
     mcfg = _from_dict(preference.MineConfig, {**cfg, "results": str(layout.eval(run, eval_name) / "results.jsonl"),
                                               "chosen": str(layout.traces(run) / "kept.jsonl")})
-    with Meter("mine_pairs", **resources) as m:
-        summary = preference.mine(mcfg, layout.traces(run) / "pairs")
-        commit()
-    return {"result": summary, "usage": m.usage.to_dict()}
+    return _metered("mine_pairs", resources, commit, lambda: preference.mine(mcfg, layout.traces(run) / "pairs"))
 
 
 def simpo_body(run: str, cfg: dict, *, layout: Layout, resources: dict, commit: Callable[[], None] = _noop) -> dict:
     """SimPO/DPO on `traces/<run>/pairs/pairs.jsonl`, continuing `adapters/<run>/sft`, into `adapters/<run>/simpo`."""
     pcfg = _from_dict(preference.PreferenceConfig, {**cfg, "pairs": str(layout.traces(run) / "pairs" / "pairs.jsonl"),
                                                     "adapter": str(layout.adapter(run, "sft"))})
-    with Meter("simpo", **resources) as m:
-        summary = preference.train(pcfg, layout.adapter(run, "simpo"))
-        commit()
-    m.usage.items = summary["pairs_used"]
-    return {"result": summary, "usage": m.usage.to_dict()}
+    return _metered("simpo", resources, commit, lambda: preference.train(pcfg, layout.adapter(run, "simpo")),
+                    items=lambda out: out["pairs_used"])
 
 
 def grpo_body(run: str, cfg: dict, *, layout: Layout, resources: dict, commit: Callable[[], None] = _noop) -> dict:
     """GRPO continuing `adapters/<run>/sft`, into `adapters/<run>/grpo`."""
     gcfg = _from_dict(grpo.GRPOConfig, {**cfg, "adapter": str(layout.adapter(run, "sft"))})
-    with Meter("grpo", **resources) as m:
-        summary = grpo.run(gcfg, layout.adapter(run, "grpo"))
-        commit()
-    return {"result": summary, "usage": m.usage.to_dict()}
+    return _metered("grpo", resources, commit, lambda: grpo.run(gcfg, layout.adapter(run, "grpo")))
 
 
 def rft_body(run: str, cfg: dict, *, layout: Layout, resources: dict, commit: Callable[[], None] = _noop) -> dict:
     """Rejection sampling with `adapters/<run>/sft`, SFT on the kept episodes, into `adapters/<run>/rft`."""
     rcfg = _from_dict(rft.RFTConfig, {**cfg, "adapter": str(layout.adapter(run, "sft"))})
-    with Meter("rft", **resources) as m:
-        summary = rft.run(rcfg, layout.adapter(run, "rft"))
-        commit()
-    return {"result": summary, "usage": m.usage.to_dict()}
+    return _metered("rft", resources, commit, lambda: rft.run(rcfg, layout.adapter(run, "rft")))
 
 
 # -- the ladder ----------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from .remote import (
     normalize_messages,
     parse_retry_after,
     snippet,
+    some_of,
     tools_in_prompt,
 )
 
@@ -302,8 +303,7 @@ class GeminiBackend(ConcurrentBackend):
 
     def _unknown_model(self, ids: list[str] | None) -> str:
         if ids:
-            shown = ", ".join(ids[:12]) + (f" (and {len(ids) - 12} more)" if len(ids) > 12 else "")
-            return f"no Gemini model {self.model!r} for this key; it can use: {shown}"
+            return f"no Gemini model {self.model!r} for this key; it can use: {some_of(ids)}"
         return f"no Gemini model {self.model!r} for this key"
 
     def served_ids(self) -> list[str] | None:

@@ -119,33 +119,14 @@ class HFBackend:
         engine: str = "kv",
         kv_cache_gb: float = DEFAULT_KV_CACHE_GB,
     ):
-        from . import kv
-
         if engine not in ("kv", "generate"):
             raise ValueError(f"unknown HF engine {engine!r}; known: kv, generate")
         if adapter:
             check_adapter(adapter)
         self.batch_size = max(1, int(batch_size))
-        if model_obj is not None:
-            # Tests and training stages hand over a model already in memory: it is used where it is (or moved
-            # whole to `device`), so inputs and weights never sit on different devices.
-            self.model, self.device = place_model(model_obj, device)
-            self.tokenizer = tokenizer
-            self.name = getattr(model_obj, "name_or_path", "in-memory")
-            precision = "as handed in"
-        else:
-            self.device = device or default_device()
-            self.name = model
-            self.model, self.tokenizer, precision = _load(model, self.device, dtype)
+        precision = self._load_model(model, model_obj, tokenizer, device, dtype)
         if adapter:
-            from peft import PeftModel
-
-            self.model = PeftModel.from_pretrained(self.model, adapter)
-            self.name = f"{self.name}+{adapter}"
-            # The adapter's training template on the model's tokenizer (see templates.load_tokenizer).
-            own = adapter_chat_template(adapter)
-            if own:
-                self.tokenizer.chat_template = own
+            self._attach_adapter(adapter)
         self.model.eval()
         # A training stage passes the template it trains with, so its probes and rollouts are prompted as trained.
         self.chat_template = chat_template or pick_chat_template(self.tokenizer)
@@ -154,6 +135,36 @@ class HFBackend:
         self.tokenizer.padding_side = "left"
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 4096) or 4096)
         self.stop_ids = stop_token_ids(self.tokenizer)
+        self._start_engine(engine, kv_cache_gb, precision)
+
+    def _load_model(self, model: str, model_obj, tokenizer, device: str | None, dtype: str | None) -> str:
+        """Sets model, tokenizer, device and name; returns the precision it loaded in."""
+        if model_obj is not None:
+            # Tests and training stages hand over a model already in memory: it is used where it is (or moved
+            # whole to `device`), so inputs and weights never sit on different devices.
+            self.model, self.device = place_model(model_obj, device)
+            self.tokenizer = tokenizer
+            self.name = getattr(model_obj, "name_or_path", "in-memory")
+            return "as handed in"
+        self.device = device or default_device()
+        self.name = model
+        self.model, self.tokenizer, precision = _load(model, self.device, dtype)
+        return precision
+
+    def _attach_adapter(self, adapter: str) -> None:
+        from peft import PeftModel
+
+        self.model = PeftModel.from_pretrained(self.model, adapter)
+        self.name = f"{self.name}+{adapter}"
+        # The adapter's training template on the model's tokenizer (see templates.load_tokenizer).
+        own = adapter_chat_template(adapter)
+        if own:
+            self.tokenizer.chat_template = own
+
+    def _start_engine(self, engine: str, kv_cache_gb: float, precision: str) -> None:
+        """The KV engine where the model supports it (else plain `generate`), and what was picked and why."""
+        from . import kv
+
         self.engine = None
         why_not = kv.supports_engine(_base(self.model)) if engine == "kv" else "engine='generate' asked for"
         if why_not is None:

@@ -349,36 +349,22 @@ class KVEngine:
             return []
         if max_new_tokens < 1:
             return [[] for _ in prompts]
-        fingerprint = weights_fingerprint(self.model)
-        if fingerprint != self._fingerprint:
-            if self._fingerprint is not None and len(self.cache):
-                self.stats.cache_resets += 1
-            self.cache.clear()
-            self._fingerprint = fingerprint
-        dtype, device = self._dtype_device()
+        self._drop_stale_cache()
         stops = [s for s in (stop_strings or ()) if s]
         tail = max((len(s) for s in stops), default=0) + 4  # tokens decoded to look for a stop string
-
         B = len(prompts)
         lens = [len(p) for p in prompts]
         if min(lens) < 1:
             raise ValueError("every prompt needs at least one token")
         P = max(lens)
-        L, H, D = self.n_layers, self.n_kv_heads, self.head_dim
-        kv = torch.empty((L, 2, B, H, P + max_new_tokens, D), dtype=dtype, device=device)
-        # Row i's tokens sit in columns [P - lens[i], P), so every row writes decode step s at column P + s.
-        mask = torch.zeros((B, 1, 1, P + max_new_tokens), dtype=torch.bool, device=device)
-        for i, n in enumerate(lens):
-            if n < P:
-                kv[:, :, i, :, : P - n].zero_()  # masked, but NaN bit patterns would still poison softmax
-            mask[i, :, :, P - n :] = True
+        kv, mask = self._buffers(lens, P + max_new_tokens)
         self.stats.calls += 1
         self.stats.rows += B
 
         gen: list[list[int]] = [[] for _ in range(B)]
         t0 = time.perf_counter()
         for i, ids in enumerate(prompts):
-            logits = self._prefill(kv, i, list(ids), P - lens[i], device)
+            logits = self._prefill(kv, i, list(ids), P - lens[i], kv.device)
             gen[i].append(self._pick(logits[None], temperature, generator)[0])
         t1 = time.perf_counter()
         self.stats.prefill_seconds += t1 - t0
@@ -386,13 +372,44 @@ class KVEngine:
         slots = list(range(B))  # slot s of the buffer holds row slots[s]
         done = [self._finished(gen[r], max_new_tokens, stops, tail) for r in range(B)]
         self._retire(kv, mask, slots, [s for s in range(B) if done[slots[s]]], prompts, gen, lens, P, P)
+        finished = lambda g: self._finished(g, max_new_tokens, stops, tail)  # noqa: E731
+        self._decode(kv, mask, slots, prompts, gen, lens, P, finished, temperature, generator)
+        self.stats.decode_seconds += time.perf_counter() - t1
+        self.stats.generated_tokens += sum(len(g) for g in gen)
+        self.stats.cache_evictions = self.cache.evictions
+        return gen
 
+    def _drop_stale_cache(self) -> None:
+        """Forget every cached block when the weights changed since they were computed (a training step)."""
+        fingerprint = weights_fingerprint(self.model)
+        if fingerprint != self._fingerprint:
+            if self._fingerprint is not None and len(self.cache):
+                self.stats.cache_resets += 1
+            self.cache.clear()
+            self._fingerprint = fingerprint
+
+    def _buffers(self, lens: list[int], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's key/value buffer, written in place, and its attention mask: row i's prompt sits in
+        columns [P - lens[i], P) with P the longest, so every row writes decode step s at column P + s."""
+        dtype, device = self._dtype_device()
+        B, P = len(lens), max(lens)
+        kv = torch.empty((self.n_layers, 2, B, self.n_kv_heads, width, self.head_dim), dtype=dtype, device=device)
+        mask = torch.zeros((B, 1, 1, width), dtype=torch.bool, device=device)
+        for i, n in enumerate(lens):
+            if n < P:
+                kv[:, :, i, :, : P - n].zero_()  # masked, but NaN bit patterns would still poison softmax
+            mask[i, :, :, P - n :] = True
+        return kv, mask
+
+    def _decode(self, kv, mask, slots, prompts, gen, lens, P, finished, temperature, generator) -> None:
+        """One token per live row per step, until every row is finished (rows leave the batch as they end)."""
         width = P
         layers: list[_BufferLayer] | None = None
+        device = kv.device
         while slots:
             n = len(slots)
             if layers is None or layers[0].kbuf.shape[0] != n:
-                layers = [_BufferLayer(kv[l, 0, :n], kv[l, 1, :n], width) for l in range(L)]
+                layers = [_BufferLayer(kv[l, 0, :n], kv[l, 1, :n], width) for l in range(self.n_layers)]
             inp = torch.tensor([[gen[r][-1]] for r in slots], device=device)
             pos = torch.tensor([[lens[r] + len(gen[r]) - 1] for r in slots], device=device)
             out = self._forward(layers, inp, pos, mask[:n, :, :, : width + 1])
@@ -400,13 +417,9 @@ class KVEngine:
             self.stats.decode_steps += 1
             for s, tok in enumerate(self._pick(out.logits[:, -1], temperature, generator)):
                 gen[slots[s]].append(tok)
-            finished = [s for s in range(n) if self._finished(gen[slots[s]], max_new_tokens, stops, tail)]
-            if finished:
-                self._retire(kv, mask, slots, finished, prompts, gen, lens, P, width)
-        self.stats.decode_seconds += time.perf_counter() - t1
-        self.stats.generated_tokens += sum(len(g) for g in gen)
-        self.stats.cache_evictions = self.cache.evictions
-        return gen
+            done = [s for s in range(n) if finished(gen[slots[s]])]
+            if done:
+                self._retire(kv, mask, slots, done, prompts, gen, lens, P, width)
 
     def _prefill(self, kv: torch.Tensor, i: int, ids: list[int], start: int, device) -> torch.Tensor:
         """Fill row i's keys and values for `ids` (cached blocks copied, the rest computed); the logits

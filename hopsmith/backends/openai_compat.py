@@ -50,6 +50,7 @@ from .remote import (
     key_from_env,
     normalize_messages,
     snippet,
+    some_of,
     tools_in_prompt,
 )
 
@@ -307,8 +308,7 @@ class OpenAICompatBackend(ConcurrentBackend):
 
     def _unknown_model(self, ids: list[str] | None) -> str:
         if ids:
-            shown = ", ".join(ids[:12]) + (f" (and {len(ids) - 12} more)" if len(ids) > 12 else "")
-            return f"the server does not serve model {self.model!r}; {self.base_url}/models lists: {shown}"
+            return f"the server does not serve model {self.model!r}; {self.base_url}/models lists: {some_of(ids)}"
         return f"the server does not serve model {self.model!r} (GET {self.base_url}/models lists what it serves)"
 
     def served_ids(self) -> list[str] | None:

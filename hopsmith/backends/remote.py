@@ -114,6 +114,11 @@ def snippet(body: str, limit: int = BODY_SNIPPET) -> str:
     return flat if len(flat) <= limit else flat[:limit] + "..."
 
 
+def some_of(ids: list[str], limit: int = 12) -> str:
+    """The first `limit` ids, comma-separated, and how many more there are."""
+    return ", ".join(ids[:limit]) + (f" (and {len(ids) - limit} more)" if len(ids) > limit else "")
+
+
 def key_from_env(explicit: str | None, env_vars: tuple[str, ...]) -> str | None:
     """`explicit` if given, else the first of `env_vars` that is set and non-empty."""
     if explicit:
@@ -295,48 +300,53 @@ def normalize_messages(messages: list[dict]) -> list[dict]:
     while i < len(messages):
         m = messages[i]
         role = m.get("role")
-        content = m.get("content") or ""
-        if not isinstance(content, str):
-            content = json.dumps(content, ensure_ascii=False)
         if role == "assistant":
-            calls = []
-            for k, tc in enumerate(m.get("tool_calls") or []):
-                fn = tc.get("function", tc)
-                calls.append({"id": tc.get("id") or f"call_{i}_{k}", "name": fn.get("name"), "arguments": fn.get("arguments", {})})
-            # Results that follow this turn, paired with its calls.
-            j = i + 1
-            pending = list(calls)
-            paired: list[dict] = []
-            orphans: list[dict] = []
-            while j < len(messages) and messages[j].get("role") == "tool":
-                t = messages[j]
-                t_content = t.get("content") or ""
-                if not isinstance(t_content, str):
-                    t_content = json.dumps(t_content, ensure_ascii=False)
-                want = t.get("tool_call_id")
-                match = next((c for c in pending if want and c["id"] == want), None)
-                if match is None and not want:
-                    match = next((c for c in pending if c["name"] == t.get("name")), None)
-                if match is not None:
-                    pending.remove(match)
-                    paired.append({"role": "tool", "id": match["id"], "name": match["name"], "content": t_content})
-                else:
-                    orphans.append({"role": "user", "content": tool_response_text(t_content)})
-                j += 1
-            answered = {p["id"] for p in paired}
-            out.append({"role": "assistant", "content": strip_thinking(content), "calls": [c for c in calls if c["id"] in answered]})
-            out += paired + orphans
-            i = j
+            i = _assistant_turn(messages, i, out)
             continue
         if role == "tool":
             # A result with no assistant turn before it (a hand-built conversation): plain text.
-            out.append({"role": "user", "content": tool_response_text(content)})
+            out.append({"role": "user", "content": tool_response_text(_text(m))})
         elif role in ("system", "user"):
-            out.append({"role": role, "content": content})
+            out.append({"role": role, "content": _text(m)})
         else:
             raise ValueError(f"message {i}: unknown role {role!r} (expected system/user/assistant/tool)")
         i += 1
     return out
+
+
+def _text(message: dict) -> str:
+    content = message.get("content") or ""
+    return content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
+
+
+def _assistant_turn(messages: list[dict], i: int, out: list[dict]) -> int:
+    """Append assistant turn i and the tool results after it (paired with its calls, or as user text) to
+    `out`; the index of the first message after them."""
+    calls = []
+    for k, tc in enumerate(messages[i].get("tool_calls") or []):
+        fn = tc.get("function", tc)
+        calls.append({"id": tc.get("id") or f"call_{i}_{k}", "name": fn.get("name"), "arguments": fn.get("arguments", {})})
+    j = i + 1
+    pending = list(calls)
+    paired: list[dict] = []
+    orphans: list[dict] = []
+    while j < len(messages) and messages[j].get("role") == "tool":
+        t = messages[j]
+        want = t.get("tool_call_id")
+        match = next((c for c in pending if want and c["id"] == want), None)
+        if match is None and not want:
+            match = next((c for c in pending if c["name"] == t.get("name")), None)
+        if match is not None:
+            pending.remove(match)
+            paired.append({"role": "tool", "id": match["id"], "name": match["name"], "content": _text(t)})
+        else:
+            orphans.append({"role": "user", "content": tool_response_text(_text(t))})
+        j += 1
+    answered = {p["id"] for p in paired}
+    out.append({"role": "assistant", "content": strip_thinking(_text(messages[i])),
+                "calls": [c for c in calls if c["id"] in answered]})
+    out += paired + orphans
+    return j
 
 
 def clean_tools(tools: list[dict] | None) -> list[dict]:
