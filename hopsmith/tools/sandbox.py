@@ -743,127 +743,7 @@ class LocalSandbox:
     # -- one program -------------------------------------------------------------------------------
 
     def _drive(self, worker: _Worker, code: str, t0: float, kill: bool = False) -> ExecResult:
-        cfg = self.config
-        proc = worker.proc
-        channel = _Channel(self.primitives, cfg, self._primitive_lock)
-        in_fd, out_fd, req_fd = proc.stdin.fileno(), proc.stdout.fileno(), proc.stderr.fileno()
-        for fd in (in_fd, out_fd, req_fd):
-            os.set_blocking(fd, False)
-        pending = bytearray(frame({"code": code}))
-        sel = selectors.DefaultSelector()
-        sel.register(out_fd, selectors.EVENT_READ)
-        sel.register(req_fd, selectors.EVENT_READ)
-        sel.register(in_fd, selectors.EVENT_WRITE)
-        writing = True
-        out = bytearray()
-        out_total = 0
-        req = bytearray()
-        noise: list[str] = []  # what reached the request pipe without being a request: startup failures
-        # A warm worker's "ready" is already waiting in the pipe; the wall clock starts when it is read.
-        deadline = max(worker.started, t0) + STARTUP_SECONDS
-        waiting_ready = True
-        done = None
-        stop = None  # (status, error) when the caller stops the program
-        open_fds = 2
-        try:
-            while done is None and stop is None:
-                now = time.perf_counter()
-                if now >= deadline:
-                    stop = ("sandbox_error", "SandboxError: the sandbox did not start in time") if waiting_ready else (
-                        "timeout", f"Timeout: the program ran past its {cfg.wall_seconds:g} s wall-clock limit "
-                                   f"and was stopped")
-                    break
-                if open_fds == 0:
-                    break
-                for key, _ in sel.select(deadline - now):
-                    fd = key.fd
-                    if fd == in_fd:
-                        try:
-                            del pending[: os.write(in_fd, pending)]
-                        except BrokenPipeError:
-                            pending.clear()
-                        if not pending:
-                            sel.unregister(in_fd)
-                            writing = False
-                    elif fd == out_fd:
-                        data = os.read(out_fd, 1 << 16)
-                        if not data:
-                            sel.unregister(out_fd)
-                            open_fds -= 1
-                            continue
-                        out_total += len(data)
-                        if len(out) < cfg.max_output_chars * 4 + 4:
-                            out += data
-                        if out_total > cfg.max_output_bytes:
-                            stop = ("output_limit", f"OutputLimit: the program printed more than "
-                                                    f"{cfg.max_output_bytes} bytes and was stopped")
-                            break
-                    else:
-                        data = os.read(req_fd, 1 << 16)
-                        if not data:
-                            sel.unregister(req_fd)
-                            open_fds -= 1
-                            continue
-                        req += data
-                        while b"\n" in req and done is None and stop is None:
-                            line, _, rest = req.partition(b"\n")
-                            req = bytearray(rest)
-                            msg = _decode(line)
-                            op = msg.get("op") if msg is not None else None
-                            if waiting_ready:
-                                # Before "ready" only bubblewrap or Python can write here: keep it for the error.
-                                if op == "ready":
-                                    waiting_ready = False
-                                    deadline = time.perf_counter() + cfg.wall_seconds
-                                elif len(noise) < 20:
-                                    noise.append(line.decode("utf-8", errors="replace")[:500])
-                            elif op == "done":
-                                done = msg
-                            elif op != "call":
-                                stop = ("error", "ChannelError: the program wrote something other than a call to "
-                                                 "the sandbox's channel and was stopped")
-                            elif len(channel.calls) >= cfg.max_calls:
-                                stop = ("error", f"CallLimit: the program made more than {cfg.max_calls} calls to "
-                                                 f"{', '.join(self.primitives)} and was stopped")
-                            elif time.perf_counter() >= deadline:
-                                break  # the wall clock has run out; the check at the top of the loop says so
-                            else:
-                                pending += channel.answer(msg)
-                                if not writing:
-                                    sel.register(in_fd, selectors.EVENT_WRITE)
-                                    writing = True
-                                if len(pending) > _MAX_PENDING:
-                                    stop = ("error", "ChannelError: the program did not read the answers to its "
-                                                     "calls and was stopped")
-                        if len(req) > _MAX_LINE:
-                            stop = ("error", "ChannelError: the program wrote a line over 1 MiB to the sandbox's channel")
-        finally:
-            sel.close()
-        if done is None and stop is None:
-            stop = self._died(worker, noise, waiting_ready, time.perf_counter() - t0)
-        if done is not None:
-            # The worker flushed its output before saying "done": all of it is in the pipe already.
-            rest = _read_available(out_fd)
-        else:
-            # Stop the sandbox and everything it left running, then read what is left until the pipe closes.
-            worker.stop()
-            rest = _drain(out_fd, deadline=time.perf_counter() + 0.5)
-        if len(out) < cfg.max_output_chars * 4 + 4:
-            out += rest
-        if stop is not None and stop[0] != "sandbox_error" and waiting_ready:
-            stop = ("sandbox_error", stop[1])
-        output, truncated = _cut_output(bytes(out), cfg.max_output_chars)
-        seconds = time.perf_counter() - t0
-        if done is not None:
-            status = "ok" if done.get("ok") else {"cpu": "cpu_limit", "memory": "memory_limit"}.get(done.get("kind"), "error")
-            error = None if done.get("ok") else str(done.get("error"))[: 4 * _ERROR_CHARS]
-        else:
-            status, error = stop
-            if noise and status == "sandbox_error":
-                error = f"{error}: {' '.join(noise)[-500:]}"
-        if kill:
-            worker.kill()
-        return ExecResult(output, error, status, seconds, channel.calls, truncated)
+        return _Run(self, worker, code, t0).result(kill)
 
     def _died(self, worker: _Worker, noise: list[str], waiting_ready: bool, elapsed: float) -> tuple[str, str]:
         try:
@@ -892,6 +772,168 @@ def _decode(line: bytes) -> dict | None:
     except ValueError:
         return None
     return msg if isinstance(msg, dict) else None
+
+
+class _Run:
+    """One program on a worker: the code written to its stdin, its output read from stdout, its calls and
+    its "ready"/"done" read from stderr (the request pipe), until it is done, dies or is stopped."""
+
+    def __init__(self, sandbox: "LocalSandbox", worker: _Worker, code: str, t0: float):
+        self.sandbox, self.worker, self.cfg, self.t0 = sandbox, worker, sandbox.config, t0
+        self.channel = _Channel(sandbox.primitives, self.cfg, sandbox._primitive_lock)
+        proc = worker.proc
+        self.in_fd, self.out_fd, self.req_fd = proc.stdin.fileno(), proc.stdout.fileno(), proc.stderr.fileno()
+        for fd in (self.in_fd, self.out_fd, self.req_fd):
+            os.set_blocking(fd, False)
+        self.pending = bytearray(frame({"code": code}))
+        self.writing = True
+        self.out = bytearray()
+        self.out_total = 0
+        self.req = bytearray()
+        self.noise: list[str] = []  # what reached the request pipe without being a request: startup failures
+        # A warm worker's "ready" is already waiting in the pipe; the wall clock starts when it is read.
+        self.deadline = max(worker.started, t0) + STARTUP_SECONDS
+        self.waiting_ready = True
+        self.done: dict | None = None
+        self.stop: tuple[str, str] | None = None  # (status, error) when the caller stops the program
+        self.open_fds = 2
+
+    def result(self, kill: bool) -> ExecResult:
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.out_fd, selectors.EVENT_READ)
+        self.sel.register(self.req_fd, selectors.EVENT_READ)
+        self.sel.register(self.in_fd, selectors.EVENT_WRITE)
+        try:
+            self._loop()
+        finally:
+            self.sel.close()
+        self._finish()
+        if kill:
+            self.worker.kill()
+        return self._result()
+
+    def _loop(self) -> None:
+        while self.done is None and self.stop is None:
+            now = time.perf_counter()
+            if now >= self.deadline:
+                self.stop = ("sandbox_error", "SandboxError: the sandbox did not start in time") if self.waiting_ready \
+                    else ("timeout", f"Timeout: the program ran past its {self.cfg.wall_seconds:g} s wall-clock limit "
+                                     f"and was stopped")
+                return
+            if self.open_fds == 0:
+                return
+            for key, _ in self.sel.select(self.deadline - now):
+                if key.fd == self.in_fd:
+                    self._write()
+                elif key.fd == self.out_fd:
+                    if not self._read_output():
+                        return
+                else:
+                    self._read_requests()
+
+    def _write(self) -> None:
+        try:
+            del self.pending[: os.write(self.in_fd, self.pending)]
+        except BrokenPipeError:
+            self.pending.clear()
+        if not self.pending:
+            self.sel.unregister(self.in_fd)
+            self.writing = False
+
+    def _closed(self, fd: int) -> None:
+        self.sel.unregister(fd)
+        self.open_fds -= 1
+
+    def _keep_output(self, data: bytes) -> None:
+        if len(self.out) < self.cfg.max_output_chars * 4 + 4:
+            self.out += data
+
+    def _read_output(self) -> bool:
+        """False when the program printed past its limit (and is stopped)."""
+        data = os.read(self.out_fd, 1 << 16)
+        if not data:
+            self._closed(self.out_fd)
+            return True
+        self.out_total += len(data)
+        self._keep_output(data)
+        if self.out_total > self.cfg.max_output_bytes:
+            self.stop = ("output_limit", f"OutputLimit: the program printed more than "
+                                         f"{self.cfg.max_output_bytes} bytes and was stopped")
+            return False
+        return True
+
+    def _read_requests(self) -> None:
+        data = os.read(self.req_fd, 1 << 16)
+        if not data:
+            self._closed(self.req_fd)
+            return
+        self.req += data
+        while b"\n" in self.req and self.done is None and self.stop is None:
+            line, _, rest = self.req.partition(b"\n")
+            self.req = bytearray(rest)
+            if not self._request(line):
+                break
+        if len(self.req) > _MAX_LINE:
+            self.stop = ("error", "ChannelError: the program wrote a line over 1 MiB to the sandbox's channel")
+
+    def _request(self, line: bytes) -> bool:
+        """Handle one line of the request pipe; False when the wall clock ran out (the loop says so)."""
+        cfg = self.cfg
+        msg = _decode(line)
+        op = msg.get("op") if msg is not None else None
+        if self.waiting_ready:
+            # Before "ready" only bubblewrap or Python can write here: keep it for the error.
+            if op == "ready":
+                self.waiting_ready = False
+                self.deadline = time.perf_counter() + cfg.wall_seconds
+            elif len(self.noise) < 20:
+                self.noise.append(line.decode("utf-8", errors="replace")[:500])
+        elif op == "done":
+            self.done = msg
+        elif op != "call":
+            self.stop = ("error", "ChannelError: the program wrote something other than a call to "
+                                  "the sandbox's channel and was stopped")
+        elif len(self.channel.calls) >= cfg.max_calls:
+            self.stop = ("error", f"CallLimit: the program made more than {cfg.max_calls} calls to "
+                                  f"{', '.join(self.sandbox.primitives)} and was stopped")
+        elif time.perf_counter() >= self.deadline:
+            return False
+        else:
+            self.pending += self.channel.answer(msg)
+            if not self.writing:
+                self.sel.register(self.in_fd, selectors.EVENT_WRITE)
+                self.writing = True
+            if len(self.pending) > _MAX_PENDING:
+                self.stop = ("error", "ChannelError: the program did not read the answers to its calls and was stopped")
+        return True
+
+    def _finish(self) -> None:
+        """The rest of the output, once the program is done or stopped (and its sandbox with it)."""
+        if self.done is None and self.stop is None:
+            self.stop = self.sandbox._died(self.worker, self.noise, self.waiting_ready, time.perf_counter() - self.t0)
+        if self.done is not None:
+            # The worker flushed its output before saying "done": all of it is in the pipe already.
+            rest = _read_available(self.out_fd)
+        else:
+            # Stop the sandbox and everything it left running, then read what is left until the pipe closes.
+            self.worker.stop()
+            rest = _drain(self.out_fd, deadline=time.perf_counter() + 0.5)
+        self._keep_output(rest)
+        if self.stop is not None and self.stop[0] != "sandbox_error" and self.waiting_ready:
+            self.stop = ("sandbox_error", self.stop[1])
+
+    def _result(self) -> ExecResult:
+        output, truncated = _cut_output(bytes(self.out), self.cfg.max_output_chars)
+        seconds = time.perf_counter() - self.t0
+        done = self.done
+        if done is not None:
+            status = "ok" if done.get("ok") else {"cpu": "cpu_limit", "memory": "memory_limit"}.get(done.get("kind"), "error")
+            error = None if done.get("ok") else str(done.get("error"))[: 4 * _ERROR_CHARS]
+        else:
+            status, error = self.stop
+            if self.noise and status == "sandbox_error":
+                error = f"{error}: {' '.join(self.noise)[-500:]}"
+        return ExecResult(output, error, status, seconds, self.channel.calls, truncated)
 
 
 def _drain(fd: int, deadline: float) -> bytes:
