@@ -367,14 +367,7 @@ def aggregate(rows: list[dict], *, extraction_accuracy: float | None = None,
 
     out["latency"] = _latency(rows, calls)
 
-    known = [r for r in rows if r.get("supporting_ids")]
-    recalls, full = [], []
-    for r in known:
-        supporting, retrieved = _support(r)
-        recalls.append(len(supporting & retrieved) / len(supporting))
-        if supporting <= retrieved:
-            full.append(r)
-    out["supporting_recall"] = _mean(recalls)
+    known, full, out["supporting_recall"] = _retrieval(rows)
     out["retrieval_success"] = len(full) / len(known) if known else None
     out["rate_ci"] = {**{key: _rate(k, n) for key, k in counts.items()},
                       "invalid_call_rate": _rate(invalid, len(calls)),
@@ -389,6 +382,19 @@ def aggregate(rows: list[dict], *, extraction_accuracy: float | None = None,
                               oracle_retrieval)
     out["per_question"] = per_question(rows)
     return out
+
+
+def _retrieval(rows: list[dict]) -> tuple[list[dict], list[dict], float | None]:
+    """The rows whose supporting ids are known, those whose every supporting paragraph was retrieved, and
+    the mean share of supporting paragraphs retrieved (None when none is known)."""
+    known = [r for r in rows if r.get("supporting_ids")]
+    recalls, full = [], []
+    for r in known:
+        supporting, retrieved = _support(r)
+        recalls.append(len(supporting & retrieved) / len(supporting))
+        if supporting <= retrieved:
+            full.append(r)
+    return known, full, _mean(recalls)
 
 
 def _latency(rows: list[dict], calls: list[dict]) -> dict:

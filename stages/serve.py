@@ -336,9 +336,7 @@ def make_app(service: AgentService, token: str | None, *, jobs=None, batcher: Ba
     if not token:
         raise ConfigError(f"no API token: set ${service.cfg.token_env} (the endpoint refuses to run without auth)")
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     batcher = batcher or Batcher(service.run_answers, max_batch=service.cfg.max_batch,
                                  wait_s=service.cfg.batch_wait_ms / 1000)
@@ -346,6 +344,42 @@ def make_app(service: AgentService, token: str | None, *, jobs=None, batcher: Ba
     app = FastAPI(title="hopsmith", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyDeadline, seconds=service.cfg.body_timeout)
     app.state.service, app.state.batcher, app.state.jobs = service, batcher, jobs
+
+    _error_handlers(app)
+
+    @app.get("/health")
+    async def health():
+        return {"ok": True, "model": getattr(service.backend, "name", service.cfg.agent.model), "adapter": service.identity,
+                "queued": batcher.pending()}
+
+    @app.post("/answer")
+    async def answer(request: Request):
+        body = await _authorised_json(request, token)
+        req = await run_in_threadpool(service.parse_answer, body)
+        return await asyncio.wrap_future(batcher.submit(req))
+
+    @app.post("/evaluate", status_code=202)
+    async def evaluate(request: Request):
+        body = await _authorised_json(request, token)
+        ecfg = service.parse_evaluate(body)
+        job = await run_in_threadpool(jobs.submit, ecfg)
+        return {"job": job, "status": "queued", "poll": f"/jobs/{job}"}
+
+    @app.get("/jobs/{job}")
+    async def job_status(job: str, request: Request):
+        _check_token(request.headers.get("authorization", ""), token)
+        state = await run_in_threadpool(jobs.status, job)
+        if state is None:
+            raise HTTPError(404, f"no job {job!r}")
+        return state
+
+    return app
+
+
+def _error_handlers(app) -> None:
+    """Every error as {"error": "..."} JSON with its status; a crash is a 500, never a dead server."""
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(HTTPError)
     async def _ours(request, exc: HTTPError):
@@ -363,49 +397,23 @@ def make_app(service: AgentService, token: str | None, *, jobs=None, batcher: Ba
     async def _crash(request, exc: Exception):  # a request never takes the server down
         return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=500)
 
-    async def authorised_json(request: Request) -> dict:
-        _check_token(request.headers.get("authorization", ""), token)
-        size = request.headers.get("content-length")
-        if size and size.isdigit() and int(size) > MAX_BODY:
-            raise HTTPError(413, f"body of {size} bytes is over the {MAX_BODY}-byte limit")
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            raise HTTPError(413, f"body of {len(raw)} bytes is over the {MAX_BODY}-byte limit")
-        try:
-            body = json.loads(raw or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HTTPError(400, f"body is not JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise HTTPError(400, "body must be a JSON object")
-        return body
 
-    @app.get("/health")
-    async def health():
-        return {"ok": True, "model": getattr(service.backend, "name", service.cfg.agent.model), "adapter": service.identity,
-                "queued": batcher.pending()}
-
-    @app.post("/answer")
-    async def answer(request: Request):
-        body = await authorised_json(request)
-        req = await run_in_threadpool(service.parse_answer, body)
-        return await asyncio.wrap_future(batcher.submit(req))
-
-    @app.post("/evaluate", status_code=202)
-    async def evaluate(request: Request):
-        body = await authorised_json(request)
-        ecfg = service.parse_evaluate(body)
-        job = await run_in_threadpool(jobs.submit, ecfg)
-        return {"job": job, "status": "queued", "poll": f"/jobs/{job}"}
-
-    @app.get("/jobs/{job}")
-    async def job_status(job: str, request: Request):
-        _check_token(request.headers.get("authorization", ""), token)
-        state = await run_in_threadpool(jobs.status, job)
-        if state is None:
-            raise HTTPError(404, f"no job {job!r}")
-        return state
-
-    return app
+async def _authorised_json(request, token: str) -> dict:
+    """The JSON object of an authorised request's body (401, 413 or 400 otherwise)."""
+    _check_token(request.headers.get("authorization", ""), token)
+    size = request.headers.get("content-length")
+    if size and size.isdigit() and int(size) > MAX_BODY:
+        raise HTTPError(413, f"body of {size} bytes is over the {MAX_BODY}-byte limit")
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise HTTPError(413, f"body of {len(raw)} bytes is over the {MAX_BODY}-byte limit")
+    try:
+        body = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPError(400, f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise HTTPError(400, "body must be a JSON object")
+    return body
 
 
 class BodyDeadline:

@@ -33,8 +33,9 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hopsmith.backends.factory import canonical, describe, make_backend
+from hopsmith.agent.backends import agent_backends
 from hopsmith.agent.loop import run_episodes
+from hopsmith.backends.factory import canonical, describe
 from hopsmith.config import (AgentConfig, ConfigError, RunDirError, flat_config, flat_knobs, refuse_other_config,
                              to_dict)
 from hopsmith.data import load_with_pools
@@ -218,9 +219,8 @@ def _teacher_backend(cfg: TracesConfig, backend):
     """The teacher, built and checked (a remote one contacted) before anything is written."""
     if backend is not None:
         return backend
-    return make_backend(cfg.teacher, role="teacher", options=cfg.teacher_options, check=True,
-                        tools_in_prompt=cfg.agent.tools_in_prompt, batch_size=cfg.agent.batch_size,
-                        kv_cache_gb=cfg.agent.kv_cache_gb)
+    teacher = replace(cfg.agent, model=cfg.teacher, model_options=cfg.teacher_options, adapter=None, extractor="none")
+    return agent_backends(teacher, role="teacher")[0]
 
 
 def teacher_trace(row: dict, question, *, thinking: bool, tools: list[dict], top_k: int, max_chars: int | None,

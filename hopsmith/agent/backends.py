@@ -23,12 +23,12 @@ from ..tools.extract import Extractor
 ENGINES = ("hf", "vllm")
 
 
-def eval_specs(cfg: AgentConfig):
+def eval_specs(cfg: AgentConfig, role: str = "agent"):
     """(agent spec, extractor spec or None) of an eval config, parsed (nothing is loaded or contacted)."""
     try:
         agent = parse_spec(cfg.model, cfg.model_options)
     except BackendSpecError as exc:
-        raise with_role("agent", cfg.model, exc) from None
+        raise with_role(role, cfg.model, exc) from None
     if cfg.extractor in ("self", "none"):
         if cfg.extractor_options:
             raise ConfigError(f"extractor_options are for an extractor spec; extractor={cfg.extractor!r} has none")
@@ -40,38 +40,38 @@ def eval_specs(cfg: AgentConfig):
 
 
 def agent_backends(cfg: AgentConfig, *, engine: str = "hf", batch_size: int | None = None, check: bool = True,
-                   cache: dict | None = None):
+                   cache: dict | None = None, role: str = "agent"):
     """(backend, extractor or None) for `cfg`. A local agent runs on `engine` (hf: transformers in this process;
     vllm: the offline engine); a local extractor on transformers. `check` contacts remote backends first (see
     the module docstring). `cache` (spec -> backend) lets a caller that builds many configs (the matrix)
-    load each model once."""
+    load each model once. `role` names the agent in error messages ("teacher" for the traces stage's)."""
     if engine not in ENGINES:
         raise ConfigError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
-    agent_spec, extractor_spec = eval_specs(cfg)
+    agent_spec, extractor_spec = eval_specs(cfg, role)
     batch = batch_size or cfg.batch_size
     if agent_spec.remote and cfg.adapter:
         raise ConfigError(f"--adapter {cfg.adapter}: an adapter needs a local --model, not {cfg.model}")
     # Nothing loads before both specs have passed the checks that need no network and no weights.
-    for role, spec, adapter in (("agent", agent_spec, cfg.adapter), ("extractor", extractor_spec, None)):
+    for who, spec, adapter in ((role, agent_spec, cfg.adapter), ("extractor", extractor_spec, None)):
         if spec is not None and not spec.remote:
-            check_spec(spec, role, adapter=adapter)
+            check_spec(spec, who, adapter=adapter)
     cache = {} if cache is None else cache
 
-    def build(role: str, spec, **kw):
-        return cached_backend(cache, role, spec, check=check, **kw)
+    def build(who: str, spec, **kw):
+        return cached_backend(cache, who, spec, check=check, **kw)
 
     shared = extractor_spec is not None and extractor_spec.same_model(agent_spec) and not cfg.adapter
     order = [("agent", agent_spec), ("extractor", extractor_spec)]
     order.sort(key=lambda item: not (item[1] is not None and item[1].remote))  # remote ones first
     built = {}
-    for role, spec in order:
-        if spec is None or (role == "extractor" and shared):
+    for who, spec in order:
+        if spec is None or (who == "extractor" and shared):
             continue
-        if role == "agent":
-            built[role] = build("agent", spec, engine=engine, adapter=cfg.adapter, batch_size=batch,
-                                tools_in_prompt=cfg.tools_in_prompt, kv_cache_gb=cfg.kv_cache_gb)
+        if who == "agent":
+            built[who] = build(role, spec, engine=engine, adapter=cfg.adapter, batch_size=batch,
+                               tools_in_prompt=cfg.tools_in_prompt, kv_cache_gb=cfg.kv_cache_gb)
         else:
-            built[role] = build("extractor", spec, batch_size=batch, kv_cache_gb=cfg.kv_cache_gb)
+            built[who] = build("extractor", spec, batch_size=batch, kv_cache_gb=cfg.kv_cache_gb)
     backend = built["agent"]
     if cfg.extractor == "none":
         return backend, None
