@@ -9,12 +9,14 @@ AgentConfig's top_k/max_chars defaults) run three ways on one loaded model:
   (b) today's batched path: `batch` episodes stepped together, one left-padded `generate` per turn
   (c) the KV engine (HFBackend's default): prefix cache across turns, shared system prompt, in-place decode
 
-Questions go in groups of `batch`, each group through (c), (b), (a) in turn. Prints episodes per minute
+Questions go in groups of `--group` (default: all of them, so finished episodes make way for waiting ones
+as they do in an eval), each group through (c), (b), (a) in turn. Prints episodes per minute
 of wall time and of process CPU time (on a machine other jobs share, wall time mostly measures their load;
 with `--threads 1` CPU time is the work done), the prompt tokens the model computed per episode, the
 ratios (goals: (c) >= 8x (a) and >= 4x (b) at batch 16), and how many episodes are token-for-token the
 same as (a)'s (greedy decoding; float rounding of padded batches can flip a near-tie). `--adapter` runs a
-tuned agent, whose episodes run more turns than the base model's.
+tuned agent, whose episodes run more turns than the base model's, prompted as it was trained (zero-shot;
+`--few-shot` to override).
 """
 from __future__ import annotations
 
@@ -50,6 +52,9 @@ def main() -> None:
     ap.add_argument("--data", default="musique")
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--adapter", default=None, help="a LoRA adapter directory (a tuned agent runs longer episodes)")
+    ap.add_argument("--group", type=int, default=None, help="questions per pass of each path (default: all)")
+    ap.add_argument("--few-shot", action=argparse.BooleanOptionalAction, default=None,
+                    help="the one-shot example in the prompt (default: on for the base model, off with --adapter)")
     ap.add_argument("--max-turns", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--top-k", type=int, default=AgentConfig.top_k)
@@ -69,8 +74,9 @@ def main() -> None:
     model, tok = engine.model, engine.tokenizer
     plain_batched = HFBackend(model_obj=model, tokenizer=tok, batch_size=args.batch, engine="generate")
     plain_single = HFBackend(model_obj=model, tokenizer=tok, batch_size=1, engine="generate")
+    few_shot = (args.adapter is None) if args.few_shot is None else args.few_shot
     cfg = AgentConfig(max_turns=args.max_turns, max_new_tokens=args.max_new_tokens, top_k=args.top_k,
-                      max_chars=args.max_chars)
+                      max_chars=args.max_chars, few_shot=few_shot)
     print(f"{len(questions)} questions, batch {args.batch}, {args.max_turns} turns (+1 to answer at the cap), "
           f"{args.max_new_tokens} new tokens, top_k {args.top_k}, max_chars {args.max_chars}, "
           f"{__import__('torch').get_num_threads()} threads; {engine.engine_info}",
@@ -82,14 +88,15 @@ def main() -> None:
     seconds = dict.fromkeys(paths, 0.0)
     cpu = dict.fromkeys(paths, 0.0)
     rows: dict[str, list] = {k: [] for k in paths}
-    for g in range(0, len(questions), args.batch):
-        group = questions[g : g + args.batch]
+    size = args.group or len(questions)
+    for g in range(0, len(questions), size):
+        group = questions[g : g + size]
         for key, (backend, batch) in paths.items():
             s, c, r = run(backend, group, pools, cfg, batch)
             seconds[key] += s
             cpu[key] += c
             rows[key] += r
-            print(f"  group {g // args.batch + 1}, ({key}): {s:7.1f} s wall, {c:7.1f} s CPU", flush=True)
+            print(f"  group {g // size + 1}, ({key}): {s:7.1f} s wall, {c:7.1f} s CPU", flush=True)
 
     names = {"a": "(a) one at a time, generate", "b": "(b) batched generate (before)", "c": "(c) KV engine"}
     per_min, per_cpu_min = {}, {}

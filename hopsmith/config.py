@@ -42,7 +42,7 @@ AT_LEAST_ONE = {"limit", "eval_limit", "train_limit", "max_traces", "max_turns",
                 "max_prompt_length", "max_completion_length"}
 POSITIVE = {"epochs", "learning_rate", "preference_learning_rate", "beta", "timeout", "max_seconds",
             "header_timeout", "body_timeout"}
-NON_NEGATIVE = {"temperature", "kv_cache_gb", "probe_every", "budget", "budget_usd", "max_budget", "bootstrap", "neftune_noise_alpha",
+NON_NEGATIVE = {"temperature", "kv_cache_gb", "probe_every", "probe_questions", "budget", "budget_usd", "max_budget", "bootstrap", "neftune_noise_alpha",
                 "gamma", "simpo_gamma", "cpo_alpha", "max_grad_norm", "weight_decay", "retries", "thinking_fraction"}
 FRACTION = {"search_failure_rate", "warmup_ratio", "lora_dropout", "thinking_fraction", "min_score", "val_fraction",
             "dev_fraction"}

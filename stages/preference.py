@@ -173,7 +173,7 @@ class PreferenceConfig:
     max_steps: int = -1  # stop after this many steps; -1: the epochs decide
     probe_every: int = 0  # steps between behaviour probes (0: before and after only)
     probe_data: str = "musique"  # the set whose train questions the probes play
-    probe_questions: int = 4  # questions per probe
+    probe_questions: int = 4  # questions per probe (0: no probes, for a policy of another environment)
     min_tool_use: float = 0.5  # the collapse guard's floor
     stop_on_collapse: bool = True  # stop training when the guard flags a collapse
     seed: int = 0  # seeds the trainer
@@ -274,13 +274,16 @@ class Probes:
 
     def __init__(self, cfg: PreferenceConfig, tokenizer):
         self.cfg, self.tokenizer = cfg, tokenizer
-        self.questions, self.pools = load_with_pools(cfg.probe_data, split="train", limit=cfg.probe_questions)
+        self.questions, self.pools = ([], {}) if cfg.probe_questions == 0 else \
+            load_with_pools(cfg.probe_data, split="train", limit=cfg.probe_questions)
         self.guard = CollapseGuard(min_tool_use=cfg.min_tool_use)
         self.flags: list[dict] = []
         self.losses: list[dict] = []
 
     def run(self, model, *, step: int, final: bool = False) -> dict:
         """Probe `model` at `step`; a collapse is flagged during and after training (once per step)."""
+        if not self.questions:
+            return {}
         stats = probe(model, self.tokenizer, self.cfg, self.questions, self.pools)
         reasons = self.guard.check(stats, step=step)
         if reasons and (step or final) and not any(f["step"] == step for f in self.flags):

@@ -188,3 +188,35 @@ def test_collapse_guard_default_catches_the_measured_simpo_probe():
     weak = CollapseGuard()
     weak.check(behaviour([ep(0), ep(0)]), 0)
     assert any("was at the first probe, 0%" in r for r in weak.check(behaviour([ep(0), ep(0)]), 5))
+
+
+def test_simpo_on_an_enterprise_pair_trains_with_the_multihop_probes_off(tiny_sft, tiny_dir, tmp_path):
+    """An enterprise policy's own wrong action (call_tool where the case wants clarify) trains SimPO with
+    `probe_questions=0`: no multi-hop probe runs (its numbers would say nothing about this policy)."""
+    from hopsmith.agent.loop import run_episodes
+    from hopsmith.backends import Generation
+    from hopsmith.config import AgentConfig
+    from hopsmith.envs import enterprise
+    from hopsmith.envs.enterprise_cases import load_cases
+
+    case = next(c for c in load_cases() if c.id == "clarification_loop_0001")
+    wrong = ('<tool_call>\n{"name": "call_tool", "arguments": {"tool": "verify_shipment_receipt", '
+             '"arguments": {"shipment_id": "SHP-0"}}}\n</tool_call>')
+
+    class Wrong:
+        name = "wrong"
+
+        def generate(self, conversations, **kw):
+            return [Generation(wrong, prompt_tokens=10, completion_tokens=5) for _ in conversations]
+
+    cfg = AgentConfig(env="enterprise", max_turns=1)
+    row = run_episodes([case], enterprise.make(cfg), Wrong(), cfg)[0]
+    pair = enterprise.preference_pair(row, case, thinking=False)
+    assert pair["why"] == "clarify->call_tool"
+    write_jsonl(tmp_path / "pairs.jsonl", [{**pair, "question_id": pair["case_id"]}])
+    pcfg = preference.PreferenceConfig(pairs=str(tmp_path / "pairs.jsonl"), adapter=str(tiny_sft), model=str(tiny_dir),
+                                       max_steps=1, max_length=8192, probe_questions=0, probe_every=1)
+    summary = preference.train(pcfg, tmp_path / "out")
+    assert summary["steps"] == 1 and summary["pairs_used"] == 1
+    assert summary["behaviour_before"] == {} and summary["behaviour_after"] == {} and summary["collapse"] == []
+    assert (tmp_path / "out" / "adapter_config.json").exists()
