@@ -418,7 +418,8 @@ async def _authorised_json(request, token: str) -> dict:
 
 class BodyDeadline:
     """ASGI middleware: a request body must arrive in full within `seconds` of its headers, or the request
-    ends with 408 (the route's `receive` raises, and the HTTPError handler answers). Runs on Modal too."""
+    ends with 408 (the route's `receive` raises, and the HTTPError handler answers). Once the last body
+    message is in, `receive` is the server's own again: a long answer is never cut. Runs on Modal too."""
 
     def __init__(self, app, seconds: float):
         self.app, self.seconds = app, seconds
@@ -427,13 +428,19 @@ class BodyDeadline:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         deadline = asyncio.get_running_loop().time() + self.seconds
+        body_in = False
 
         async def timed_receive():
+            nonlocal body_in
+            if body_in:
+                return await receive()
             left = deadline - asyncio.get_running_loop().time()
             try:
-                return await asyncio.wait_for(receive(), max(left, 0.0))
+                message = await asyncio.wait_for(receive(), max(left, 0.0))
             except TimeoutError:
                 raise HTTPError(408, f"the request body did not arrive within {self.seconds:g} s") from None
+            body_in = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
 
         await self.app(scope, timed_receive, send)
 
@@ -491,7 +498,7 @@ def header_deadline_protocol(seconds: float):
 
 
 def server_config(app, cfg: ServeConfig, **kw):
-    """The uvicorn config `hopsmith serve` runs under: the header deadline, the keep-alive timeout, `kw` on top."""
+    """The uvicorn config `hopsmith serve` runs under: host, port and the header deadline, `kw` on top."""
     import uvicorn
 
     kw = {"host": cfg.host, "port": cfg.port, "log_level": "warning", **kw}

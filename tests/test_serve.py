@@ -341,3 +341,29 @@ def test_a_keep_alive_connection_gets_a_fresh_header_deadline_per_request(endpoi
             time.sleep(0.4)
     finally:
         conn.close()
+
+
+def test_the_body_deadline_ends_when_the_body_is_in():
+    """After the last body message the app may wait on `receive` as long as it likes (a disconnect watch
+    during a long answer): only the body's arrival is bounded."""
+    import asyncio
+
+    async def run():
+        messages = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+        async def receive():
+            if messages:
+                return messages.pop(0)
+            await asyncio.sleep(0.3)  # past the 0.1 s deadline
+            return {"type": "http.disconnect"}
+
+        seen = []
+
+        async def app(scope, receive, send):
+            seen.append(await receive())
+            seen.append(await receive())
+
+        await serve.BodyDeadline(app, seconds=0.1)({"type": "http"}, receive, None)
+        return seen
+
+    assert [m["type"] for m in asyncio.run(run())] == ["http.request", "http.disconnect"]
