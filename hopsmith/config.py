@@ -39,7 +39,7 @@ AT_LEAST_ONE = {"limit", "eval_limit", "train_limit", "max_traces", "max_turns",
                 "max_chars", "batch_size", "pool_size", "max_length", "grad_accum", "lora_r",
                 "lora_alpha", "samples", "num_generations", "mine_limit", "max_pairs", "shards", "eval_shards",
                 "max_context_tokens", "per_category", "retries_max", "workers", "save_steps",
-                "max_prompt_length", "max_completion_length"}
+                "max_prompt_length", "max_completion_length", "sft_batch_size", "rft_samples", "rft_limit"}
 POSITIVE = {"epochs", "learning_rate", "preference_learning_rate", "beta", "timeout", "max_seconds",
             "header_timeout", "body_timeout"}
 NON_NEGATIVE = {"temperature", "kv_cache_gb", "probe_every", "probe_questions", "budget", "budget_usd", "max_budget", "bootstrap", "neftune_noise_alpha",

@@ -35,7 +35,7 @@ from hopsmith.report import try_write_report
 from hopsmith.runlock import locked
 from hopsmith.traces.hops import hop_traces
 from hopsmith.training import select_traces
-from stages import evaluate, judge, preference, sft, traces
+from stages import evaluate, judge, preference, rft, sft, traces
 
 # The local preset trades recipe size for minutes: few eval questions, few traces, shorter paragraphs.
 PRESETS = {
@@ -49,10 +49,10 @@ PRESETS = {
     # 65% -> 0%, supporting recall 18% -> 43%.
     "local": dict(eval_limit=20, train_limit=None, max_traces=40, epochs=1.0, learning_rate=1e-3,
                   max_turns=6, max_new_tokens=96, max_chars=200, top_k=3, max_length=1536, mine_limit=12,
-                  max_pairs=16, preference_learning_rate=1e-4, sft_batch_size=1, hop_traces=False),
+                  max_pairs=16, preference_learning_rate=1e-4, sft_batch_size=1, hop_traces=False, rft_samples=4),
     "full": dict(eval_limit=None, train_limit=None, max_traces=None, epochs=3.0, learning_rate=2e-4,
                  max_turns=20, max_new_tokens=512, max_chars=None, top_k=5, max_length=4096, mine_limit=None,
-                 max_pairs=None, preference_learning_rate=None, sft_batch_size=2, hop_traces=False),
+                 max_pairs=None, preference_learning_rate=None, sft_batch_size=2, hop_traces=False, rft_samples=4),
 }
 
 
@@ -78,8 +78,15 @@ class PipelineConfig:
     thinking: bool = False
     batch_size: int = 16
     seed: int = 0
-    with_stages: str = ""  # comma-separated stages after SFT: "simpo"
-    mine_limit: int | None = None  # train questions the SFT adapter is run on to find its failures
+    with_stages: str = ""  # comma-separated stages after SFT, run in the order rft, simpo
+    mine_limit: int | None = None  # pair_chosen=traces: train questions the adapter is run on (greedy) for its failures
+    # The preference pairs' chosen side: policy (the policy's own correct samples on a train question against
+    # its failed samples of the same question: on-policy) | traces (the kept synthetic or teacher traces
+    # against its greedy failures)
+    pair_chosen: str = "policy"
+    rft_samples: int | None = None  # episodes sampled per train question (RFT, and the on-policy pairs)
+    rft_temperature: float = 0.8  # their sampling temperature
+    rft_limit: int | None = None  # train questions sampled; None: every train question the traces used
     max_pairs: int | None = None  # preference pairs SimPO trains on at most
     sft_batch_size: int | None = None  # traces per optimizer step
     hop_traces: bool | None = None  # add a single-hop reading trace per gold hop (hopsmith.traces.hops)
@@ -91,11 +98,24 @@ class PipelineConfig:
     def resolved(self) -> "PipelineConfig":
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown pipeline preset {self.preset!r}; known: {', '.join(PRESETS)}")
-        unknown = {s.strip() for s in self.with_stages.split(",") if s.strip()} - {"simpo"}
+        unknown = set(self.stages()) - set(AFTER_SFT)
         if unknown:
-            raise ConfigError(f"unknown --with stage(s) {', '.join(sorted(unknown))}; known: simpo")
+            raise ConfigError(f"unknown --with stage(s) {', '.join(sorted(unknown))}; known: {', '.join(AFTER_SFT)}")
+        if self.pair_chosen not in ("policy", "traces"):
+            raise ConfigError(f"unknown --pair-chosen {self.pair_chosen!r}; known: policy, traces")
+        if not 0 < self.rft_temperature <= 2:
+            raise ConfigError(f"--rft-temperature must be in (0, 2], got {self.rft_temperature}")
         preset = PRESETS[self.preset]
         return replace(self, **{k: v for k, v in preset.items() if getattr(self, k) is None})
+
+    def stages(self) -> list[str]:
+        """The stages after SFT that `--with` asks for, in the ladder's order (rft before simpo)."""
+        asked = [s.strip() for s in self.with_stages.split(",") if s.strip()]
+        return sorted(asked, key=lambda s: AFTER_SFT.index(s) if s in AFTER_SFT else len(AFTER_SFT))
+
+
+# The stages `--with` adds after SFT, in the order they run: each continues the adapter the ladder kept.
+AFTER_SFT = ("rft", "simpo")
 
 
 # -- the ladder: one step list, run here in one process and in the cloud sharded over containers ---------
@@ -178,13 +198,15 @@ def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
               "promotions": [kept["promotion"]], "promoted": {k: kept[k] for k in ("name", "adapter")}}
     write_json(root / "comparison.json", result)
     log(text)
-    if "simpo" in cfg.with_stages:
-        result["simpo"] = _simpo(cfg, root, tuned, log, kept=kept)
-        if "kept" in result["simpo"]:
-            kept = result["simpo"].pop("kept")
+    stages = cfg.stages()
+    for i, name in enumerate(stages):
+        log(f"[{len(LADDER) + i + 1}/{len(LADDER) + len(stages)}] {name} on {kept['name']}")
+        result[name] = (_rft if name == "rft" else _simpo)(cfg, root, kept, log)
+        if "kept" in result[name]:
+            kept = result[name].pop("kept")
             result["promotions"].append(kept["promotion"])
             result["promoted"] = {k: kept[k] for k in ("name", "adapter")}
-            write_json(root / "comparison.json", result)
+        write_json(root / "comparison.json", result)
     report = try_write_report([root])
     if report:
         log(f"report: {report}")
@@ -266,39 +288,95 @@ def guarded_stage(root: Path, kept: dict, name: str, adapter: str, metrics: dict
     return now
 
 
-def _simpo(cfg: PipelineConfig, root: Path, sft_metrics: dict, log, kept: dict | None = None) -> dict:
-    """SFT adapter on train questions -> its failures vs correct traces -> SimPO -> eval, compared with SFT."""
-    log(f"[{len(LADDER) + 1}/{len(LADDER) + 3}] mining the SFT adapter's own failures on train questions")
-    mine_cfg = replace(eval_config(cfg, adapter=str(root / "sft")), split="train", limit=cfg.mine_limit,
-                        allow_leakage=True, extraction_bench=False)  # these are its training questions, on purpose
-    evaluate.run(mine_cfg, root / "mine")
-    pairs = preference.mine(preference.MineConfig(results=str(root / "mine" / "results.jsonl"),
-                                                  chosen=str(root / "kept.jsonl"), max_pairs=cfg.max_pairs,
-                                                  seed=cfg.seed), root / "pairs")
+def rft_config(cfg: PipelineConfig, adapter: str | None) -> rft.RFTConfig:
+    """The policy's samples on train questions: the eval's env and episode settings, at `rft_temperature`, and
+    RFT's SFT with the ladder's SFT settings (one epoch at one trace a step in the local preset)."""
+    agent = {k: v for k, v in eval_settings(cfg, adapter).items() if k in ("model", "adapter", "max_turns",
+                                                                          "max_new_tokens", "top_k", "max_chars")}
+    return update(rft.RFTConfig(), **agent, data=cfg.data, limit=cfg.rft_limit or cfg.train_limit,
+                  samples=cfg.rft_samples, temperature=cfg.rft_temperature, few_shot=adapter is None,
+                  batch_size=cfg.batch_size, epochs=cfg.epochs, learning_rate=cfg.learning_rate,
+                  max_length=cfg.max_length, sft_batch_size=cfg.sft_batch_size or 2, seed=cfg.seed)
+
+
+def policy_samples(cfg: PipelineConfig, root: Path, kept: dict) -> Path:
+    """The kept policy's samples on train questions (`rft/samples.jsonl` when RFT sampled that same policy,
+    else `samples-<name>/samples.jsonl`), sampled once and read back on a rerun."""
+    folder = root / "rft" if kept["name"] == "sft" else root / f"samples-{kept['name']}"
+    rft.sample(rft_config(cfg, kept["adapter"]), folder)
+    return folder / "samples.jsonl"
+
+
+def _compare_stage(cfg: PipelineConfig, root: Path, kept: dict, name: str, adapter: str, log) -> dict:
+    """Eval the stage's adapter, compare it with the kept one (paired), run the collapse guard, and write
+    `comparison-<name>.txt`; returns the stage's record with the adapter now kept under "kept"."""
+    metrics = evaluate.run(eval_config(cfg, adapter=adapter), root / f"eval-{name}")
+    text = format_comparison(kept["metrics"], metrics, names=(kept["name"], name))
+    now = guarded_stage(root, kept, name, adapter, metrics)
+    v = verdict(kept["metrics"], metrics, (kept["name"], name))
+    text += f"\n{now['promotion']['line']}\n{v['line']}"
+    (root / f"comparison-{name}.txt").write_text(text + "\n")
+    log(text)
+    return {kept["name"]: kept["metrics"], name: metrics, "comparison": compare(kept["metrics"], metrics),
+            "verdict": {k: v[k] for k in ("verdict", "better", "worse", "line")}, "promotion": now["promotion"],
+            "kept": now}
+
+
+def _rft(cfg: PipelineConfig, root: Path, kept: dict, log) -> dict:
+    """Rejection fine-tuning on the kept adapter: `rft_samples` episodes per train question at temperature,
+    the correct ones that searched train it further; then eval, comparison and the collapse guard."""
+    log(f"      {cfg.rft_samples} samples per train question at temperature {cfg.rft_temperature}")
+    folder = root / "rft" if kept["name"] == "sft" else root / f"rft-{kept['name']}"
+    summary = rft.run(rft_config(cfg, kept["adapter"]), folder)
+    log(f"      kept {summary['kept']} of {summary['samples']} samples, on {summary['questions_with_a_kept_sample']} "
+        f"of {summary['questions']} questions")
+    record = {"samples": {k: summary[k] for k in ("samples", "kept", "questions", "questions_with_a_kept_sample")}}
+    if not summary["trained"]:
+        log("      no sample was correct and searched: nothing to train on; RFT skipped")
+        return {**record, "skipped": True}
+    out = _compare_stage(cfg, root, kept, "rft", str(folder / "adapter"), log)
+    write_json(root / "comparison-rft.json", {**record, **{k: v for k, v in out.items() if k != "kept"}})
+    return {**record, **out}
+
+
+def _pairs(cfg: PipelineConfig, root: Path, kept: dict, log) -> dict:
+    """The preference pairs: on-policy (the kept policy's correct samples against its failed samples of the same
+    question) or, with pair_chosen=traces, its greedy failures against the kept synthetic traces."""
+    if cfg.pair_chosen == "policy":
+        samples = policy_samples(cfg, root, kept)
+        chosen = root / "pairs" / "chosen.jsonl"
+        write_jsonl(chosen, [r for r in read_jsonl(samples) if r["kept"]])
+        results = samples
+    else:
+        mine_cfg = replace(eval_config(cfg, adapter=kept["adapter"]), split="train", limit=cfg.mine_limit,
+                           allow_leakage=True, extraction_bench=False)  # its training questions, on purpose
+        evaluate.run(mine_cfg, root / "mine")
+        results, chosen = root / "mine" / "results.jsonl", root / "kept.jsonl"
+    return preference.mine(preference.MineConfig(results=str(results), chosen=str(chosen), max_pairs=cfg.max_pairs,
+                                                 seed=cfg.seed), root / "pairs")
+
+
+def _simpo(cfg: PipelineConfig, root: Path, kept: dict, log) -> dict:
+    """The kept adapter's own failures as pairs -> SimPO (or DPO) continuing it -> eval, compared with it."""
+    log(f"      mining its own failures on train questions (chosen side: {cfg.pair_chosen})")
+    pairs = _pairs(cfg, root, kept, log)
     log(f"      {pairs['pairs']} pairs {pairs['counts']} (skipped {pairs['skipped']})")
     if not pairs["pairs"]:
-        log("      no pairs: every mined episode was correct or had no correct trace to pair with; SimPO skipped")
+        hint = ("no correct sample to pair a failure with (`--pair-chosen traces` pairs them with the kept traces)"
+                if cfg.pair_chosen == "policy" else "every mined episode was correct or had no correct trace")
+        log(f"      no pairs: {hint}; {cfg.preference_preset} skipped")
         return {"pairs": pairs, "skipped": True}
-    log(f"[{len(LADDER) + 2}/{len(LADDER) + 3}] {cfg.preference_preset} preference training on the SFT adapter")
+    log(f"      {cfg.preference_preset} preference training, continuing {kept['name']}")
     p_summary = preference.train(preference.PreferenceConfig(
-        pairs=str(root / "pairs" / "pairs.jsonl"), adapter=str(root / "sft"), model=cfg.model,
+        pairs=str(root / "pairs" / "pairs.jsonl"), adapter=kept["adapter"], model=cfg.model,
         preset=cfg.preference_preset, learning_rate=cfg.preference_learning_rate, max_length=cfg.max_length,
         probe_data=cfg.data, probe_every=5, seed=cfg.seed), root / "simpo")  # probes: stop on collapse mid-run
     b, a = p_summary["behaviour_before"], p_summary["behaviour_after"]
     log(f"      {p_summary['steps']} steps; tool use {b['tool_use_rate']:.0%} -> {a['tool_use_rate']:.0%}, "
         f"query diversity {b['query_diversity']:.2f} -> {a['query_diversity']:.2f}"
         + (f"; COLLAPSE: {p_summary['collapse']}" if p_summary["collapse"] else ""))
-    log(f"[{len(LADDER) + 3}/{len(LADDER) + 3}] SimPO eval")
-    simpo = evaluate.run(eval_config(cfg, adapter=str(root / "simpo")), root / "eval-simpo")
-    text = format_comparison(sft_metrics, simpo, names=("sft", "simpo"))
-    kept = guarded_stage(root, kept or {"name": "sft", "adapter": str(root / "sft"), "metrics": sft_metrics},
-                         "simpo", str(root / "simpo"), simpo)
-    v = verdict(sft_metrics, simpo, ("sft", "simpo"))
-    text += f"\n{kept['promotion']['line']}\n{v['line']}"
-    (root / "comparison-simpo.txt").write_text(text + "\n")
-    out = {"sft": sft_metrics, "simpo": simpo, "comparison": compare(sft_metrics, simpo), "pairs": pairs,
-           "training": {k: v for k, v in p_summary.items() if k not in TRAINED_KEYS},
-           "verdict": {k: v[k] for k in ("verdict", "better", "worse", "line")}, "promotion": kept["promotion"]}
-    write_json(root / "comparison-simpo.json", out)
-    log(text)
-    return {**out, "kept": kept}
+    out = _compare_stage(cfg, root, kept, "simpo", str(root / "simpo"), log)
+    record = {"pairs": pairs, "pair_chosen": cfg.pair_chosen,
+              "training": {k: v for k, v in p_summary.items() if k not in TRAINED_KEYS}}
+    write_json(root / "comparison-simpo.json", {**record, **{k: v for k, v in out.items() if k != "kept"}})
+    return {**record, **out}

@@ -47,6 +47,7 @@ class RFTConfig:
     epochs: float = 2.0  # SFT epochs over the kept episodes
     learning_rate: float = 1e-3  # SFT learning rate
     max_length: int = 1536  # SFT: longer episodes are left out (and counted)
+    sft_batch_size: int = 2  # SFT: episodes per optimizer step
     seed: int = 0  # seeds the samplers and SFT
     # The policy sampled (model and adapter: the SFT adapter; no adapter samples the base model, few-shot)
     agent: AgentConfig = field(default_factory=lambda: AgentConfig(temperature=0.8, max_turns=6, max_new_tokens=96,
@@ -73,23 +74,36 @@ def accept(trace: dict, rules: dict) -> bool:
     return rules["passed"] and searched
 
 
-@locked
-def run(cfg: RFTConfig, root: str | Path, *, backend=None) -> dict:
-    """Sample (resuming from `samples.jsonl`), keep, and train; returns the summary in `rft_summary.json`."""
+def sample(cfg: RFTConfig, root: str | Path, *, backend=None) -> list[dict]:
+    """`samples` episodes per train question into `root/samples.jsonl` (resuming), each with its rule verdict
+    and `kept` (it passed the rules and searched); returns every row. The pipeline mines on-policy preference
+    pairs from these rows too: correct samples against failed ones of the same question."""
     policy = cfg.agent
     if policy.adapter:
         check_adapter(policy.adapter)  # before sampling, not after it when SFT would load the adapter
-    judge_backend = make_judge_backend(cfg.judge) if cfg.judge else None  # checked (a remote one contacted) before sampling
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "config.json", asdict(cfg))
     questions, pools = load_with_pools(cfg.data, split="train", limit=cfg.limit)
-    if backend is None:
-        backend, extractor = agent_backends(policy)
-    else:  # as in eval: the policy's own model (adapter included) reads for llm_query
-        extractor = Extractor(backend) if policy.extractor == "self" else None
-    _sample(cfg, questions, pools, backend, extractor, root / "samples.jsonl")
-    rows = read_jsonl(root / "samples.jsonl")
+    path = root / "samples.jsonl"
+    done = {(r["question_id"], r["sample"]) for r in read_jsonl(path, repair=True)}
+    if any((q.id, i) not in done for q in questions for i in range(cfg.samples)):  # else no model is loaded
+        if backend is None:
+            backend, extractor = agent_backends(policy)
+        else:  # as in eval: the policy's own model (adapter included) reads for llm_query
+            extractor = Extractor(backend) if policy.extractor == "self" else None
+        _sample(cfg, questions, pools, backend, extractor, path)
+    wanted = {q.id for q in questions}
+    return [r for r in read_jsonl(path) if r["question_id"] in wanted and r["sample"] < cfg.samples]
+
+
+@locked
+def run(cfg: RFTConfig, root: str | Path, *, backend=None) -> dict:
+    """Sample (resuming from `samples.jsonl`), keep, and train; returns the summary in `rft_summary.json`."""
+    judge_backend = make_judge_backend(cfg.judge) if cfg.judge else None  # checked (a remote one contacted) before sampling
+    root = Path(root)
+    rows = sample(cfg, root, backend=backend)
+    policy = cfg.agent
     kept = [r for r in rows if r["kept"]]
     if cfg.judge and kept:
         judged = judge_traces(kept, KeepRules(), LLMJudge(judge_backend), cfg.judge)
@@ -98,6 +112,7 @@ def run(cfg: RFTConfig, root: str | Path, *, backend=None) -> dict:
     stats = behaviour(rows)
     write_json(root / "behaviour.json", stats)
     per_question = len({r["question_id"] for r in kept})
+    questions = {r["question_id"] for r in rows}
     summary = {"samples": len(rows), "kept": len(kept), "questions": len(questions),
                "questions_with_a_kept_sample": per_question, "behaviour": stats, "config": asdict(cfg)}
     train = kept + (read_jsonl(cfg.mix_traces) if cfg.mix_traces else [])
@@ -109,6 +124,7 @@ def run(cfg: RFTConfig, root: str | Path, *, backend=None) -> dict:
     write_jsonl(root / "train.jsonl", train)
     summary["sft"] = train_sft(SFTConfig(traces=str(root / "train.jsonl"), model=policy.model, epochs=cfg.epochs,
                                          learning_rate=cfg.learning_rate, max_length=cfg.max_length, seed=cfg.seed,
+                                         batch_size=cfg.sft_batch_size,
                                          init_adapter=policy.adapter if cfg.continue_adapter else None),
                                root / "adapter")
     summary["trained"] = True

@@ -60,7 +60,7 @@ def test_ladder_with_simpo_on_tiny_model(tiny_dir, tmp_path, capsys):
     out = tmp_path / "ladder"
     argv = ["pipeline", "--model", str(tiny_dir), "--eval-limit", "2", "--train-limit", "4", "--max-traces", "4",
             "--epochs", "1", "--max-turns", "1", "--max-new-tokens", "6", "--max-length", "8192", "--mine-limit", "4",
-            "--max-pairs", "2", "--with", "simpo", "--out", str(out)]
+            "--max-pairs", "2", "--with", "simpo", "--pair-chosen", "traces", "--out", str(out)]
     assert cli.main(argv) == 0
     for path in ("mine/results.jsonl", "pairs/pairs.jsonl", "simpo/adapter_config.json", "simpo/behaviour.json",
                  "eval-simpo/metrics.json", "comparison-simpo.txt", "comparison-simpo.json"):
@@ -77,6 +77,49 @@ def test_ladder_with_simpo_on_tiny_model(tiny_dir, tmp_path, capsys):
     decision = json.loads((out / "promoted.json").read_text())["decision"]
     assert decision["new"] == "simpo" and decision["kept"] in ("simpo", decision["previous"])
     assert "collapse guard: simpo" in (out / "comparison-simpo.txt").read_text()
+
+
+def test_ladder_with_rft_then_on_policy_simpo_on_tiny_model(tiny_dir, tmp_path, capsys):
+    """`--with simpo,rft` runs RFT first; the on-policy pairs reuse RFT's samples of the same policy. A random
+    tiny model is never right, so both stages say why they trained nothing and the ladder keeps SFT."""
+    out = tmp_path / "ladder"
+    argv = ["pipeline", "--model", str(tiny_dir), "--eval-limit", "2", "--train-limit", "3", "--max-traces", "3",
+            "--epochs", "1", "--max-turns", "1", "--max-new-tokens", "6", "--max-length", "8192",
+            "--rft-samples", "2", "--rft-limit", "2", "--with", "simpo,rft", "--out", str(out)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    samples = [json.loads(line) for line in (out / "rft" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and {s["sample"] for s in samples} == {0, 1}
+    config = json.loads((out / "rft" / "config.json").read_text())
+    assert config["agent"]["adapter"] == str(out / "sft") and config["agent"]["temperature"] == 0.8
+    assert config["agent"]["few_shot"] is False and config["agent"]["max_turns"] == 1  # the eval's env and prompt
+    result = json.loads((out / "comparison.json").read_text())
+    assert result["rft"]["skipped"] and result["rft"]["samples"]["samples"] == 4
+    assert result["simpo"]["skipped"] and result["simpo"]["pairs"]["pairs"] == 0
+    assert not (out / "mine").exists() and not (out / "samples-sft").exists()  # no second sampling of SFT
+    assert printed.index("[7/8] rft on sft") < printed.index("[8/8] simpo on sft")
+    assert "--pair-chosen traces" in printed and result["promoted"]["name"] in ("base", "sft")
+
+
+def test_on_policy_pairs_set_the_policys_right_sample_against_its_wrong_one(tiny_dir, tmp_path):
+    from conftest import ScriptedBackend, call
+
+    from hopsmith.data import hop_question, load_questions
+    from stages import rft
+
+    q = load_questions("musique", split="train", limit=1)[0]
+    answers = iter([q.answer, "Paris"])  # sample 0 answers right, sample 1 wrong, after the same search
+    script = {q.question: [call("search", query=hop_question(q, 0)), lambda conv: f"FINAL({next(answers)})"]}
+    cfg = pipeline.PipelineConfig(model=str(tiny_dir), train_limit=1, rft_samples=2, max_turns=3).resolved()
+    kept = {"name": "base", "adapter": None, "metrics": {}}
+    rft.sample(pipeline.rft_config(cfg, None), tmp_path / "samples-base", backend=ScriptedBackend(script))
+    pairs = pipeline._pairs(cfg, tmp_path, kept, print)  # reads the samples back: nothing is sampled again
+    assert pairs["pairs"] == 1 and pairs["counts"]["wrong_answer"] == 1
+    pair = json.loads((tmp_path / "pairs" / "pairs.jsonl").read_text())
+    assert pair["chosen"][-1]["content"].endswith(f"FINAL({q.answer})") and pair["rejected"][-1]["content"] == "FINAL(Paris)"
+    assert pair["chosen_source"] == "policy:rft" and pair["question_id"] == q.id
+    samples = [json.loads(line) for line in (tmp_path / "samples-base" / "samples.jsonl").read_text().splitlines()]
+    assert pair["prompt"] == [{k: m[k] for k in ("role", "content")} for m in samples[1]["messages"][:2]]
 
 
 def test_unknown_with_stage_is_a_clear_error(capsys):
