@@ -1,6 +1,8 @@
-"""Learning gain of the ladder: the embedded model before and after LoRA SFT on synthetic traces.
+"""Learning gain of the ladder: the embedded model before and after LoRA SFT on synthetic traces, and after
+each stage `--with` adds (RFT, then SimPO or DPO on the policy's own pairs), each continuing the adapter kept.
 
     python benchmarks/learning_gain.py [--eval musique] [--train musique,hotpotqa,2wiki] [--max-traces 120]
+    python benchmarks/learning_gain.py --eval hotpotqa --eval-limit 50 --with rft,simpo --out runs/lg-hotpotqa
     python benchmarks/learning_gain.py --out runs/learning-gain --print-only     # reprint a finished run
 
 Beside the base and tuned agents it runs two baselines with the base model on the same questions and pools
@@ -15,6 +17,13 @@ question by question. It prints both comparison tables and one line per comparis
 
     base -> tuned: EM X% -> Y% (+Zpt, McNemar p = ...); F1 ... (paired 95% CI [...]); cover-EM ...; n=N paired
 
+With `--with rft,simpo` the stages run as `hopsmith pipeline --with` runs them (`stages.pipeline`): RFT samples
+the SFT adapter `--rft-samples` times per train question of the eval set, and trains it further on the correct
+episodes that searched; the preference pairs set the kept policy's own correct sample against its failed one
+on the same question (`--pair-chosen traces`: its greedy failures against the synthetic traces); after each
+stage the collapse guard keeps the better adapter. The ladder table then shows every stage on the same eval
+questions, each with its paired change against the adapter before it.
+
 Goal from the issue: tuned >= 3x base and >= +10 points. Everything lands in --out, so a rerun resumes
 instead of starting over.
 """
@@ -22,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -49,12 +59,70 @@ def report(record: dict) -> str:
         blocks.append(format_comparison(base, tuned, names=(name, "tuned")))
         lines.append(headline(base, tuned, names=(name, "tuned"))
                      + f"; EM {_ratio(base['em']['mean'], tuned['em']['mean'])}")
+    if record.get("ladder"):
+        lines.append(ladder_table(record))
     if record.get("baselines"):
         lines.append(baselines_table(record))
     sft = record.get("sft") or {}
     lines.append(f"{record.get('traces', '?')} traces, {sft.get('steps', '?')} SFT steps; "
                  f"{record.get('seconds', 0) / 60:.1f} min")
     return "\n\n".join(blocks) + "\n\n" + "\n".join(lines)
+
+
+def ladder_table(record: dict) -> str:
+    """One row per stage of the ladder on the same eval questions (EM, F1, tool use with 95% intervals, the
+    invalid-call rate), then each stage's paired headline against the adapter it continued, and its guard line."""
+    from hopsmith.metrics import headline
+
+    base = record.get("base") or record.get("base_zeroshot")
+    runs = [("base", base), ("sft", record["tuned"])] if base else [("sft", record["tuned"])]
+    stages = record["ladder"]
+    runs += [(name, stage[name]) for name, stage in stages.items() if not stage.get("skipped")]
+
+    def ci(m: dict) -> str:
+        return f"{100 * m['mean']:5.1f} [{100 * m['lo']:4.1f},{100 * m['hi']:5.1f}]"
+
+    lines = [f"{'ladder (n=' + str(record['tuned']['n']) + ')':<14}{'EM':>19}{'F1':>19}{'tool use':>19}{'invalid calls':>15}"]
+    lines += [f"{name:<14}{ci(m['em']):>19}{ci(m['f1']):>19}{ci(m['rate_ci']['tool_use_rate']):>19}"
+              f"{100 * m['invalid_call_rate']:>14.1f}%" for name, m in runs]
+    for name, stage in stages.items():
+        if stage.get("skipped"):
+            why = ("no sample was correct and searched" if name == "rft" else "no preference pairs")
+            lines.append(f"{name}: skipped ({why})")
+            continue
+        before = stage["against"]
+        lines.append(headline(stage[before], stage[name], names=(before, name)))
+        lines.append(stage["promotion"]["line"])
+    return "\n".join(lines)
+
+
+def ladder_config(args):
+    """The pipeline config the `--with` stages run under: this benchmark's eval and SFT settings."""
+    from stages import pipeline
+
+    return pipeline.PipelineConfig(data=args.eval, eval_limit=args.eval_limit, max_turns=args.max_turns,
+                                   max_new_tokens=96, top_k=args.top_k, max_chars=args.max_chars, epochs=args.epochs,
+                                   learning_rate=args.learning_rate, max_length=1536, with_stages=args.with_stages,
+                                   rft_samples=args.rft_samples, rft_limit=args.rft_limit, max_pairs=args.max_pairs,
+                                   pair_chosen=args.pair_chosen, preference_preset=args.preference_preset,
+                                   preference_learning_rate=args.preference_learning_rate).resolved()
+
+
+def run_ladder(args, root: Path, tuned: dict) -> dict:
+    """The stages `--with` names, each continuing the adapter the collapse guard kept, with the pipeline's own
+    step functions (so this benchmark and `hopsmith pipeline --with` cannot run different recipes)."""
+    from stages import pipeline
+
+    cfg = ladder_config(args)
+    kept = {"name": "sft", "adapter": str(root / "sft"), "metrics": tuned}
+    out = {}
+    for name in cfg.stages():
+        print(f"-- {name} on {kept['name']}")
+        stage = pipeline._rft(cfg, root, kept, print) if name == "rft" else pipeline._simpo(cfg, root, kept, print)
+        if "kept" in stage:
+            kept = stage.pop("kept")
+        out[name] = stage
+    return {"stages": out, "kept": kept["name"]}
 
 
 def baselines_table(record: dict) -> str:
@@ -116,6 +184,14 @@ def main() -> None:
                     help="base runs to compare with the tuned one: one-shot, zero-shot or both")
     ap.add_argument("--baselines", default="closed_book,rag",
                     help="baselines run with the base model on the same questions (closed_book, rag; 'none': skip)")
+    ap.add_argument("--with", dest="with_stages", default="",
+                    help="stages after SFT, as `hopsmith pipeline --with`: rft, simpo (run in that order)")
+    ap.add_argument("--rft-samples", type=int, default=4, help="RFT and on-policy pairs: samples per train question")
+    ap.add_argument("--rft-limit", type=int, default=None, help="train questions sampled (default: all)")
+    ap.add_argument("--pair-chosen", default="policy", help="policy (own correct samples) | traces (synthetic)")
+    ap.add_argument("--preference-preset", default="seed002", help="seed002 (SimPO) | dpo")
+    ap.add_argument("--preference-learning-rate", type=float, default=1e-4)
+    ap.add_argument("--max-pairs", type=int, default=None)
     ap.add_argument("--out", default="runs/learning-gain")
     ap.add_argument("--print-only", action="store_true", help="reprint OUT/learning_gain.json, run nothing")
     args = ap.parse_args()
@@ -130,6 +206,14 @@ def main() -> None:
     unknown = set(bases) - set(BASE_RUNS)
     if unknown or not bases:
         raise SystemExit(f"--base: unknown base run(s) {sorted(unknown)}; choose from {', '.join(BASE_RUNS)}")
+    if args.with_stages:  # a bad stage name or knob is refused now, not after the traces, SFT and evals
+        from hopsmith.config import ConfigError, check_values
+
+        try:
+            check_values(ladder_config(args))
+        except ConfigError as e:
+            print(f"learning_gain.py: error: {e}", file=sys.stderr)
+            raise SystemExit(2)
 
     from stages import evaluate, judge, sft, traces
     from hopsmith.config import update
@@ -164,6 +248,9 @@ def main() -> None:
         # the extraction benchmark (the ceiling's other half) runs once: the extractor does not change
         record[key] = evaluate.run(cfg(few_shot=few_shot, extraction_bench=i == 0), root / folder)
     record["tuned"] = evaluate.run(cfg(str(root / "sft")), root / "eval-sft")
+    if args.with_stages:
+        ladder = run_ladder(args, root, record["tuned"])
+        record["ladder"], record["kept"] = ladder["stages"], ladder["kept"]
     kinds = [k.strip() for k in args.baselines.split(",") if k.strip() and k.strip() != "none"]
     if kinds:
         record["baselines"] = run_baselines(args, root, kinds)

@@ -317,7 +317,8 @@ def _compare_stage(cfg: PipelineConfig, root: Path, kept: dict, name: str, adapt
     text += f"\n{now['promotion']['line']}\n{v['line']}"
     (root / f"comparison-{name}.txt").write_text(text + "\n")
     log(text)
-    return {kept["name"]: kept["metrics"], name: metrics, "comparison": compare(kept["metrics"], metrics),
+    return {"against": kept["name"], kept["name"]: kept["metrics"], name: metrics,
+            "comparison": compare(kept["metrics"], metrics),
             "verdict": {k: v[k] for k in ("verdict", "better", "worse", "line")}, "promotion": now["promotion"],
             "kept": now}
 

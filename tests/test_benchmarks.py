@@ -78,6 +78,32 @@ def test_learning_gain_prints_the_baselines_beside_the_agents():
     assert lines[-1] == "80 traces, 40 SFT steps; 10.0 min"
 
 
+def test_learning_gain_prints_every_ladder_stage_against_the_adapter_it_continued():
+    lg = _load("learning_gain")
+    sft, rft = _run({0, 1}, False), _run({0, 1, 2, 3, 4}, False)
+    record = {"base": _run({0}, True), "tuned": sft, "sft": {"steps": 40}, "traces": 80, "seconds": 600,
+              "ladder": {"rft": {"against": "sft", "sft": sft, "rft": rft,
+                                 "promotion": {"line": "collapse guard: rft promoted over sft"}},
+                         "simpo": {"skipped": True, "pairs": {"pairs": 0}}}}
+    lines = lg.report(record).splitlines()
+    table = lines.index(next(line for line in lines if line.startswith("ladder (n=12)")))
+    assert [line.split()[0] for line in lines[table + 1:table + 4]] == ["base", "sft", "rft"]
+    assert lines[table + 3].split()[1] == "41.7"  # RFT's EM: 5 of 12
+    # RFT against SFT, paired: 3 questions right only after RFT, none lost -> McNemar p = 2 / 2^3
+    assert lines[table + 4].startswith("sft -> rft: EM 16.7% -> 41.7% (+25.0pt, McNemar p = 0.250)")
+    assert lines[table + 5] == "collapse guard: rft promoted over sft"
+    assert lines[table + 6] == "simpo: skipped (no preference pairs)"
+
+
+def test_learning_gain_refuses_a_bad_stage_before_running(tmp_path, monkeypatch, capsys):
+    lg = _load("learning_gain")
+    monkeypatch.setattr(sys, "argv", ["learning_gain.py", "--with", "rft,ppo", "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as stop:
+        lg.main()
+    assert stop.value.code == 2 and "unknown --with stage(s) ppo" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_preference_gain_pairs_an_older_sft_eval_and_prints_the_test(tmp_path, monkeypatch, capsys):
     pg = _load("preference_gain")
     run = tmp_path / "lg"
