@@ -161,15 +161,23 @@ def collapse_check(previous: dict, new: dict, **kw) -> dict[str, Any]:
 
 def promote(previous_name: str, previous: dict, new_name: str, new: dict, **kw) -> dict[str, Any]:
     """The collapse guard's decision between a ladder stage's input and its output: {"kept": the name kept,
-    "flagged", "reasons", "line"}. The new adapter is kept unless `collapse_check` flags it."""
+    "flagged", "reasons", "worse", "line"}. The new adapter is kept unless `collapse_check` flags it or the
+    paired verdict finds it worse than its input and better on nothing (then the ladder keeps the input)."""
     check = collapse_check(previous, new, **kw)
+    judged = verdict(previous, new, (previous_name, new_name))
     if check["flagged"]:
         kept = previous_name
         line = (f"collapse guard: {new_name} FLAGGED against {previous_name} ({'; '.join(check['reasons'])}); "
                 f"the ladder keeps {previous_name}")
+    elif judged["verdict"] == "worse":
+        kept = previous_name
+        line = (f"collapse guard: {new_name} not promoted: the paired tests find it worse than {previous_name} "
+                f"on {', '.join(judged['worse'])} and better on nothing; the ladder keeps {previous_name}")
     else:
         kept = new_name
         why = ("no paired test possible (a run lacks per-question scores)" if not check["tested"] else
-               "tool use did not fall and invalid calls did not rise beyond the paired 95% CI")
+               "tool use did not fall and invalid calls did not rise beyond the paired 95% CI, "
+               "and it is not worse by the paired tests")
         line = f"collapse guard: {new_name} promoted over {previous_name}: {why}"
-    return {"kept": kept, "previous": previous_name, "new": new_name, **check, "line": line}
+    return {"kept": kept, "previous": previous_name, "new": new_name, **check, "worse": judged["worse"],
+            "line": line}

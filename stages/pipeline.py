@@ -15,7 +15,8 @@ leakage guard refuses any overlap.
 
 After every training stage the collapse guard (`hopsmith.guard.promote`) compares the new adapter's tool use
 and invalid-call rate with the adapter the ladder kept so far, paired on the same questions: one whose tool
-use fell or whose invalid calls rose beyond the paired 95% interval is flagged and not promoted. The
+use fell or whose invalid calls rose beyond the paired 95% interval is flagged and not promoted, and so is one
+the paired tests find worse on some metric and better on none. The
 decision is in each comparison and in `promoted.json` (the adapter the ladder ends with). The last line
 printed is the paired verdict of SFT against the base model: better, worse, mixed or indistinguishable.
 """

@@ -95,3 +95,15 @@ def test_the_ladder_does_not_promote_a_collapsed_adapter(tmp_path):
     assert kept["name"] == "sft" and kept["adapter"] == "runs/x/sft" and kept["metrics"] is sft
     saved = json.loads((tmp_path / "promoted.json").read_text())
     assert saved["name"] == "sft" and saved["decision"]["flagged"] and "the ladder keeps sft" in saved["decision"]["line"]
+
+
+def test_guard_keeps_the_input_when_a_stage_is_worse_by_the_paired_tests():
+    """Tool use and valid calls intact, but ten answers lost and none gained: not promoted."""
+    sft = _run([_row(i, right=i < 10, calls=[GOOD]) for i in range(N)])
+    lost = _run([_row(i, right=False, calls=[GOOD]) for i in range(N)])
+    decision = promote("sft", sft, "rft", lost)
+    assert not decision["flagged"] and decision["kept"] == "sft" and "EM" in decision["worse"]
+    assert "not promoted" in decision["line"] and "the ladder keeps sft" in decision["line"]
+    # one answer lost is within chance: promoted
+    one = _run([_row(i, right=i < 9, calls=[GOOD]) for i in range(N)])
+    assert promote("sft", sft, "rft", one)["kept"] == "rft"
