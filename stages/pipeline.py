@@ -3,6 +3,7 @@
     hopsmith pipeline --out runs/ladder                 # the local preset: minutes on a laptop CPU
     hopsmith pipeline --preset full --out runs/full     # seed 000's recipe, where the hardware allows
     hopsmith pipeline --with simpo --out runs/ladder    # then own-failure pairs -> SimPO -> eval (seed 002)
+    hopsmith pipeline --with rft,simpo --out runs/ladder    # RFT (seed 001) first, then SimPO on its own pairs
 
 Every stage writes under the run root and resumes, so an interrupted ladder continues where it stopped:
 `eval-base/`, `traces/`, `judged/`, `kept.jsonl`, `train.jsonl` (the traces SFT used), `sft/` (the adapter),
@@ -10,7 +11,10 @@ Every stage writes under the run root and resumes, so an interrupted ladder cont
 taxonomy side by side), and last `report.html` (every number, curve and episode of the ladder in one page:
 `hopsmith report`). With `--with simpo`: `mine/` (the SFT adapter on train questions), `pairs/`
 (its failures against correct traces), `simpo/` (the adapter, its behaviour probes and collapse flags),
-`eval-simpo/` and `comparison-simpo.txt` / `.json` (SFT vs SimPO, with tool-use behaviour before and after). Training questions come from the `train` split and evaluation from `eval`; the
+`eval-simpo/` and `comparison-simpo.txt` / `.json` (SFT vs SimPO, with tool-use behaviour before and after).
+With `--with rft`: `rft/` (the kept adapter's samples, the kept ones, the adapter trained on them), `eval-rft/`
+and `comparison-rft.txt` / `.json`. With the default `--pair-chosen policy`, `mine/` is replaced by the
+policy's own samples (`rft/samples.jsonl`, or `samples-<adapter>/` when the adapter kept is not SFT's). Training questions come from the `train` split and evaluation from `eval`; the
 leakage guard refuses any overlap.
 
 After every training stage the collapse guard (`hopsmith.guard.promote`) compares the new adapter's tool use
