@@ -17,9 +17,9 @@ question by question. It prints both comparison tables and one line per comparis
 
     base -> tuned: EM X% -> Y% (+Zpt, McNemar p = ...); F1 ... (paired 95% CI [...]); cover-EM ...; n=N paired
 
-With `--with rft,simpo` the stages run as `hopsmith pipeline --with` runs them (`stages.pipeline`): RFT samples
-the SFT adapter `--rft-samples` times per train question of the eval set, and trains it further on the correct
-episodes that searched; the preference pairs set the kept policy's own correct sample against its failed one
+With `--with rft,simpo` the stages run as `hopsmith pipeline --with rft,simpo` runs them (`stages.pipeline`):
+RFT samples the SFT adapter `--rft-samples` times per train question of the eval set, and trains it further on
+the correct episodes that searched; the preference pairs set the kept policy's own correct sample against its failed one
 on the same question (`--pair-chosen traces`: its greedy failures against the synthetic traces); after each
 stage the collapse guard keeps the better adapter. The ladder table then shows every stage on the same eval
 questions, each with its paired change against the adapter before it.
@@ -82,7 +82,8 @@ def ladder_table(record: dict) -> str:
     def ci(m: dict) -> str:
         return f"{100 * m['mean']:5.1f} [{100 * m['lo']:4.1f},{100 * m['hi']:5.1f}]"
 
-    lines = [f"{'ladder (n=' + str(record['tuned']['n']) + ')':<14}{'EM':>19}{'F1':>19}{'tool use':>19}{'invalid calls':>15}"]
+    head = f"ladder (n={record['tuned']['n']})"
+    lines = [f"{head:<14}{'EM':>19}{'F1':>19}{'tool use':>19}{'invalid calls':>15}"]
     lines += [f"{name:<14}{ci(m['em']):>19}{ci(m['f1']):>19}{ci(m['rate_ci']['tool_use_rate']):>19}"
               f"{100 * m['invalid_call_rate']:>14.1f}%" for name, m in runs]
     for name, stage in stages.items():
@@ -110,7 +111,7 @@ def ladder_config(args):
 
 def run_ladder(args, root: Path, tuned: dict) -> dict:
     """The stages `--with` names, each continuing the adapter the collapse guard kept, with the pipeline's own
-    step functions (so this benchmark and `hopsmith pipeline --with` cannot run different recipes)."""
+    step functions (so this benchmark and `hopsmith pipeline --with rft,simpo` cannot run different recipes)."""
     from stages import pipeline
 
     cfg = ladder_config(args)
@@ -185,7 +186,7 @@ def main() -> None:
     ap.add_argument("--baselines", default="closed_book,rag",
                     help="baselines run with the base model on the same questions (closed_book, rag; 'none': skip)")
     ap.add_argument("--with", dest="with_stages", default="",
-                    help="stages after SFT, as `hopsmith pipeline --with`: rft, simpo (run in that order)")
+                    help="stages after SFT, as `hopsmith pipeline --with rft,simpo` (run in that order)")
     ap.add_argument("--rft-samples", type=int, default=4, help="RFT and on-policy pairs: samples per train question")
     ap.add_argument("--rft-limit", type=int, default=None, help="train questions sampled (default: all)")
     ap.add_argument("--pair-chosen", default="policy", help="policy (own correct samples) | traces (synthetic)")

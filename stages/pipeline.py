@@ -14,7 +14,8 @@ taxonomy side by side), and last `report.html` (every number, curve and episode 
 `eval-simpo/` and `comparison-simpo.txt` / `.json` (SFT vs SimPO, with tool-use behaviour before and after).
 With `--with rft`: `rft/` (the kept adapter's samples, the kept ones, the adapter trained on them), `eval-rft/`
 and `comparison-rft.txt` / `.json`. With the default `--pair-chosen policy`, `mine/` is replaced by the
-policy's own samples (`rft/samples.jsonl`, or `samples-<adapter>/` when the adapter kept is not SFT's). Training questions come from the `train` split and evaluation from `eval`; the
+policy's own samples (`rft/samples.jsonl`, or `samples-<adapter>/` when the adapter kept is not SFT's).
+Training questions come from the `train` split and evaluation from `eval`; the
 leakage guard refuses any overlap.
 
 After every training stage the collapse guard (`hopsmith.guard.promote`) compares the new adapter's tool use
