@@ -114,14 +114,9 @@ def run_ladder(args, root: Path, tuned: dict) -> dict:
     step functions (so this benchmark and `hopsmith pipeline --with rft,simpo` cannot run different recipes)."""
     from stages import pipeline
 
-    cfg = ladder_config(args)
     kept = {"name": "sft", "adapter": str(root / "sft"), "metrics": tuned}
     out = {}
-    for name in cfg.stages():
-        print(f"-- {name} on {kept['name']}")
-        stage = pipeline._rft(cfg, root, kept, print) if name == "rft" else pipeline._simpo(cfg, root, kept, print)
-        if "kept" in stage:
-            kept = stage.pop("kept")
+    for name, stage, kept in pipeline.after_sft(ladder_config(args), root, kept, print):
         out[name] = stage
     return {"stages": out, "kept": kept["name"]}
 

@@ -161,7 +161,7 @@ def collapse_check(previous: dict, new: dict, **kw) -> dict[str, Any]:
 
 def promote(previous_name: str, previous: dict, new_name: str, new: dict, **kw) -> dict[str, Any]:
     """The collapse guard's decision between a ladder stage's input and its output: {"kept": the name kept,
-    "flagged", "reasons", "worse", "line"}. The new adapter is kept unless `collapse_check` flags it or the
+    "flagged", "reasons", "worse", "verdict" (the paired verdict's record), "line"}. The new adapter is kept unless `collapse_check` flags it or the
     paired verdict finds it worse than its input and better on nothing (then the ladder keeps the input)."""
     check = collapse_check(previous, new, **kw)
     judged = verdict(previous, new, (previous_name, new_name))
@@ -180,4 +180,4 @@ def promote(previous_name: str, previous: dict, new_name: str, new: dict, **kw) 
                "and it is not worse by the paired tests")
         line = f"collapse guard: {new_name} promoted over {previous_name}: {why}"
     return {"kept": kept, "previous": previous_name, "new": new_name, **check, "worse": judged["worse"],
-            "line": line}
+            "verdict": {k: judged[k] for k in ("verdict", "better", "worse", "line", "paired_n")}, "line": line}

@@ -14,7 +14,7 @@ taxonomy side by side), and last `report.html` (every number, curve and episode 
 `eval-simpo/` and `comparison-simpo.txt` / `.json` (SFT vs SimPO, with tool-use behaviour before and after).
 With `--with rft`: `rft/` (the kept adapter's samples, the kept ones, the adapter trained on them), `eval-rft/`
 and `comparison-rft.txt` / `.json`. With the default `--pair-chosen policy`, `mine/` is replaced by the
-policy's own samples (`rft/samples.jsonl`, or `samples-<adapter>/` when the adapter kept is not SFT's).
+policy's own samples (`rft/samples.jsonl`, or `rft-<adapter>/` when the adapter kept is not SFT's).
 Training questions come from the `train` split and evaluation from `eval`; the
 leakage guard refuses any overlap.
 
@@ -196,20 +196,18 @@ def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
     base, tuned = done["eval-base"], done["eval-sft"]
     text = format_comparison(base, tuned, names=("base", "sft"))
     kept = guarded_stage(root, {"name": "base", "adapter": None, "metrics": base}, "sft", str(root / "sft"), tuned)
-    v = verdict(base, tuned, ("base", "sft"))
+    v = kept["promotion"]["verdict"]
     text += f"\n{kept['promotion']['line']}\n{v['line']}"
     (root / "comparison.txt").write_text(text + "\n")
     result = {"base": base, "sft": tuned, "comparison": compare(base, tuned), "traces": done["traces"],
-              "judge": done["judge"], "sft_training": done["sft"], "verdict": _verdict_record(v),
+              "judge": done["judge"], "sft_training": done["sft"], "verdict": v,
               "promotions": [kept["promotion"]], "promoted": {k: kept[k] for k in ("name", "adapter")}}
     write_json(root / "comparison.json", result)
     log(text)
-    stages = cfg.stages()
-    for i, name in enumerate(stages):
-        log(f"[{len(LADDER) + i + 1}/{len(LADDER) + len(stages)}] {name} on {kept['name']}")
-        result[name] = (_rft if name == "rft" else _simpo)(cfg, root, kept, log)
-        if "kept" in result[name]:
-            kept = result[name].pop("kept")
+    for name, record, now in after_sft(cfg, root, kept, log, steps_before=len(LADDER)):
+        result[name] = record
+        if now is not kept:
+            kept = now
             result["promotions"].append(kept["promotion"])
             result["promoted"] = {k: kept[k] for k in ("name", "adapter")}
         write_json(root / "comparison.json", result)
@@ -279,10 +277,6 @@ def reading_traces(cfg: PipelineConfig, root: Path) -> list[dict]:
     return read_jsonl(path)
 
 
-def _verdict_record(v: dict) -> dict:
-    return {k: v[k] for k in ("verdict", "better", "worse", "line", "paired_n")}
-
-
 def guarded_stage(root: Path, kept: dict, name: str, adapter: str, metrics: dict) -> dict:
     """The collapse guard after a ladder stage: the stage's adapter replaces the kept one unless its tool use
     fell or its invalid calls rose beyond the paired 95% CI against it (`hopsmith.guard.promote`). Returns the
@@ -305,12 +299,28 @@ def rft_config(cfg: PipelineConfig, adapter: str | None) -> rft.RFTConfig:
                   max_length=cfg.max_length, sft_batch_size=cfg.sft_batch_size or 2, seed=cfg.seed)
 
 
+def rft_dir(root: Path, policy: str) -> Path:
+    """Where a policy's samples on train questions (and an RFT of it) live: `rft/` for SFT's, else
+    `rft-<policy>/`; RFT and the on-policy pairs of the same policy share them."""
+    return root / "rft" if policy == "sft" else root / f"rft-{policy}"
+
+
 def policy_samples(cfg: PipelineConfig, root: Path, kept: dict) -> Path:
-    """The kept policy's samples on train questions (`rft/samples.jsonl` when RFT sampled that same policy,
-    else `samples-<name>/samples.jsonl`), sampled once and read back on a rerun."""
-    folder = root / "rft" if kept["name"] == "sft" else root / f"samples-{kept['name']}"
+    """The kept policy's samples on train questions, sampled once (or by RFT of the same policy) and read back."""
+    folder = rft_dir(root, kept["name"])
     rft.sample(rft_config(cfg, kept["adapter"]), folder)
     return folder / "samples.jsonl"
+
+
+def after_sft(cfg: PipelineConfig, root: Path, kept: dict, log, *, steps_before: int = 0):
+    """The `--with` stages in order (rft, simpo), each continuing the adapter kept so far; yields (name, its
+    record, the adapter kept after it). `hopsmith pipeline` and `benchmarks/learning_gain.py` both walk this."""
+    stages = cfg.stages()
+    for i, name in enumerate(stages):
+        log(f"[{steps_before + i + 1}/{steps_before + len(stages)}] {name} on {kept['name']}")
+        record = (_rft if name == "rft" else _simpo)(cfg, root, kept, log)
+        kept = record.pop("kept", kept)
+        yield name, record, kept
 
 
 def _compare_stage(cfg: PipelineConfig, root: Path, kept: dict, name: str, adapter: str, log) -> dict:
@@ -319,13 +329,13 @@ def _compare_stage(cfg: PipelineConfig, root: Path, kept: dict, name: str, adapt
     metrics = evaluate.run(eval_config(cfg, adapter=adapter), root / f"eval-{name}")
     text = format_comparison(kept["metrics"], metrics, names=(kept["name"], name))
     now = guarded_stage(root, kept, name, adapter, metrics)
-    v = verdict(kept["metrics"], metrics, (kept["name"], name))
+    v = now["promotion"]["verdict"]
     text += f"\n{now['promotion']['line']}\n{v['line']}"
     (root / f"comparison-{name}.txt").write_text(text + "\n")
     log(text)
     return {"against": kept["name"], kept["name"]: kept["metrics"], name: metrics,
             "comparison": compare(kept["metrics"], metrics),
-            "verdict": {k: v[k] for k in ("verdict", "better", "worse", "line")}, "promotion": now["promotion"],
+            "verdict": v, "promotion": now["promotion"],
             "kept": now}
 
 
@@ -333,7 +343,7 @@ def _rft(cfg: PipelineConfig, root: Path, kept: dict, log) -> dict:
     """Rejection fine-tuning on the kept adapter: `rft_samples` episodes per train question at temperature,
     the correct ones that searched train it further; then eval, comparison and the collapse guard."""
     log(f"      {cfg.rft_samples} samples per train question at temperature {cfg.rft_temperature}")
-    folder = root / "rft" if kept["name"] == "sft" else root / f"rft-{kept['name']}"
+    folder = rft_dir(root, kept["name"])
     summary = rft.run(rft_config(cfg, kept["adapter"]), folder)
     log(f"      kept {summary['kept']} of {summary['samples']} samples, on {summary['questions_with_a_kept_sample']} "
         f"of {summary['questions']} questions")
@@ -346,7 +356,7 @@ def _rft(cfg: PipelineConfig, root: Path, kept: dict, log) -> dict:
     return {**record, **out}
 
 
-def _pairs(cfg: PipelineConfig, root: Path, kept: dict, log) -> dict:
+def _pairs(cfg: PipelineConfig, root: Path, kept: dict) -> dict:
     """The preference pairs: on-policy (the kept policy's correct samples against its failed samples of the same
     question) or, with pair_chosen=traces, its greedy failures against the kept synthetic traces."""
     if cfg.pair_chosen == "policy":
@@ -366,7 +376,7 @@ def _pairs(cfg: PipelineConfig, root: Path, kept: dict, log) -> dict:
 def _simpo(cfg: PipelineConfig, root: Path, kept: dict, log) -> dict:
     """The kept adapter's own failures as pairs -> SimPO (or DPO) continuing it -> eval, compared with it."""
     log(f"      mining its own failures on train questions (chosen side: {cfg.pair_chosen})")
-    pairs = _pairs(cfg, root, kept, log)
+    pairs = _pairs(cfg, root, kept)
     log(f"      {pairs['pairs']} pairs {pairs['counts']} (skipped {pairs['skipped']})")
     if not pairs["pairs"]:
         hint = ("no correct sample to pair a failure with (`--pair-chosen traces` pairs them with the kept traces)"

@@ -92,7 +92,7 @@ def sample(cfg: RFTConfig, root: str | Path, *, backend=None) -> list[dict]:
             backend, extractor = agent_backends(policy)
         else:  # as in eval: the policy's own model (adapter included) reads for llm_query
             extractor = Extractor(backend) if policy.extractor == "self" else None
-        _sample(cfg, questions, pools, backend, extractor, path)
+        _sample(cfg, questions, pools, backend, extractor, path, done)
     wanted = {q.id for q in questions}
     return [r for r in read_jsonl(path) if r["question_id"] in wanted and r["sample"] < cfg.samples]
 
@@ -133,13 +133,13 @@ def run(cfg: RFTConfig, root: str | Path, *, backend=None) -> dict:
     return summary
 
 
-def _sample(cfg: RFTConfig, questions, pools, backend, extractor, path: Path) -> None:
-    """`samples` episodes per question, appended to `path` with their rule verdicts (done ones skipped)."""
+def _sample(cfg: RFTConfig, questions, pools, backend, extractor, path: Path, done: set) -> None:
+    """`samples` episodes per question, appended to `path` with their rule verdicts (the (question, sample)
+    pairs in `done` skipped)."""
     import torch  # torch and the trainers load only when a stage trains or samples, never at `hopsmith --help`
 
     make_env = multihop.make(cfg.agent, pools=pools, extractor=extractor)
     tools = tool_schemas(extractor is not None)
-    done = {(r["question_id"], r["sample"]) for r in read_jsonl(path, repair=True)}
     with JsonlAppender(path) as out:
         for i in range(cfg.samples):
             todo = [q for q in questions if (q.id, i) not in done]

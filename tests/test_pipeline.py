@@ -97,6 +97,7 @@ def test_ladder_with_rft_then_on_policy_simpo_on_tiny_model(tiny_dir, tmp_path, 
     assert result["rft"]["skipped"] and result["rft"]["samples"]["samples"] == 4
     assert result["simpo"]["skipped"] and result["simpo"]["pairs"]["pairs"] == 0
     assert not (out / "mine").exists() and not (out / "samples-sft").exists()  # no second sampling of SFT
+    assert sorted(d.name for d in out.glob("rft*")) == ["rft"]
     assert printed.index("[7/8] rft on sft") < printed.index("[8/8] simpo on sft")
     assert "--pair-chosen traces" in printed and result["promoted"]["name"] in ("base", "sft")
 
@@ -112,13 +113,13 @@ def test_on_policy_pairs_set_the_policys_right_sample_against_its_wrong_one(tiny
     script = {q.question: [call("search", query=hop_question(q, 0)), lambda conv: f"FINAL({next(answers)})"]}
     cfg = pipeline.PipelineConfig(model=str(tiny_dir), train_limit=1, rft_samples=2, max_turns=3).resolved()
     kept = {"name": "base", "adapter": None, "metrics": {}}
-    rft.sample(pipeline.rft_config(cfg, None), tmp_path / "samples-base", backend=ScriptedBackend(script))
-    pairs = pipeline._pairs(cfg, tmp_path, kept, print)  # reads the samples back: nothing is sampled again
+    rft.sample(pipeline.rft_config(cfg, None), tmp_path / "rft-base", backend=ScriptedBackend(script))
+    pairs = pipeline._pairs(cfg, tmp_path, kept)  # reads the samples back: nothing is sampled again
     assert pairs["pairs"] == 1 and pairs["counts"]["wrong_answer"] == 1
     pair = json.loads((tmp_path / "pairs" / "pairs.jsonl").read_text())
     assert pair["chosen"][-1]["content"].endswith(f"FINAL({q.answer})") and pair["rejected"][-1]["content"] == "FINAL(Paris)"
     assert pair["chosen_source"] == "policy:rft" and pair["question_id"] == q.id
-    samples = [json.loads(line) for line in (tmp_path / "samples-base" / "samples.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (tmp_path / "rft-base" / "samples.jsonl").read_text().splitlines()]
     assert pair["prompt"] == [{k: m[k] for k in ("role", "content")} for m in samples[1]["messages"][:2]]
 
 
