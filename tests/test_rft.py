@@ -62,3 +62,23 @@ def test_rft_config_errors():
         rft.RFTConfig(temperature=0.0)
     with pytest.raises(ConfigError, match="samples"):
         rft.RFTConfig(samples=0)
+
+
+def test_rft_refuses_to_resume_samples_of_another_sampler(tiny_dir, tmp_path):
+    """Samples at another temperature (or of another policy) would be mixed into the same samples.jsonl:
+    the rerun is refused before anything is sampled or overwritten; more samples or questions resume."""
+    from hopsmith.config import RunDirError
+
+    q = load_questions("musique", split="train", limit=1)[0]
+    scripts = {q.question: [call("search", query=hop_question(q, 0)), f"FINAL({q.answer})"]}
+    cfg = rft.RFTConfig(data="musique", model=str(tiny_dir), limit=1, samples=1, max_turns=3)
+    rft.sample(cfg, tmp_path, backend=ScriptedBackend(scripts))
+    saved = (tmp_path / "config.json").read_text()
+    backend = ScriptedBackend(scripts)
+    with pytest.raises(RunDirError, match=r"temperature: 0\.8 -> 1\.1"):
+        rft.sample(rft.RFTConfig(data="musique", model=str(tiny_dir), limit=1, samples=2, max_turns=3,
+                                 temperature=1.1), tmp_path, backend=backend)
+    assert backend.batches == [] and (tmp_path / "config.json").read_text() == saved
+    rows = rft.sample(rft.RFTConfig(data="musique", model=str(tiny_dir), limit=1, samples=2, max_turns=3,
+                                    epochs=1.0), tmp_path, backend=backend)
+    assert sorted(r["sample"] for r in rows) == [0, 1] and len(backend.batches) > 0
