@@ -26,10 +26,10 @@ from hopsmith.runlock import locked
 from tqdm.auto import tqdm
 
 # Keys whose change makes earlier results incomparable; limit/batch size/bootstrap may change on resume.
-_RESULT_KEYS = ("data", "split", "model", "adapter", "extractor", "env", "corpus", "pool_size", "pool_seed",
-                "max_turns", "max_new_tokens", "temperature", "thinking", "few_shot", "top_k", "max_chars",
-                "one_call_per_turn", "max_context_tokens", "answer_at_cap", "seed", "allow_leakage", "drop_leakage",
-                "search_failure_rate", "search_failure_seed", "tools_in_prompt")
+RESULT_KEYS = ("data", "split", "model", "adapter", "extractor", "env", "corpus", "pool_size", "pool_seed",
+               "max_turns", "max_new_tokens", "temperature", "thinking", "few_shot", "top_k", "max_chars",
+               "one_call_per_turn", "max_context_tokens", "answer_at_cap", "seed", "allow_leakage", "drop_leakage",
+               "search_failure_rate", "search_failure_seed", "tools_in_prompt")
 # What a key means in a config.json written before the key existed.
 _ADDED_KEYS = {"drop_leakage": False, "search_failure_rate": 0.0, "search_failure_seed": 0, "env": "multihop",
                "tools_in_prompt": False}
@@ -66,7 +66,7 @@ def load_eval_questions(cfg: EvalConfig):
 
 
 def check_run_dir(root: Path, cfg: EvalConfig) -> None:
-    refuse_other_config(root / "config.json", cfg, _RESULT_KEYS, what="results", added=_ADDED_KEYS,
+    refuse_other_config(root / "config.json", cfg, RESULT_KEYS, what="results", added=_ADDED_KEYS,
                         normalize=canonical_specs)
 
 

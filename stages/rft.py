@@ -25,6 +25,7 @@ from hopsmith.collapse import behaviour
 from hopsmith.config import AgentConfig, ConfigError, flat_config, flat_knobs, refuse_other_config, to_dict
 from hopsmith.data import load_with_pools
 from hopsmith.envs import multihop
+from hopsmith.evaluation import RESULT_KEYS, canonical_specs
 from hopsmith.io import JsonlAppender, read_jsonl, write_json, write_jsonl
 from hopsmith.judge import KeepRules, LLMJudge, judge_traces, rule_checks, judge_backend as make_judge_backend
 from hopsmith.tools.extract import Extractor
@@ -61,12 +62,6 @@ class RFTConfig:
             raise ConfigError("RFTConfig.temperature must be > 0: rejection sampling needs varied samples")
 
 
-# What may change when sampling resumes into a folder: how many questions and samples, and how the kept ones
-# are judged and trained on. Everything else (data, seed, the policy and its sampler) decides the samples.
-_FREE_KEYS = {"limit", "samples", "judge", "mix_traces", "continue_adapter", "epochs", "learning_rate", "max_length",
-              "sft_batch_size"}
-
-
 def episode_trace(row: dict, tools: list[dict], sample: int) -> dict:
     """An eval result row as a trace the judge and SFT take."""
     return {"id": f"rft:{row['question_id']}:{sample}", "question_id": row["question_id"], "source": "policy:rft",
@@ -89,10 +84,11 @@ def sample(cfg: RFTConfig, root: str | Path, *, backend=None) -> list[dict]:
         check_adapter(policy.adapter)  # before sampling, not after it when SFT would load the adapter
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    # Samples of another policy or sampler would be mixed with these: refused, as eval and traces refuse.
-    defaults = flat_config(to_dict(RFTConfig()))
-    refuse_other_config(root / "config.json", cfg, [k for k in flat_config(to_dict(cfg)) if k not in _FREE_KEYS],
-                        what="samples", added=defaults)
+    # Samples of another policy or sampler would be mixed with these: refused on the keys an eval's results are
+    # refused on (how many questions and samples, and how the kept ones are judged and trained, may change).
+    keys = [k for k in RESULT_KEYS if k in flat_config(to_dict(cfg))]
+    refuse_other_config(root / "config.json", cfg, keys, what="samples", added=flat_config(to_dict(RFTConfig())),
+                        normalize=canonical_specs)
     write_json(root / "config.json", asdict(cfg))
     questions, pools = load_with_pools(cfg.data, split="train", limit=cfg.limit)
     path = root / "samples.jsonl"
