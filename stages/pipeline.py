@@ -194,16 +194,13 @@ def run(cfg: PipelineConfig, root: str | Path, *, log=print) -> dict:
         log(f"[{k}/{len(LADDER)}] {step.label}")
         done[step.name] = getattr(local, step.name.replace("-", "_"))()
     base, tuned = done["eval-base"], done["eval-sft"]
-    text = format_comparison(base, tuned, names=("base", "sft"))
-    kept = guarded_stage(root, {"name": "base", "adapter": None, "metrics": base}, "sft", str(root / "sft"), tuned)
+    kept = guarded_comparison(root, {"name": "base", "adapter": None, "metrics": base}, "sft", str(root / "sft"),
+                              tuned, root / "comparison.txt", log)
     v = kept["promotion"]["verdict"]
-    text += f"\n{kept['promotion']['line']}\n{v['line']}"
-    (root / "comparison.txt").write_text(text + "\n")
     result = {"base": base, "sft": tuned, "comparison": compare(base, tuned), "traces": done["traces"],
               "judge": done["judge"], "sft_training": done["sft"], "verdict": v,
               "promotions": [kept["promotion"]], "promoted": {k: kept[k] for k in ("name", "adapter")}}
     write_json(root / "comparison.json", result)
-    log(text)
     for name, record, now in after_sft(cfg, root, kept, log, steps_before=len(LADDER)):
         result[name] = record
         if now is not kept:
@@ -288,6 +285,17 @@ def guarded_stage(root: Path, kept: dict, name: str, adapter: str, metrics: dict
     return now
 
 
+def guarded_comparison(root: Path, kept: dict, name: str, adapter: str, metrics: dict, path: Path, log) -> dict:
+    """The paired comparison table of a stage against the kept adapter, then the guard's decision and the
+    verdict, logged and written to `path`; returns the adapter now kept (as `guarded_stage`)."""
+    now = guarded_stage(root, kept, name, adapter, metrics)
+    text = (format_comparison(kept["metrics"], metrics, names=(kept["name"], name))
+            + f"\n{now['promotion']['line']}\n{now['promotion']['verdict']['line']}")
+    path.write_text(text + "\n")
+    log(text)
+    return now
+
+
 def rft_config(cfg: PipelineConfig, adapter: str | None) -> rft.RFTConfig:
     """The policy's samples on train questions: the eval's env and episode settings, at `rft_temperature`, and
     RFT's SFT with the ladder's SFT settings (one epoch at one trace a step in the local preset)."""
@@ -327,12 +335,8 @@ def _compare_stage(cfg: PipelineConfig, root: Path, kept: dict, name: str, adapt
     """Eval the stage's adapter, compare it with the kept one (paired), run the collapse guard, and write
     `comparison-<name>.txt`; returns the stage's record with the adapter now kept under "kept"."""
     metrics = evaluate.run(eval_config(cfg, adapter=adapter), root / f"eval-{name}")
-    text = format_comparison(kept["metrics"], metrics, names=(kept["name"], name))
-    now = guarded_stage(root, kept, name, adapter, metrics)
+    now = guarded_comparison(root, kept, name, adapter, metrics, root / f"comparison-{name}.txt", log)
     v = now["promotion"]["verdict"]
-    text += f"\n{now['promotion']['line']}\n{v['line']}"
-    (root / f"comparison-{name}.txt").write_text(text + "\n")
-    log(text)
     return {"against": kept["name"], kept["name"]: kept["metrics"], name: metrics,
             "comparison": compare(kept["metrics"], metrics),
             "verdict": v, "promotion": now["promotion"],
