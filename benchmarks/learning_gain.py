@@ -143,7 +143,6 @@ def baselines_table(record: dict) -> str:
 def run_baselines(args, root: Path, kinds: list[str]) -> dict:
     """Closed-book and naive RAG with the base model on the eval questions and pools the agent is evaluated on
     (cached in OUT/baseline-<kind>/results.jsonl)."""
-    from hopsmith.agent.backends import agent_backends
     from hopsmith.baselines import run_baseline
     from hopsmith.metrics import aggregate
     from stages import evaluate
@@ -158,7 +157,7 @@ def run_baselines(args, root: Path, kinds: list[str]) -> dict:
         rows = read_jsonl(path) if path.exists() else None
         if rows is None or len(rows) != len(questions):
             if backend is None:
-                backend, _ = agent_backends(cfg)
+                backend, _ = evaluate.make_backends(cfg)
             rows = run_baseline(kind, questions, pools, backend, top_k=args.top_k, max_chars=args.max_chars)
             write_jsonl(path, rows)
         out[kind] = aggregate(rows)

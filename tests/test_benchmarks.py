@@ -95,6 +95,40 @@ def test_learning_gain_prints_every_ladder_stage_against_the_adapter_it_continue
     assert lines[table + 6] == "simpo: skipped (no preference pairs)"
 
 
+def test_learning_gain_baselines_run_on_the_eval_questions_with_the_base_model_and_are_cached(tmp_path, monkeypatch):
+    """run_baselines builds the base model as every eval does (its agent config: no adapter, no llm_query tool,
+    the benchmark's top-k and snippet length), runs both baselines on the eval questions and reruns nothing
+    once their rows are saved."""
+    import argparse
+
+    from stages import evaluate
+
+    lg = _load("learning_gain")
+    built = []
+
+    class Reader:
+        name = "reader"
+
+        def generate(self, conversations, **kw):
+            from hopsmith.backends import Generation
+
+            return [Generation("unknown", prompt_tokens=10, completion_tokens=1) for _ in conversations]
+
+    def fake_backends(agent, engine="hf", **kw):
+        built.append((type(agent).__name__, agent.model, agent.adapter, agent.extractor, agent.top_k, engine))
+        return Reader(), None
+
+    monkeypatch.setattr(evaluate, "agent_backends", fake_backends)
+    args = argparse.Namespace(eval="musique", eval_limit=4, top_k=2, max_chars=120)
+    out = lg.run_baselines(args, tmp_path, ["closed_book", "rag"])
+    assert built == [("AgentConfig", "embedded", None, "none", 2, "hf")]
+    assert set(out) == {"closed_book", "rag"} and all(m["n"] == 4 for m in out.values())
+    rag = [json.loads(line) for line in (tmp_path / "baseline-rag" / "results.jsonl").read_text().splitlines()]
+    assert len(rag) == 4 and all(len(r["retrieved_ids"]) == 2 for r in rag)
+    again = lg.run_baselines(args, tmp_path, ["closed_book", "rag"])
+    assert len(built) == 1 and again["rag"]["n"] == 4
+
+
 def test_learning_gain_refuses_a_bad_stage_before_running(tmp_path, monkeypatch, capsys):
     lg = _load("learning_gain")
     monkeypatch.setattr(sys, "argv", ["learning_gain.py", "--with", "rft,ppo", "--out", str(tmp_path / "run")])
