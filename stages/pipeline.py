@@ -21,7 +21,8 @@ leakage guard refuses any overlap.
 After every training stage the collapse guard (`hopsmith.guard.promote`) compares the new adapter's tool use
 and invalid-call rate with the adapter the ladder kept so far, paired on the same questions: one whose tool
 use fell or whose invalid calls rose beyond the paired 95% interval is flagged and not promoted, and so is one
-the paired tests find worse on some metric and better on none. The
+the paired tests find worse on some metric and better on none. A stage after SFT must also earn its place:
+when the paired tests cannot tell it from its input, it is promoted only if its F1 is higher. The
 decision is in each comparison and in `promoted.json` (the adapter the ladder ends with). The last line
 printed is the paired verdict of SFT against the base model: better, worse, mixed or indistinguishable.
 """
@@ -276,9 +277,10 @@ def reading_traces(cfg: PipelineConfig, root: Path) -> list[dict]:
 
 def guarded_stage(root: Path, kept: dict, name: str, adapter: str, metrics: dict) -> dict:
     """The collapse guard after a ladder stage: the stage's adapter replaces the kept one unless its tool use
-    fell or its invalid calls rose beyond the paired 95% CI against it (`hopsmith.guard.promote`). Returns the
-    adapter now kept ({"name", "adapter", "metrics", "promotion"}) and records it in `root/promoted.json`."""
-    decision = promote(kept["name"], kept["metrics"], name, metrics)
+    fell or its invalid calls rose beyond the paired 95% CI against it, the paired tests find it worse, or
+    (after SFT) they cannot tell and its F1 is not higher (`hopsmith.guard.promote`). Returns the adapter now
+    kept ({"name", "adapter", "metrics", "promotion"}) and records it in `root/promoted.json`."""
+    decision = promote(kept["name"], kept["metrics"], name, metrics, must_earn=kept["adapter"] is not None)
     now = {"name": name, "adapter": adapter, "metrics": metrics} if decision["kept"] == name else dict(kept)
     now["promotion"] = {k: v for k, v in decision.items() if k not in ("tool_use", "invalid_calls")}
     write_json(root / "promoted.json", {"name": now["name"], "adapter": now["adapter"], "decision": now["promotion"]})
@@ -379,6 +381,10 @@ def _pairs(cfg: PipelineConfig, root: Path, kept: dict) -> dict:
 
 def _simpo(cfg: PipelineConfig, root: Path, kept: dict, log) -> dict:
     """The kept adapter's own failures as pairs -> SimPO (or DPO) continuing it -> eval, compared with it."""
+    if kept["adapter"] is None:
+        why = "the ladder kept the base model (SFT was not promoted), and preference training continues an adapter"
+        log(f"      {cfg.preference_preset} skipped: {why}")
+        return {"skipped": True, "why": why}
     log(f"      mining its own failures on train questions (chosen side: {cfg.pair_chosen})")
     pairs = _pairs(cfg, root, kept)
     log(f"      {pairs['pairs']} pairs {pairs['counts']} (skipped {pairs['skipped']})")

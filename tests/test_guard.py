@@ -104,6 +104,51 @@ def test_guard_keeps_the_input_when_a_stage_is_worse_by_the_paired_tests():
     decision = promote("sft", sft, "rft", lost)
     assert not decision["flagged"] and decision["kept"] == "sft" and "EM" in decision["worse"]
     assert "not promoted" in decision["line"] and "the ladder keeps sft" in decision["line"]
-    # one answer lost is within chance: promoted
+    # one answer lost is within chance: not worse by the tests, but not better either, so the F1 rule decides
     one = _run([_row(i, right=i < 9, calls=[GOOD]) for i in range(N)])
-    assert promote("sft", sft, "rft", one)["kept"] == "rft"
+    decision = promote("sft", sft, "rft", one)
+    assert decision["verdict"]["verdict"] == "indistinguishable" and not decision["worse"]
+    assert decision["kept"] == "sft" and "its F1 is lower (33.3 -> 30.0, change -3.3pt" in decision["line"]
+
+
+def test_when_the_tests_cannot_tell_the_ladder_keeps_the_higher_f1_and_the_input_on_a_tie():
+    sft = _run([_row(i, right=i < 9, calls=[GOOD]) for i in range(N)])
+    one_more = _run([_row(i, right=i < 10, calls=[GOOD]) for i in range(N)])
+    decision = promote("sft", sft, "rft", one_more)
+    assert decision["verdict"]["verdict"] == "indistinguishable"
+    assert decision["kept"] == "rft" and "its F1 is higher" in decision["line"]
+    # the same answers on other questions: F1 ties, so the stage has not earned its place
+    shifted = _run([_row(i, right=1 <= i < 10, calls=[GOOD]) for i in range(N)])
+    decision = promote("sft", sft, "rft", shifted)
+    assert decision["kept"] == "sft" and "its F1 is the same (30.0 -> 30.0" in decision["line"]
+    # significantly better on behaviour with F1 a little lower: the verdict "better" promotes it
+    sloppy = _run([_row(i, right=i < 10, calls=[GOOD, BAD]) for i in range(N)])
+    clean = _run([_row(i, right=i < 9, calls=[GOOD]) for i in range(N)])
+    decision = promote("sft", sloppy, "rft", clean)
+    assert decision["verdict"]["verdict"] == "better" and decision["kept"] == "rft"
+    assert "the paired tests find it better" in decision["line"]
+    # runs without per-question scores: the two means decide
+    old = {k: v for k, v in sft.items() if k != "per_question"}
+    assert promote("sft", old, "rft", {k: v for k, v in one_more.items() if k != "per_question"})["kept"] == "rft"
+    decision = promote("sft", {k: v for k, v in one_more.items() if k != "per_question"}, "rft", old)
+    assert decision["kept"] == "sft" and "no paired test possible" in decision["line"]
+
+
+def test_sft_need_not_earn_its_place_over_the_base_model_but_the_stages_after_it_must(tmp_path, capsys):
+    import json
+
+    from stages.pipeline import PipelineConfig, _simpo, guarded_stage
+
+    base = _run([_row(i, right=i < 10, calls=[GOOD]) for i in range(N)])
+    sft = _run([_row(i, right=i < 9, calls=[GOOD]) for i in range(N)])  # one answer fewer: within chance
+    kept = guarded_stage(tmp_path, {"name": "base", "adapter": None, "metrics": base}, "sft", "runs/x/sft", sft)
+    assert kept["name"] == "sft" and "not worse by the paired tests" in kept["promotion"]["line"]
+    rft = _run([_row(i, right=i < 8, calls=[GOOD]) for i in range(N)])
+    kept = guarded_stage(tmp_path, kept, "rft", "runs/x/rft/adapter", rft)
+    assert kept["name"] == "sft" and kept["adapter"] == "runs/x/sft" and kept["metrics"] is sft
+    saved = json.loads((tmp_path / "promoted.json").read_text())
+    assert saved["name"] == "sft" and "its F1 is lower (30.0 -> 26.7" in saved["decision"]["line"]
+    # a ladder that kept the base model has no adapter for preference training to continue: skipped, said why
+    record = _simpo(PipelineConfig(), tmp_path, {"name": "base", "adapter": None, "metrics": base}, print)
+    assert record["skipped"] and "kept the base model" in capsys.readouterr().out
+    assert not (tmp_path / "pairs").exists() and not (tmp_path / "mine").exists()
