@@ -88,12 +88,14 @@ def ladder_table(record: dict) -> str:
               f"{100 * m['invalid_call_rate']:>14.1f}%" for name, m in runs]
     for name, stage in stages.items():
         if stage.get("skipped"):
-            why = ("no sample was correct and searched" if name == "rft" else "no preference pairs")
+            why = stage.get("why") or ("no sample was correct and searched" if name == "rft" else "no preference pairs")
             lines.append(f"{name}: skipped ({why})")
             continue
         before = stage["against"]
         lines.append(headline(stage[before], stage[name], names=(before, name)))
         lines.append(stage["promotion"]["line"])
+    if record.get("kept"):
+        lines.append(f"the ladder ends on {record['kept']}")
     return "\n".join(lines)
 
 

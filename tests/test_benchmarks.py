@@ -84,7 +84,7 @@ def test_learning_gain_prints_every_ladder_stage_against_the_adapter_it_continue
     record = {"base": _run({0}, True), "tuned": sft, "sft": {"steps": 40}, "traces": 80, "seconds": 600,
               "ladder": {"rft": {"against": "sft", "sft": sft, "rft": rft,
                                  "promotion": {"line": "collapse guard: rft promoted over sft"}},
-                         "simpo": {"skipped": True, "pairs": {"pairs": 0}}}}
+                         "simpo": {"skipped": True, "pairs": {"pairs": 0}}}, "kept": "rft"}
     lines = lg.report(record).splitlines()
     table = lines.index(next(line for line in lines if line.startswith("ladder (n=12)")))
     assert [line.split()[0] for line in lines[table + 1:table + 4]] == ["base", "sft", "rft"]
@@ -93,6 +93,7 @@ def test_learning_gain_prints_every_ladder_stage_against_the_adapter_it_continue
     assert lines[table + 4].startswith("sft -> rft: EM 16.7% -> 41.7% (+25.0pt, McNemar p = 0.250)")
     assert lines[table + 5] == "collapse guard: rft promoted over sft"
     assert lines[table + 6] == "simpo: skipped (no preference pairs)"
+    assert lines[table + 7] == "the ladder ends on rft"
 
 
 def test_learning_gain_baselines_run_on_the_eval_questions_with_the_base_model_and_are_cached(tmp_path, monkeypatch):
