@@ -10,6 +10,7 @@ remote-only paths never load them.
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -218,6 +219,10 @@ def train_sft(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, m
         raise FileNotFoundError(f"no traces file at {cfg.traces}")
     identity = run_identity(cfg, Path(cfg.traces))
     check_same_run(root, identity)
+    previous = _previous_summary(root)
+    if (previous and not previous.get("stopped_early") and (root / "adapter_model.safetensors").exists()
+            and previous.get("config") == json.loads(json.dumps(asdict(cfg), default=str))):
+        return previous  # this very run finished: training again would do 0 steps and log nothing
     traces = _read_traces(Path(cfg.traces))
     use_qlora = False
     if model is None:
@@ -239,7 +244,8 @@ def train_sft(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, m
     log = TrainingLog(max_seconds)
     trainer = _sft_trainer(cfg, root, model, tokenizer, rows, log)
     write_json(root / RUN_FILE, identity)  # written once training really starts: a failed load blocks no rerun
-    result = trainer.train(resume_from_checkpoint=last_checkpoint(root / "checkpoints"))
+    checkpoint = last_checkpoint(root / "checkpoints")
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.model.save_pretrained(root)
     tokenizer.chat_template = templates.training
     tokenizer.save_pretrained(root)
@@ -263,9 +269,33 @@ def train_sft(cfg: SFTConfig, root: str | Path, *, model=None, tokenizer=None, m
         **training_record(kept, base_adapter=cfg.init_adapter),
         "sources": dict(Counter(t.get("source", "?").split(":")[0] for t in kept)),
     }
+    losses = log.losses
+    if previous and checkpoint:
+        # resumed from a checkpoint (a deadline stopped it, or more steps were asked for): the summary and the
+        # curve cover every session of the run, not only the last
+        losses = [x for x in _previous_losses(root) if x["step"] < (losses[0]["step"] if losses else math.inf)] + losses
+        summary["seconds"] += previous.get("seconds", 0.0)
+        summary["cpu_seconds"] += previous.get("cpu_seconds", 0.0)
+        if losses:
+            summary["train_loss"] = math.fsum(x["loss"] for x in losses) / len(losses)
     write_json(root / "training.json", summary)
-    write_json(root / "loss.json", log.losses)
+    write_json(root / "loss.json", losses)
     return summary
+
+
+def _previous_summary(root: Path) -> dict | None:
+    """The training.json an earlier session of this run left (None when there is none or it is unreadable)."""
+    try:
+        return json.loads((root / "training.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _previous_losses(root: Path) -> list[dict]:
+    try:
+        return [x for x in json.loads((root / "loss.json").read_text()) if "step" in x and "loss" in x]
+    except (OSError, ValueError, TypeError):
+        return []
 
 
 def _read_traces(path: Path) -> list[dict]:

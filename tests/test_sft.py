@@ -116,15 +116,34 @@ def test_leakage_guard_refuses_training_questions(trained, tiny_dir, tmp_path, c
 def test_sft_resumes_from_its_checkpoint(trained, tiny_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    root, _ = trained
+    root, first = trained
+    before = json.loads((root / "adapter" / "loss.json").read_text())
     cfg = sft.SFTConfig(traces=str(root / "kept.jsonl"), max_steps=4, batch_size=2, max_length=4096, save_steps=2,
                         lora_r=4, lora_alpha=8)
     summary = sft.run(cfg, root / "adapter", model=AutoModelForCausalLM.from_pretrained(tiny_dir),
                       tokenizer=AutoTokenizer.from_pretrained(tiny_dir))
     assert summary["steps"] == 4
     losses = json.loads((root / "adapter" / "loss.json").read_text())
-    # steps 1-3 came from the last checkpoint (checkpoint-3, saved when the first run ended), not trained again
-    assert [x["step"] for x in losses] == [4]
+    # steps 1-3 came from the last checkpoint (checkpoint-3, saved when the first run ended), not trained again;
+    # the curve and the summary still cover the whole run
+    assert [x["step"] for x in losses] == [1, 2, 3, 4] and losses[:3] == before
+    assert summary["seconds"] > first["seconds"] and summary["train_loss"] == pytest.approx(
+        sum(x["loss"] for x in losses) / 4)
+
+
+def test_rerunning_a_finished_sft_returns_its_summary_and_keeps_its_curve(tmp_path, tiny_dir):
+    """A finished run asked again (a resumed pipeline) trains nothing and rewrites nothing: before, it ran 0
+    steps and overwrote training.json with train_loss 0.0, seconds 0 and loss.json with []."""
+    write_jsonl(tmp_path / "t.jsonl", _traces(n=2))
+    cfg = sft.SFTConfig(traces=str(tmp_path / "t.jsonl"), model=str(tiny_dir), max_steps=2, batch_size=1,
+                        max_length=8192, lora_r=2, lora_alpha=4)
+    first = sft.run(cfg, tmp_path / "sft")
+    files = {name: (tmp_path / "sft" / name).read_bytes() for name in ("training.json", "loss.json",
+                                                                        "adapter_model.safetensors")}
+    assert first["train_loss"] > 0 and len(json.loads(files["loss.json"])) == 2
+    again = sft.run(cfg, tmp_path / "sft")
+    assert again == json.loads(files["training.json"]) and again["train_loss"] == first["train_loss"]
+    assert {name: (tmp_path / "sft" / name).read_bytes() for name in files} == files
 
 
 def test_missing_or_empty_traces(tmp_path):
