@@ -163,18 +163,17 @@ def collapse_check(previous: dict, new: dict, **kw) -> dict[str, Any]:
             "tool_use": tool, "invalid_calls": inv}
 
 
-def f1_change(previous: dict, new: dict, **kw) -> dict[str, Any] | None:
-    """F1 of both runs and the change: on the paired questions with its paired 95% interval ("lo", "hi")
-    when both runs carry per-question scores, else the two runs' own means. None when a side has no F1."""
-    c = compare(previous, new, **{k: v for k, v in kw.items() if k in ("n_boot", "seed")})
-    paired = c["f1"]["paired"]
+def f1_change(previous: dict, new: dict, judged: dict) -> dict[str, Any] | None:
+    """F1 of both runs and the change: on the paired questions, with the paired 95% interval ("lo", "hi") the
+    verdict `judged` already computed, when both runs carry per-question scores; else the two runs' own means.
+    None when a side has no F1."""
+    paired = judged["changes"].get("F1")
     if paired is not None:
         pp, pn = previous["per_question"], new["per_question"]
-        common = [q for q in pp if q in pn]
-        before = float(np.mean([pp[q]["f1"] for q in common]))
+        before = float(np.mean([pp[q]["f1"] for q in pp if q in pn]))
         return {"previous": before, "new": before + paired["delta"], "delta": paired["delta"],
                 "lo": paired.get("lo"), "hi": paired.get("hi")}
-    b, t = (c["f1"]["base"] or {}).get("mean"), (c["f1"]["tuned"] or {}).get("mean")
+    b, t = (previous.get("f1") or {}).get("mean"), (new.get("f1") or {}).get("mean")
     if b is None or t is None:
         return None
     return {"previous": b, "new": t, "delta": t - b}
@@ -190,7 +189,12 @@ def promote(previous_name: str, previous: dict, new_name: str, new: dict, *, mus
     `must_earn`: it is what the ladder is for, and the stages after it continue an adapter."""
     check = collapse_check(previous, new, **kw)
     judged = verdict(previous, new, (previous_name, new_name))
-    f1 = f1_change(previous, new, **kw) if must_earn and judged["verdict"] != "better" else None
+    f1 = f1_change(previous, new, judged) if must_earn and judged["verdict"] != "better" else None
+    tests = ("no paired test possible (a run lacks per-question scores)" if not check["tested"] else
+             "the paired tests find it better" if judged["verdict"] == "better" else
+             f"the paired tests cannot tell it from {previous_name}" if judged["verdict"] == "indistinguishable" else
+             f"the paired tests find it better than {previous_name} on {', '.join(judged['better'])} and worse "
+             f"on {', '.join(judged['worse'])}")
     if check["flagged"]:
         kept = previous_name
         line = (f"collapse guard: {new_name} FLAGGED against {previous_name} ({'; '.join(check['reasons'])}); "
@@ -201,23 +205,18 @@ def promote(previous_name: str, previous: dict, new_name: str, new: dict, *, mus
                 f"on {', '.join(judged['worse'])} and better on nothing; the ladder keeps {previous_name}")
     elif f1 is not None and f1["delta"] <= 0:
         kept = previous_name
-        untold = ("no paired test possible (a run lacks per-question scores)" if not check["tested"] else
-                  f"the paired tests cannot tell it from {previous_name}" if judged["verdict"] == "indistinguishable"
-                  else f"the paired tests find it better than {previous_name} on {', '.join(judged['better'])} and "
-                  f"worse on {', '.join(judged['worse'])}")
-        line = (f"collapse guard: {new_name} not promoted: {untold}, and its F1 is "
+        interval = (f", change {100 * f1['delta']:+.1f}pt, paired 95% CI [{100 * f1['lo']:+.1f}, {100 * f1['hi']:+.1f}]"
+                    if f1.get("lo") is not None else "")
+        line = (f"collapse guard: {new_name} not promoted: {tests}, and its F1 is "
                 f"{'the same' if f1['delta'] == 0 else 'lower'} ({100 * f1['previous']:.1f} -> {100 * f1['new']:.1f}"
-                + (f", change {100 * f1['delta']:+.1f}pt, paired 95% CI [{100 * f1['lo']:+.1f}, {100 * f1['hi']:+.1f}]"
-                   if f1.get("lo") is not None else "") + f"); the ladder keeps {previous_name}")
+                f"{interval}); the ladder keeps {previous_name}")
     else:
         kept = new_name
-        higher = ", and its F1 is higher" if f1 is not None else ""
-        why = ("no paired test possible (a run lacks per-question scores)" + higher if not check["tested"]
-               else "tool use did not fall and invalid calls did not rise beyond the paired 95% CI, "
-               + ("and the paired tests find it better" if judged["verdict"] == "better" else
-                  f"the paired tests {'cannot tell it from ' + previous_name if judged['verdict'] == 'indistinguishable' else 'find it mixed'}{higher}"
-                  if f1 is not None else
-                  "and it is not worse by the paired tests"))
+        why = ("it is not worse by the paired tests" if check["tested"] and judged["verdict"] != "better" and f1 is None
+               else tests) + (", and its F1 is higher" if f1 is not None else "")
+        if check["tested"]:
+            why = ("tool use did not fall and invalid calls did not rise beyond the paired 95% CI, "
+                   + ("and " if f1 is None else "") + why)
         line = f"collapse guard: {new_name} promoted over {previous_name}: {why}"
     return {"kept": kept, "previous": previous_name, "new": new_name, **check, "worse": judged["worse"],
             "verdict": {k: judged[k] for k in ("verdict", "better", "worse", "line", "paired_n")}, "line": line}

@@ -382,8 +382,6 @@ def run_identity(cfg: SFTConfig, traces_path: Path) -> dict:
 def check_same_run(root: Path, identity: dict) -> None:
     """A rerun into `root` resumes only the run that wrote it: another config or other traces would resume
     its checkpoint (or die on another LoRA shape) and overwrite its trained question ids."""
-    import json
-
     path = root / RUN_FILE
     if not path.exists():
         return
