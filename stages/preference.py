@@ -14,7 +14,9 @@ split is refused: the eval split stays unseen. `pairs.jsonl` is TRL's conversati
 
 Training: TRL's CPOTrainer with `loss_type="simpo"`, `cpo_alpha=0` (SimPO), or DPOTrainer (`--loss dpo`,
 the SFT policy as the frozen reference), continuing the SFT adapter. Loss is on the assistant tokens of
-chosen and rejected only (tool results are the environment's words, not the model's). Every
+chosen and rejected only (tool results are the environment's words, not the model's). SimPO scores each
+side of each pair in its own unpadded forward with the LM head only where the policy wrote the next token
+(`sequence_logps`; `benchmarks/simpo_speed.py`: 2.07x TRL's padded batch, the same losses). Every
 `probe_every` steps a greedy probe on train questions logs tool use, answered-without-search, query
 diversity and turns (`behaviour.json`); the collapse guard stops training when tool use collapses.
 """
@@ -177,6 +179,9 @@ class PreferenceConfig:
     min_tool_use: float = 0.5  # the collapse guard's floor
     stop_on_collapse: bool = True  # stop training when the guard flags a collapse
     seed: int = 0  # seeds the trainer
+    # SimPO's forward: per_trace (each side of each pair alone, unpadded, logits only where the policy wrote the
+    # next token) | padded (TRL's: chosen and rejected padded into one batch, logits at every position)
+    collation: str = "per_trace"
     # The policy trained (model, and adapter: the SFT adapter it continues) and how its probes play
     agent: AgentConfig = field(default_factory=lambda: AgentConfig(adapter="sft", max_turns=4, max_new_tokens=96,
                                                                    top_k=3, max_chars=300, few_shot=False,
@@ -190,6 +195,8 @@ class PreferenceConfig:
         cfg = replace(self, **{k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) is None})
         if cfg.loss not in ("simpo", "dpo"):
             raise ConfigError(f"PreferenceConfig.loss must be simpo or dpo, got {cfg.loss!r}")
+        if cfg.collation not in ("per_trace", "padded"):
+            raise ConfigError(f"unknown preference collation {cfg.collation!r}; known: per_trace, padded")
         return cfg
 
 
@@ -332,10 +339,23 @@ def _simpo_or_dpo(cfg: PreferenceConfig, model, tokenizer, dataset, common: dict
     if cfg.loss == "simpo":
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
+        per_trace = cfg.collation == "per_trace"
+
         class PretokenizedCPO(CPOTrainer):
             # Rows arrive tokenized with assistant-only labels; TRL's own tokenisation would also score tool results.
             def tokenize_row(self, feature, model=None):
                 return feature
+
+            def concatenated_forward(self, model, batch):
+                if not per_trace or self.cpo_alpha != 0 or self.aux_loss_enabled or self.is_encoder_decoder:
+                    return super().concatenated_forward(model, batch)
+                average = self.loss_type in ("ipo", "simpo")
+                chosen, chosen_logits = sequence_logps(model, batch["chosen_input_ids"], batch["chosen_attention_mask"],
+                                                       batch["chosen_labels"], average=average)
+                rejected, rejected_logits = sequence_logps(model, batch["rejected_input_ids"],
+                                                           batch["rejected_attention_mask"], batch["rejected_labels"],
+                                                           average=average)
+                return chosen, rejected, chosen_logits, rejected_logits, chosen.new_zeros(())
 
         args = CPOConfig(loss_type="simpo", cpo_alpha=0.0, simpo_gamma=cfg.gamma, **common)
         return PretokenizedCPO(model=model, args=args, train_dataset=_with_text(dataset), processing_class=tokenizer,
@@ -355,6 +375,29 @@ def _simpo_or_dpo(cfg: PreferenceConfig, model, tokenizer, dataset, common: dict
                               processing_class=tokenizer, callbacks=callbacks)
     trainer.data_collator = assistant_only_collator(trainer.data_collator)
     return trainer
+
+
+def sequence_logps(model, input_ids, attention_mask, labels, *, average: bool):
+    """Each row's log-probability of its labelled tokens (the mean over them with `average`, SimPO's length
+    normalisation; else the sum), as TRL's `get_batch_logps` computes it on the padded batch, but one row a
+    forward without its padding, and the LM head and log-softmax only at the positions whose next token is
+    labelled (`logits_to_keep`): on a 49k vocabulary that is most of the work TRL spends on prompt and tool
+    results. Returns (logps, the mean logit at the kept positions), one value per row."""
+    import torch
+
+    logps, mean_logits = [], []
+    for ids, mask, lab in zip(input_ids, attention_mask, labels):
+        real = mask.bool()
+        ids, lab = ids[real], lab[real]
+        target = lab[1:]
+        keep = (target != -100).nonzero().flatten()
+        if not keep.numel():
+            raise PreferenceError("a preference side has no token the policy wrote: nothing to score")
+        logits = model(input_ids=ids[None], use_cache=False, logits_to_keep=keep).logits[0].float()
+        token_logps = torch.log_softmax(logits, dim=-1).gather(-1, target[keep][:, None]).squeeze(-1)
+        logps.append(token_logps.mean() if average else token_logps.sum())
+        mean_logits.append(logits.detach().mean())
+    return torch.stack(logps), torch.stack(mean_logits)
 
 
 def assistant_only_collator(collator):

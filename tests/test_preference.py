@@ -220,3 +220,43 @@ def test_simpo_on_an_enterprise_pair_trains_with_the_multihop_probes_off(tiny_sf
     assert summary["steps"] == 1 and summary["pairs_used"] == 1
     assert summary["behaviour_before"] == {} and summary["behaviour_after"] == {} and summary["collapse"] == []
     assert (tmp_path / "out" / "adapter_config.json").exists()
+
+
+def test_simpo_per_trace_forward_matches_trls_padded_batch(tiny_sft, tiny_dir, mined_inputs, tmp_path):
+    """SimPO's per-trace forward (each side alone, logits only where the policy wrote the next token) gives the
+    log-probabilities and gradients TRL's padded forward gives on the same batch of ragged pairs."""
+    import torch
+    from trl.experimental.cpo import CPOTrainer
+
+    from hopsmith.backends.templates import chat_templates
+    from hopsmith.training import load_policy
+
+    _, results, kept = mined_inputs
+    pairs = preference.mine_pairs(results, kept)["pairs"][:2]
+    cfg = preference.PreferenceConfig(pairs="unused", adapter=str(tiny_sft), model=str(tiny_dir), max_steps=1,
+                                      max_length=8192).resolved()
+    model, tok = load_policy(cfg.agent.model, cfg.agent.adapter)
+    template = chat_templates(tok).training
+    rows = [preference._tokenized_pair(p, tok, template, cfg.max_length) for p in pairs]
+    lengths = {len(r[f"{s}_input_ids"]) for r in rows for s in ("chosen", "rejected")}
+    assert len(lengths) > 1  # ragged: the padded batch really pads
+    trainer = preference._trainer(cfg, model, tok, rows, tmp_path, [])
+    batch = next(iter(trainer.get_train_dataloader()))
+    model.train()
+    for module in model.modules():  # LoRA dropout off, so both forwards compute the same function
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    outputs = {}
+    for name, forward in (("per_trace", trainer.concatenated_forward),
+                          ("padded", lambda m, b: CPOTrainer.concatenated_forward(trainer, m, b))):
+        model.zero_grad()
+        chosen, rejected, *_ = forward(model, batch)
+        loss = trainer.cpo_loss(chosen, rejected)[0].mean()
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        outputs[name] = (chosen.detach(), rejected.detach(), grads)
+    a, b = outputs["per_trace"], outputs["padded"]
+    assert a[0].shape == (2,) and torch.allclose(a[0], b[0], atol=1e-5) and torch.allclose(a[1], b[1], atol=1e-5)
+    assert not torch.allclose(a[0], a[1])  # chosen and rejected really differ
+    assert len(a[2]) > 0 and all(torch.allclose(x, y, atol=1e-5, rtol=1e-4) for x, y in zip(a[2], b[2]))
+    assert any(x.abs().sum() > 0 for x in a[2])
