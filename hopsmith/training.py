@@ -142,6 +142,16 @@ def select_traces(traces: list[dict], *, model: str, max_length: int, max_traces
     return train, int(sum(n for t, n in fit if id(t) in picked)), len(traces) - len(fit)
 
 
+def labelled_logits(model, labels, **inputs):
+    """One sequence's forward with the LM head only at the positions whose next token is labelled (not -100),
+    through `logits_to_keep`: (the model's outputs, those positions' logits, the tokens they predict). `labels`
+    is the sequence's 1-D labels; `inputs` (input_ids and the like) hold that one sequence as a batch of 1."""
+    target = labels[1:]
+    keep = (target != -100).nonzero().flatten()
+    outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
+    return outputs, outputs.logits[0], target[keep]
+
+
 def assistant_only_trainer():
     """TRL's SFTTrainer with a loss that computes logits only at positions whose next token is trained.
 
@@ -160,11 +170,7 @@ def assistant_only_trainer():
             labels = inputs.pop("labels")
             if labels.shape[0] != 1:
                 raise ValueError("assistant-only logits take one trace a forward (collation='per_trace')")
-            target = labels[0, 1:]
-            keep = (target != -100).nonzero().flatten()
-            inputs["use_cache"] = False
-            outputs = model(**inputs, logits_to_keep=keep)
-            logits, target = outputs.logits[0], target[keep]
+            outputs, logits, target = labelled_logits(model, labels[0], **inputs)
             loss = F.cross_entropy(logits.float(), target, reduction="sum")
             loss = loss / (num_items_in_batch if num_items_in_batch is not None else max(1, target.numel()))
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:

@@ -38,7 +38,7 @@ from hopsmith.envs import multihop
 from hopsmith.io import read_jsonl, write_json, write_jsonl
 from hopsmith.leakage import training_record
 from hopsmith.traces import sample_traces
-from hopsmith.training import TrainingLog, load_policy
+from hopsmith.training import TrainingLog, labelled_logits, load_policy
 
 FAILURE_KINDS = ("wrong_answer", "no_search", "invalid_call", "out_of_turns")
 
@@ -388,13 +388,11 @@ def sequence_logps(model, input_ids, attention_mask, labels, *, average: bool):
     logps, mean_logits = [], []
     for ids, mask, lab in zip(input_ids, attention_mask, labels):
         real = mask.bool()
-        ids, lab = ids[real], lab[real]
-        target = lab[1:]
-        keep = (target != -100).nonzero().flatten()
-        if not keep.numel():
+        if not (lab[real][1:] != -100).any():
             raise PreferenceError("a preference side has no token the policy wrote: nothing to score")
-        logits = model(input_ids=ids[None], use_cache=False, logits_to_keep=keep).logits[0].float()
-        token_logps = torch.log_softmax(logits, dim=-1).gather(-1, target[keep][:, None]).squeeze(-1)
+        _, logits, target = labelled_logits(model, lab[real], input_ids=ids[real][None])
+        logits = logits.float()
+        token_logps = torch.log_softmax(logits, dim=-1).gather(-1, target[:, None]).squeeze(-1)
         logps.append(token_logps.mean() if average else token_logps.sum())
         mean_logits.append(logits.detach().mean())
     return torch.stack(logps), torch.stack(mean_logits)

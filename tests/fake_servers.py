@@ -6,6 +6,7 @@ a list (the last one repeating) or a function of the request; `get` answers GET 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,8 +21,6 @@ class _QuietOnHangup(ThreadingHTTPServer):
     server fault: socketserver would print its traceback to stderr, where tests read the CLI's one-line error."""
 
     def handle_error(self, request, client_address):
-        import sys
-
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
 
