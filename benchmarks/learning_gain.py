@@ -21,7 +21,10 @@ With `--with rft,simpo` the stages run as `hopsmith pipeline --with rft,simpo` r
 RFT samples the SFT adapter `--rft-samples` times per train question of the eval set, and trains it further on
 the correct episodes that searched; the preference pairs set the kept policy's own correct sample against its failed one
 on the same question (`--pair-chosen traces`: its greedy failures against the synthetic traces); after each
-stage the collapse guard keeps the better adapter. The ladder table then shows every stage on the same eval
+stage the collapse guard keeps the better adapter. The guard decides on the dev split (about a quarter of the
+train side, held out of every trace, sample and pair: `hopsmith.data.split`), so the eval split reports the
+ladder without choosing its adapter; `--no-dev` trains on the whole train side and lets the guard read the
+eval split, as `hopsmith pipeline --dev false` does. The ladder table then shows every stage on the same eval
 questions, each with its paired change against the adapter before it.
 
 Goal from the issue: tuned >= 3x base and >= +10 points. Everything lands in --out, so a rerun resumes
@@ -108,7 +111,8 @@ def ladder_config(args):
                                    learning_rate=args.learning_rate, max_length=1536, with_stages=args.with_stages,
                                    rft_samples=args.rft_samples, rft_limit=args.rft_limit, max_pairs=args.max_pairs,
                                    pair_chosen=args.pair_chosen, preference_preset=args.preference_preset,
-                                   preference_learning_rate=args.preference_learning_rate).resolved()
+                                   preference_learning_rate=args.preference_learning_rate,
+                                   dev=args.dev).resolved()
 
 
 def run_ladder(args, root: Path, tuned: dict) -> dict:
@@ -125,13 +129,18 @@ def run_ladder(args, root: Path, tuned: dict) -> dict:
 
 def baselines_table(record: dict) -> str:
     """Closed-book and retrieve-then-read beside the base and tuned agents (same questions, same model), and
-    the tuned agent's paired comparison with each baseline."""
+    the tuned agent's paired comparison with each baseline (and the ladder's final adapter's, when a stage
+    after SFT was kept)."""
     from hopsmith.metrics import headline
 
     runs = [(name, record["baselines"][key]) for key, name in (("closed_book", "closed-book"), ("rag", "BM25 top-k + read"))
             if key in record["baselines"]]
     runs += [(name, record[key]) for key, _, _, name in BASE_RUNS.values() if record.get(key)]
     runs.append(("tuned agent", record["tuned"]))
+    kept = record.get("kept")
+    final = record["ladder"][kept][kept] if kept and kept != "sft" and kept in (record.get("ladder") or {}) else None
+    if final is not None:  # the adapter the ladder ends on, when a stage after SFT was promoted
+        runs.append((f"ladder's {kept}", final))
 
     def cell(m: dict) -> str:
         return f"{100 * m['mean']:5.1f} [{100 * m['lo']:4.1f},{100 * m['hi']:5.1f}]"
@@ -139,6 +148,8 @@ def baselines_table(record: dict) -> str:
     lines = [f"{'baselines (n=' + str(record['tuned']['n']) + ')':<20}{'EM':>19}{'F1':>19}{'cover-EM':>19}"]
     lines += [f"{name:<20}{cell(m['em']):>19}{cell(m['f1']):>19}{cell(m['acc']):>19}" for name, m in runs]
     lines += [headline(m, record["tuned"], names=(name, "tuned")) for name, m in runs[:len(record["baselines"])]]
+    if final is not None:
+        lines += [headline(m, final, names=(name, kept)) for name, m in runs[:len(record["baselines"])]]
     return "\n".join(lines)
 
 
@@ -189,9 +200,13 @@ def main() -> None:
     ap.add_argument("--preference-preset", default="seed002", help="seed002 (SimPO) | dpo")
     ap.add_argument("--preference-learning-rate", type=float, default=1e-4)
     ap.add_argument("--max-pairs", type=int, default=None)
+    ap.add_argument("--dev", action=argparse.BooleanOptionalAction, default=None,
+                    help="hold out the dev split and let the guard choose on it (default: on with --with)")
     ap.add_argument("--out", default="runs/learning-gain")
     ap.add_argument("--print-only", action="store_true", help="reprint OUT/learning_gain.json, run nothing")
     args = ap.parse_args()
+    if args.dev is None:
+        args.dev = bool(args.with_stages)
     root = Path(args.out)
     if args.print_only:
         saved = root / "learning_gain.json"
@@ -221,7 +236,7 @@ def main() -> None:
     all_traces = []
     for name in args.train.split(","):
         sub = root / f"traces-{name}"
-        traces.run(update(traces.TracesConfig(), data=name, split="train", top_k=args.top_k,
+        traces.run(update(traces.TracesConfig(), data=name, split="fit" if args.dev else "train", top_k=args.top_k,
                           max_chars=args.max_chars, thinking_fraction=0.0), sub)
         judge.run(judge.JudgeConfig(), sub)
         all_traces += read_jsonl(sub / "kept.jsonl")

@@ -3,12 +3,13 @@
     python benchmarks/recipe_search.py --out runs/recipe/a --max-traces 12                     the demo's recipe
     python benchmarks/recipe_search.py --out runs/recipe/b --max-traces 40 --max-chars 300 --per-question 1
 
-The train split's questions are cut into `dev` and `fit` by connected component (`hopsmith.data.split`:
-questions that share a hop, an answer, a question text or a supporting paragraph stay on one side), the
-components drawn in the order of a hash of their smallest id until `--dev-size` questions are on the dev
-side. Synthetic traces are built from the fit questions only, SFT trains on them, and the base model
-(one-shot, as the pipeline evaluates it) and the adapter (zero-shot, the prompt it was trained on) are run on
-the dev questions, with pools built as `hopsmith eval` builds them (distractors from the train side). It
+The dev and fit questions are the library's (`hopsmith.data.split`, the splits `dev` and `fit`: the train
+side's connected components, about a quarter of them held out, so questions that share a hop, an answer, a
+question text or a supporting paragraph stay on one side; the ladder's guard decides on the same dev split).
+Synthetic traces are built from the fit questions only, with pools that hold no dev paragraph, SFT trains on
+them, and the base model (one-shot, as the pipeline evaluates it) and the adapter (zero-shot, the prompt it
+was trained on) are run on the dev questions (`--dev-size` caps them), with pools built as `hopsmith eval`
+builds them (distractors from the train side). It
 prints the paired comparison, the verdict line and the wall time of each part; everything lands in --out and
 `recipe.json`. The base run is cached under `--base-cache` per (data, dev size, top_k, max_chars, turns), so
 a series of recipes pays for it once. benchmarks/RECIPES.md records what each recipe gave.
@@ -16,25 +17,11 @@ a series of recipes pays for it once. benchmarks/RECIPES.md records what each re
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
 
 from hopsmith.io import read_jsonl, write_json, write_jsonl
-
-
-def dev_split(questions, dev_size: int) -> tuple[list, list]:
-    """(dev, fit): whole components, drawn by the hash of their smallest id until dev holds dev_size."""
-    from hopsmith.data.split import components
-
-    groups = sorted(components(questions), key=lambda g: hashlib.sha256(min(q.id for q in g).encode()).hexdigest())
-    dev_ids: set[str] = set()
-    for g in groups:
-        if len(dev_ids) >= dev_size:
-            break
-        dev_ids |= {q.id for q in g}
-    return [q for q in questions if q.id in dev_ids], [q for q in questions if q.id not in dev_ids]
 
 
 def _episodes(questions, pools, adapter, *, few_shot, args):
@@ -51,7 +38,7 @@ def _episodes(questions, pools, adapter, *, few_shot, args):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="musique")
-    ap.add_argument("--dev-size", type=int, default=20)
+    ap.add_argument("--dev-size", type=int, default=None, help="dev questions run (default: the whole dev split)")
     ap.add_argument("--max-traces", type=int, default=None, help="SFT on at most this many traces (all: unset)")
     ap.add_argument("--per-question", type=int, default=2)
     ap.add_argument("--weights", default="chain=1,retry=1,labels=1,verify=1,warmup=1")
@@ -70,8 +57,7 @@ def main() -> None:
     ap.add_argument("--base-cache", default="runs/recipe/base")
     args = ap.parse_args()
 
-    from hopsmith.data import load_questions
-    from hopsmith.data.pools import build_pools
+    from hopsmith.data import load_with_pools
     from hopsmith.guard import verdict
     from hopsmith.metrics import aggregate, format_comparison
     from hopsmith.traces import generate
@@ -81,25 +67,24 @@ def main() -> None:
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    dev, fit = dev_split(load_questions(args.data, split="train"), args.dev_size)
-    everything = load_questions(args.data)
-    dev_pools = build_pools(dev, others=everything)
+    dev, dev_pools = load_with_pools(args.data, split="dev", limit=args.dev_size)
+    fit, fit_pools = load_with_pools(args.data, split="fit")
     print(f"dev {len(dev)} questions, fit {len(fit)} (train split of {args.data}, split by component)")
 
-    base_dir = Path(args.base_cache) / f"{args.data}-dev{args.dev_size}-k{args.top_k}-c{args.max_chars}-t{args.max_turns}"
+    base_dir = Path(args.base_cache) / f"{args.data}-devsplit{args.dev_size or ''}-k{args.top_k}-c{args.max_chars}-t{args.max_turns}"
     base_rows = read_jsonl(base_dir / "results.jsonl") if (base_dir / "results.jsonl").exists() else None
     if base_rows is None:
         base_rows = _episodes(dev, dev_pools, None, few_shot=True, args=args)
         write_jsonl(base_dir / "results.jsonl", base_rows)
     t_base = time.perf_counter() - t0
 
-    traces, skips = generate(fit, build_pools(fit, others=everything), weights=args.weights,
+    traces, skips = generate(fit, fit_pools, weights=args.weights,
                              per_question=args.per_question, thinking_fraction=0.0, top_k=args.top_k,
                              max_chars=args.max_chars)
     if args.hop_traces:
         from hopsmith.traces.hops import hop_traces
 
-        hops, _ = hop_traces(fit, build_pools(fit, others=everything), top_k=args.top_k, max_chars=args.max_chars)
+        hops, _ = hop_traces(fit, fit_pools, top_k=args.top_k, max_chars=args.max_chars)
         traces += hops
     lengths = sft.trace_lengths(traces)
     ok = [t for t, n in zip(traces, lengths) if n <= args.max_length]

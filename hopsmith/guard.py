@@ -180,13 +180,14 @@ def f1_change(previous: dict, new: dict, judged: dict) -> dict[str, Any] | None:
 
 
 def promote(previous_name: str, previous: dict, new_name: str, new: dict, *, must_earn: bool = True,
-            **kw) -> dict[str, Any]:
+            on: str | None = None, **kw) -> dict[str, Any]:
     """The collapse guard's decision between a ladder stage's input and its output: {"kept": the name kept,
     "flagged", "reasons", "worse", "verdict" (the paired verdict's record), "line"}. The new adapter is kept
     unless `collapse_check` flags it, the paired verdict finds it worse than its input and better on
     nothing, or (with `must_earn`, for the stages after SFT) the verdict is not "better" and its F1 is not
     higher than its input's; then the ladder keeps the input. SFT over the base model goes without
-    `must_earn`: it is what the ladder is for, and the stages after it continue an adapter."""
+    `must_earn`: it is what the ladder is for, and the stages after it continue an adapter. `on` names the
+    questions the two runs are (the dev split, say), in the line."""
     check = collapse_check(previous, new, **kw)
     judged = verdict(previous, new, (previous_name, new_name))
     f1 = f1_change(previous, new, judged) if must_earn and judged["verdict"] != "better" else None
@@ -195,19 +196,20 @@ def promote(previous_name: str, previous: dict, new_name: str, new: dict, *, mus
              f"the paired tests cannot tell it from {previous_name}" if judged["verdict"] == "indistinguishable" else
              f"the paired tests find it better than {previous_name} on {', '.join(judged['better'])} and worse "
              f"on {', '.join(judged['worse'])}")
+    head = f"collapse guard, on {on}" if on else "collapse guard"
     if check["flagged"]:
         kept = previous_name
-        line = (f"collapse guard: {new_name} FLAGGED against {previous_name} ({'; '.join(check['reasons'])}); "
+        line = (f"{head}: {new_name} FLAGGED against {previous_name} ({'; '.join(check['reasons'])}); "
                 f"the ladder keeps {previous_name}")
     elif judged["verdict"] == "worse":
         kept = previous_name
-        line = (f"collapse guard: {new_name} not promoted: the paired tests find it worse than {previous_name} "
+        line = (f"{head}: {new_name} not promoted: the paired tests find it worse than {previous_name} "
                 f"on {', '.join(judged['worse'])} and better on nothing; the ladder keeps {previous_name}")
     elif f1 is not None and f1["delta"] <= 0:
         kept = previous_name
         interval = (f", change {100 * f1['delta']:+.1f}pt, paired 95% CI [{100 * f1['lo']:+.1f}, {100 * f1['hi']:+.1f}]"
                     if f1.get("lo") is not None else "")
-        line = (f"collapse guard: {new_name} not promoted: {tests}, and its F1 is "
+        line = (f"{head}: {new_name} not promoted: {tests}, and its F1 is "
                 f"{'the same' if f1['delta'] == 0 else 'lower'} ({100 * f1['previous']:.1f} -> {100 * f1['new']:.1f}"
                 f"{interval}); the ladder keeps {previous_name}")
     else:
@@ -217,6 +219,7 @@ def promote(previous_name: str, previous: dict, new_name: str, new: dict, *, mus
         if check["tested"]:
             why = ("tool use did not fall and invalid calls did not rise beyond the paired 95% CI, "
                    + ("and " if f1 is None else "") + why)
-        line = f"collapse guard: {new_name} promoted over {previous_name}: {why}"
+        line = f"{head}: {new_name} promoted over {previous_name}: {why}"
     return {"kept": kept, "previous": previous_name, "new": new_name, **check, "worse": judged["worse"],
-            "verdict": {k: judged[k] for k in ("verdict", "better", "worse", "line", "paired_n")}, "line": line}
+            "verdict": {k: judged[k] for k in ("verdict", "better", "worse", "line", "paired_n")}, "line": line,
+            **({"on": on} if on else {})}

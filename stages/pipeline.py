@@ -23,7 +23,14 @@ and invalid-call rate with the adapter the ladder kept so far, paired on the sam
 use fell or whose invalid calls rose beyond the paired 95% interval is flagged and not promoted, and so is one
 the paired tests find worse on some metric and better on none. A stage after SFT must also earn its place:
 when the paired tests cannot tell it from its input, it is promoted only if its F1 is higher. The
-decision is in each comparison and in `promoted.json` (the adapter the ladder ends with). The last line
+decision is in each comparison and in `promoted.json` (the adapter the ladder ends with).
+
+Choosing among adapters by their eval scores would let the eval split pick the winner it then reports. So
+when `--with` adds stages, the ladder holds out the train side's dev split (`hopsmith.data.split`: about a
+quarter of the train questions, whole components, sharing no fact with the rest): traces, RFT samples and
+preference pairs come from the `fit` split only, and the guard decides each stage after SFT on its paired
+run on the dev questions (`dev-sft/`, `dev-<stage>/`). The eval split is still run for every stage and
+reported, never consulted. `--dev false` turns this off (the guard then reads the eval split, and says so). The last line
 printed is the paired verdict of SFT against the base model: better, worse, mixed or indistinguishable.
 """
 from __future__ import annotations
@@ -101,6 +108,10 @@ class PipelineConfig:
     # None: the preference preset's own (seed 002: 5e-7). Seed 002 sets it "10x lower than SFT"; the local
     # preset's SFT runs at 1e-3 on a few dozen steps, where 5e-7 would leave the adapter unchanged, so it uses 1e-4.
     preference_learning_rate: float | None = None
+    # Hold out the dev split and let the guard decide the stages after SFT on it (see the module docstring);
+    # None: on exactly when --with adds stages.
+    dev: bool | None = None
+    dev_limit: int | None = None  # dev questions each of the guard's runs takes (None: every one)
 
     def resolved(self) -> "PipelineConfig":
         if self.preset not in PRESETS:
@@ -113,7 +124,8 @@ class PipelineConfig:
         if not 0 < self.rft_temperature <= 2:
             raise ConfigError(f"--rft-temperature must be in (0, 2], got {self.rft_temperature}")
         preset = PRESETS[self.preset]
-        return replace(self, **{k: v for k, v in preset.items() if getattr(self, k) is None})
+        out = replace(self, **{k: v for k, v in preset.items() if getattr(self, k) is None})
+        return out if out.dev is not None else replace(out, dev=bool(out.stages()))
 
     def stages(self) -> list[str]:
         """The stages after SFT that `--with` asks for, in the ladder's order (rft before simpo)."""
@@ -142,9 +154,14 @@ LADDER = (Step("traces", "traces from the train split"), Step("judge", "judge"),
           Step("eval-sft", "tuned eval"))
 
 
+def train_split(cfg) -> str:
+    """What the ladder trains on: the train split, less the dev split when that one chooses the adapters."""
+    return "fit" if getattr(cfg, "dev", False) else "train"
+
+
 def traces_settings(cfg) -> dict:
     """The traces step's TracesConfig keys, from a ladder config (PipelineConfig or stages.cloud.CloudConfig)."""
-    return {"data": cfg.data, "split": "train", "limit": cfg.train_limit, "top_k": cfg.top_k,
+    return {"data": cfg.data, "split": train_split(cfg), "limit": cfg.train_limit, "top_k": cfg.top_k,
             "max_chars": cfg.max_chars, "seed": cfg.seed, "teacher": getattr(cfg, "teacher", None)}
 
 
@@ -270,29 +287,44 @@ def reading_traces(cfg: PipelineConfig, root: Path) -> list[dict]:
     to `root/hops.jsonl` once and read back on a rerun."""
     path = root / "hops.jsonl"
     if not path.exists():
-        questions, pools = load_with_pools(cfg.data, split="train", limit=cfg.train_limit)
+        questions, pools = load_with_pools(cfg.data, split=train_split(cfg), limit=cfg.train_limit)
         write_jsonl(path, hop_traces(questions, pools, top_k=cfg.top_k, max_chars=cfg.max_chars)[0])
     return read_jsonl(path)
 
 
-def guarded_stage(root: Path, kept: dict, name: str, adapter: str, metrics: dict) -> dict:
+def guarded_stage(root: Path, kept: dict, name: str, adapter: str, metrics: dict, dev: dict | None = None) -> dict:
     """The collapse guard after a ladder stage: the stage's adapter replaces the kept one unless its tool use
     fell or its invalid calls rose beyond the paired 95% CI against it, the paired tests find it worse, or
-    (after SFT) they cannot tell and its F1 is not higher (`hopsmith.guard.promote`). Returns the adapter now
-    kept ({"name", "adapter", "metrics", "promotion"}) and records it in `root/promoted.json`."""
-    decision = promote(kept["name"], kept["metrics"], name, metrics, must_earn=kept["adapter"] is not None)
-    now = {"name": name, "adapter": adapter, "metrics": metrics} if decision["kept"] == name else dict(kept)
+    (after SFT) they cannot tell and its F1 is not higher (`hopsmith.guard.promote`). With `dev` (the stage's
+    run on the dev split) the decision reads it and the kept adapter's `dev` run, not the eval metrics.
+    Returns the adapter now kept ({"name", "adapter", "metrics", "dev", "promotion"}) and records it in
+    `root/promoted.json`."""
+    if dev is not None:
+        decision = promote(kept["name"], kept["dev"], name, dev, must_earn=kept["adapter"] is not None,
+                           on=f"the dev split ({dev['n']} held-out train questions)")
+    else:
+        decision = promote(kept["name"], kept["metrics"], name, metrics, must_earn=kept["adapter"] is not None)
+    now = ({"name": name, "adapter": adapter, "metrics": metrics, "dev": dev} if decision["kept"] == name
+           else dict(kept))
     now["promotion"] = {k: v for k, v in decision.items() if k not in ("tool_use", "invalid_calls")}
     write_json(root / "promoted.json", {"name": now["name"], "adapter": now["adapter"], "decision": now["promotion"]})
     return now
 
 
-def guarded_comparison(root: Path, kept: dict, name: str, adapter: str, metrics: dict, path: Path, log) -> dict:
+def guarded_comparison(root: Path, kept: dict, name: str, adapter: str, metrics: dict, path: Path, log,
+                       dev: dict | None = None) -> dict:
     """The paired comparison table of a stage against the kept adapter, then the guard's decision and the
-    verdict, logged and written to `path`; returns the adapter now kept (as `guarded_stage`)."""
-    now = guarded_stage(root, kept, name, adapter, metrics)
-    text = (format_comparison(kept["metrics"], metrics, names=(kept["name"], name))
-            + f"\n{now['promotion']['line']}\n{now['promotion']['verdict']['line']}")
+    verdict, logged and written to `path`; returns the adapter now kept (as `guarded_stage`). With `dev`
+    the guard decides on the dev runs, and the eval split's own verdict follows, as a report."""
+    now = guarded_stage(root, kept, name, adapter, metrics, dev)
+    lines = [format_comparison(kept["metrics"], metrics, names=(kept["name"], name)), now["promotion"]["line"]]
+    if dev is None:
+        lines.append(now["promotion"]["verdict"]["line"])
+    else:
+        lines += [f"dev split: {now['promotion']['verdict']['line']}",
+                  "eval split (reported, not used to choose): "
+                  + verdict(kept["metrics"], metrics, (kept["name"], name))["line"]]
+    text = "\n".join(lines)
     path.write_text(text + "\n")
     log(text)
     return now
@@ -303,7 +335,7 @@ def rft_config(cfg: PipelineConfig, adapter: str | None) -> rft.RFTConfig:
     RFT's SFT with the ladder's SFT settings (one epoch at one trace a step in the local preset)."""
     agent = {k: v for k, v in eval_settings(cfg, adapter).items() if k in ("model", "adapter", "max_turns",
                                                                           "max_new_tokens", "top_k", "max_chars")}
-    return update(rft.RFTConfig(), **agent, data=cfg.data, limit=cfg.rft_limit or cfg.train_limit,
+    return update(rft.RFTConfig(), **agent, data=cfg.data, split=train_split(cfg), limit=cfg.rft_limit or cfg.train_limit,
                   samples=cfg.rft_samples, temperature=cfg.rft_temperature, few_shot=adapter is None,
                   batch_size=cfg.batch_size, epochs=cfg.epochs, learning_rate=cfg.learning_rate,
                   max_length=cfg.max_length, sft_batch_size=cfg.sft_batch_size or 2, seed=cfg.seed)
@@ -326,6 +358,9 @@ def after_sft(cfg: PipelineConfig, root: Path, kept: dict, log, *, steps_before:
     """The `--with` stages in order (rft, simpo), each continuing the adapter kept so far; yields (name, its
     record, the adapter kept after it). `hopsmith pipeline` and `benchmarks/learning_gain.py` both walk this."""
     stages = cfg.stages()
+    if cfg.dev and stages and kept["adapter"] is not None and kept.get("dev") is None:
+        log(f"      the kept adapter ({kept['name']}) on the dev split, where the guard decides the stages after it")
+        kept = {**kept, "dev": evaluate.run(dev_config(cfg, kept["adapter"]), root / f"dev-{kept['name']}")}
     for i, name in enumerate(stages):
         log(f"[{steps_before + i + 1}/{steps_before + len(stages)}] {name} on {kept['name']}")
         record = (_rft if name == "rft" else _simpo)(cfg, root, kept, log)
@@ -333,16 +368,26 @@ def after_sft(cfg: PipelineConfig, root: Path, kept: dict, log, *, steps_before:
         yield name, record, kept
 
 
+def dev_config(cfg: PipelineConfig, adapter: str) -> EvalConfig:
+    """An adapter's run on the dev split (`dev_limit` questions, or every one), the eval's agent settings."""
+    return replace(eval_config(cfg, adapter=adapter), split="dev", limit=cfg.dev_limit, extraction_bench=False)
+
+
 def _compare_stage(cfg: PipelineConfig, root: Path, kept: dict, name: str, adapter: str, log) -> dict:
-    """Eval the stage's adapter, compare it with the kept one (paired), run the collapse guard, and write
-    `comparison-<name>.txt`; returns the stage's record with the adapter now kept under "kept"."""
+    """Eval the stage's adapter (and, with the dev split on, run it there too), compare it with the kept one
+    (paired), run the collapse guard, and write `comparison-<name>.txt`; returns the stage's record with the
+    adapter now kept under "kept"."""
     metrics = evaluate.run(eval_config(cfg, adapter=adapter), root / f"eval-{name}")
-    now = guarded_comparison(root, kept, name, adapter, metrics, root / f"comparison-{name}.txt", log)
+    dev = evaluate.run(dev_config(cfg, adapter), root / f"dev-{name}") if cfg.dev else None
+    now = guarded_comparison(root, kept, name, adapter, metrics, root / f"comparison-{name}.txt", log, dev=dev)
     v = now["promotion"]["verdict"]
-    return {"against": kept["name"], kept["name"]: kept["metrics"], name: metrics,
-            "comparison": compare(kept["metrics"], metrics),
-            "verdict": v, "promotion": now["promotion"],
-            "kept": now}
+    out = {"against": kept["name"], kept["name"]: kept["metrics"], name: metrics,
+           "comparison": compare(kept["metrics"], metrics),
+           "verdict": v, "promotion": now["promotion"],
+           "kept": now}
+    if dev is not None:
+        out["dev"] = {kept["name"]: kept["dev"], name: dev}
+    return out
 
 
 def _rft(cfg: PipelineConfig, root: Path, kept: dict, log) -> dict:
@@ -371,7 +416,7 @@ def _pairs(cfg: PipelineConfig, root: Path, kept: dict) -> dict:
         write_jsonl(chosen, [r for r in read_jsonl(samples) if r["kept"]])
         results = samples
     else:
-        mine_cfg = replace(eval_config(cfg, adapter=kept["adapter"]), split="train", limit=cfg.mine_limit,
+        mine_cfg = replace(eval_config(cfg, adapter=kept["adapter"]), split=train_split(cfg), limit=cfg.mine_limit,
                            allow_leakage=True, extraction_bench=False)  # its training questions, on purpose
         evaluate.run(mine_cfg, root / "mine")
         results, chosen = root / "mine" / "results.jsonl", root / "kept.jsonl"

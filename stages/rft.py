@@ -40,6 +40,7 @@ class RFTConfig:
     """`hopsmith rft`: sample the policy, keep the judged-correct episodes, train it further on them."""
 
     data: str = "musique"  # bundled set or file whose train split is sampled
+    split: str = "train"  # train | fit (the train side less its dev split, when a dev split chooses adapters)
     limit: int | None = None  # train questions
     samples: int = 4  # episodes per question (sample i seeds the sampler with seed + i)
     judge: str | None = None  # backend spec of an LLM judge a kept episode must also pass; None: rules only
@@ -58,6 +59,8 @@ class RFTConfig:
     def __post_init__(self):
         if self.samples < 1:
             raise ConfigError(f"RFTConfig.samples must be >= 1, got {self.samples}")
+        if self.split not in ("train", "fit"):
+            raise ConfigError(f"RFTConfig.split must be train or fit (RFT trains on what it samples), got {self.split!r}")
         if self.agent.temperature <= 0:
             raise ConfigError("RFTConfig.temperature must be > 0: rejection sampling needs varied samples")
 
@@ -90,7 +93,7 @@ def sample(cfg: RFTConfig, root: str | Path, *, backend=None) -> list[dict]:
     refuse_other_config(root / "config.json", cfg, keys, what="samples", added=flat_config(to_dict(RFTConfig())),
                         normalize=canonical_specs)
     write_json(root / "config.json", asdict(cfg))
-    questions, pools = load_with_pools(cfg.data, split="train", limit=cfg.limit)
+    questions, pools = load_with_pools(cfg.data, split=cfg.split, limit=cfg.limit)
     path = root / "samples.jsonl"
     done = {(r["question_id"], r["sample"]) for r in read_jsonl(path, repair=True)}
     if any((q.id, i) not in done for q in questions for i in range(cfg.samples)):  # else no model is loaded

@@ -56,7 +56,7 @@ class TracesConfig:
     """`hopsmith traces`: synthetic or teacher agent traces for SFT."""
 
     data: str = "musique"  # bundled set name (musique | hotpotqa | 2wiki) or a file in an original format
-    split: str = "train"  # train | eval | all (eval and all need allow_eval_questions)
+    split: str = "train"  # train | fit (the train side less its dev split) | eval | all (eval, all: allow_eval_questions)
     allow_eval_questions: bool = False  # let traces be written for eval questions (then nothing evaluates held out)
     limit: int | None = None  # the first `limit` questions of the split
     pool_size: int = 400  # paragraphs in each question's pool, as eval builds it
@@ -87,9 +87,9 @@ class TracesConfig:
     def __post_init__(self):
         if self.teacher is not None and self.teacher.strip().lower() in ("", "none", "null"):
             object.__setattr__(self, "teacher", None)  # how a flag or TOML says "no teacher"
-        if self.split not in ("train", "eval", "all"):
-            raise ConfigError(f"TracesConfig.split must be train, eval or all, got {self.split!r}")
-        if self.split != "train" and not self.allow_eval_questions:
+        if self.split not in ("train", "fit", "eval", "all"):
+            raise ConfigError(f"TracesConfig.split must be train, fit, eval or all, got {self.split!r}")
+        if self.split not in ("train", "fit") and not self.allow_eval_questions:
             raise ConfigError(f"TracesConfig.split={self.split!r} would train on eval questions; "
                               "use split=train, or set allow_eval_questions")
         if self.num_shards < 1 or not 0 <= self.shard < self.num_shards:

@@ -16,6 +16,7 @@ from hopsmith.data import (
     hop_question,
     load_corpus,
     load_questions,
+    load_with_pools,
     pool_key,
     single_hop_ids,
     split_of,
@@ -158,6 +159,33 @@ def test_split_is_stable_and_partitions_the_set(musique):
     assert load_questions("musique", split="eval", limit=3) == evals[:3]
     sizes = {name: tuple(len(load_questions(name, split=s)) for s in SPLITS) for name in BUNDLED}
     assert sizes == {"musique": (65, 85), "hotpotqa": (105, 95), "2wiki": (51, 72)}
+
+
+def test_the_dev_split_is_whole_components_of_the_train_side():
+    """dev + fit partition the train side; no sharing link (a component of the graph) crosses them; the
+    sizes are stable, and a fit question's pool holds no dev question's paragraph."""
+    from hopsmith.data.split import components
+
+    sizes = {name: tuple(len(load_questions(name, split=s)) for s in ("dev", "fit")) for name in BUNDLED}
+    assert sizes == {"musique": (18, 47), "hotpotqa": (25, 80), "2wiki": (12, 39)}
+    for name in BUNDLED:
+        train = load_questions(name, split="train")
+        dev, fit = load_questions(name, split="dev"), load_questions(name, split="fit")
+        assert sorted(q.id for q in dev + fit) == sorted(q.id for q in train)
+        assert all(q.meta["dev"] for q in dev) and not any("dev" in q.meta for q in fit)
+        assert all(q.meta["split"] == "train" for q in dev + fit)
+        for group in components(train):  # within one set; the split is drawn on all three at once
+            assert len({"dev" in q.meta for q in group}) == 1, [q.id for q in group]
+    assert not any("dev" in q.meta for q in load_questions("musique", split="eval"))
+    fit, pools = load_with_pools("musique", split="fit")
+    dev_content = {paragraph_key(p) for q in load_questions("musique", split="dev") for p in q.paragraphs}
+    assert not any(paragraph_key(p) in dev_content for q in fit for p in pools[q.id])
+    # without hold_out_dev (the plain train split) the same questions' pools do carry dev paragraphs:
+    # the ban has work to do
+    train, plain = load_with_pools("musique", split="train")
+    assert any(paragraph_key(p) in dev_content for q in train if "dev" not in q.meta for p in plain[q.id])
+    with pytest.raises(DataError, match="valid splits: train, eval, dev, fit"):
+        load_questions("musique", split="holdout")
 
 
 def test_questions_built_on_one_single_hop_question_share_a_side(musique):
@@ -303,7 +331,7 @@ def test_empty_sets_are_errors(tmp_path):
     with pytest.raises(DataError, match="split 'eval'"):
         load_questions(write_jsonl(tmp_path / "one.jsonl", [train_row]), split="eval")
     with pytest.raises(DataError, match="unknown split"):
-        load_questions("musique", split="dev")
+        load_questions("musique", split="validation")
 
 
 def test_duplicate_ids_are_refused(tmp_path):

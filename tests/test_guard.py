@@ -152,3 +152,28 @@ def test_sft_need_not_earn_its_place_over_the_base_model_but_the_stages_after_it
     record = _simpo(PipelineConfig(), tmp_path, {"name": "base", "adapter": None, "metrics": base}, print)
     assert record["skipped"] and "kept the base model" in capsys.readouterr().out
     assert not (tmp_path / "pairs").exists() and not (tmp_path / "mine").exists()
+
+
+def test_with_a_dev_split_the_guard_decides_on_it_and_not_on_the_eval_split(tmp_path):
+    """The eval split would promote RFT (ten more answers right), the dev split finds it worse: the ladder
+    keeps SFT, the line says where it decided, and the comparison still reports the eval split's verdict."""
+    from stages.pipeline import guarded_comparison
+
+    sft_eval = _run([_row(i, right=i < 3, calls=[GOOD]) for i in range(N)])
+    rft_eval = _run([_row(i, right=i < 13, calls=[GOOD]) for i in range(N)])
+    sft_dev = _run([_row(i, right=i < 12, calls=[GOOD]) for i in range(N)])
+    rft_dev = _run([_row(i, right=i < 2, calls=[GOOD]) for i in range(N)])
+    assert promote("sft", sft_eval, "rft", rft_eval)["kept"] == "rft"
+    kept = {"name": "sft", "adapter": "runs/x/sft", "metrics": sft_eval, "dev": sft_dev}
+    now = guarded_comparison(tmp_path, kept, "rft", "runs/x/rft", rft_eval, tmp_path / "comparison-rft.txt",
+                             lambda *_: None, dev=rft_dev)
+    assert now["name"] == "sft" and now["metrics"] is sft_eval and now["dev"] is sft_dev
+    assert now["promotion"]["line"].startswith(f"collapse guard, on the dev split ({N} held-out train questions): "
+                                               "rft not promoted")
+    text = (tmp_path / "comparison-rft.txt").read_text()
+    assert "dev split: " in text and "eval split (reported, not used to choose): " in text
+    assert "better" in text.split("eval split (reported, not used to choose): ")[1]
+    # promoted on dev, the new adapter carries its dev run forward for the next stage to be judged against
+    now = guarded_comparison(tmp_path, kept, "rft", "runs/x/rft", rft_eval, tmp_path / "c.txt", lambda *_: None,
+                             dev=_run([_row(i, right=i < 22, calls=[GOOD]) for i in range(N)]))
+    assert now["name"] == "rft" and now["dev"]["n"] == N and now["metrics"] is rft_eval

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from hopsmith.data import load_questions
 from hopsmith.traces import sample_traces
 from hopsmith import cli
 from stages import pipeline
@@ -60,7 +61,7 @@ def test_ladder_with_simpo_on_tiny_model(tiny_dir, tmp_path, capsys):
     out = tmp_path / "ladder"
     argv = ["pipeline", "--model", str(tiny_dir), "--eval-limit", "2", "--train-limit", "4", "--max-traces", "4",
             "--epochs", "1", "--max-turns", "1", "--max-new-tokens", "6", "--max-length", "8192", "--mine-limit", "4",
-            "--max-pairs", "2", "--with", "simpo", "--pair-chosen", "traces", "--out", str(out)]
+            "--max-pairs", "2", "--with", "simpo", "--pair-chosen", "traces", "--dev-limit", "2", "--out", str(out)]
     assert cli.main(argv) == 0
     for path in ("mine/results.jsonl", "pairs/pairs.jsonl", "simpo/adapter_config.json", "simpo/behaviour.json",
                  "eval-simpo/metrics.json", "comparison-simpo.txt", "comparison-simpo.json"):
@@ -76,7 +77,12 @@ def test_ladder_with_simpo_on_tiny_model(tiny_dir, tmp_path, capsys):
     # the guard ran after SimPO too, against the adapter the ladder kept before it
     decision = json.loads((out / "promoted.json").read_text())["decision"]
     assert decision["new"] == "simpo" and decision["kept"] in ("simpo", decision["previous"])
-    assert "collapse guard: simpo" in (out / "comparison-simpo.txt").read_text()
+    # it decided on the dev split (the eval split's verdict is reported beside it), where nothing was mined
+    text = (out / "comparison-simpo.txt").read_text()
+    assert "collapse guard, on the dev split (2 held-out train questions): simpo" in text
+    assert "eval split (reported, not used to choose): " in text
+    dev_run = {json.loads(line)["question_id"] for line in (out / "dev-simpo" / "results.jsonl").read_text().splitlines()}
+    assert len(dev_run) == 2 and not dev_run & mined and result["dev"]["simpo"]["n"] == 2
 
 
 def test_ladder_with_rft_then_on_policy_simpo_on_tiny_model(tiny_dir, tmp_path, capsys):
@@ -85,7 +91,7 @@ def test_ladder_with_rft_then_on_policy_simpo_on_tiny_model(tiny_dir, tmp_path, 
     out = tmp_path / "ladder"
     argv = ["pipeline", "--model", str(tiny_dir), "--eval-limit", "2", "--train-limit", "3", "--max-traces", "3",
             "--epochs", "1", "--max-turns", "1", "--max-new-tokens", "6", "--max-length", "8192",
-            "--rft-samples", "2", "--rft-limit", "2", "--with", "simpo,rft", "--out", str(out)]
+            "--rft-samples", "2", "--rft-limit", "2", "--with", "simpo,rft", "--dev-limit", "2", "--out", str(out)]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     samples = [json.loads(line) for line in (out / "rft" / "samples.jsonl").read_text().splitlines()]
@@ -100,6 +106,15 @@ def test_ladder_with_rft_then_on_policy_simpo_on_tiny_model(tiny_dir, tmp_path, 
     assert sorted(d.name for d in out.glob("rft*")) == ["rft"]
     assert printed.index("[7/8] rft on sft") < printed.index("[8/8] simpo on sft")
     assert "--pair-chosen traces" in printed and result["promoted"]["name"] in ("base", "sft")
+    # --with holds out the dev split: traces and samples come from the fit split, and the kept adapter ran on
+    # dev questions, which nothing trained on, for the guard to judge the next stages against
+    dev = {q.id for q in load_questions("musique", split="dev")}
+    assert json.loads((out / "pipeline.json").read_text())["dev"] is True
+    assert json.loads((out / "traces" / "config-0.json").read_text())["split"] == "fit" and config["split"] == "fit"
+    trained = {json.loads(line)["question_id"] for line in (out / "train.jsonl").read_text().splitlines()}
+    assert trained and not trained & dev and not {s["question_id"] for s in samples} & dev
+    dev_run = [json.loads(line)["question_id"] for line in (out / "dev-sft" / "results.jsonl").read_text().splitlines()]
+    assert len(dev_run) == 2 and set(dev_run) <= dev
 
 
 def test_on_policy_pairs_set_the_policys_right_sample_against_its_wrong_one(tiny_dir, tmp_path):

@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from hopsmith.data.split import assign_splits
+from hopsmith.data.split import mark_sides
 from hopsmith.io import json_object
 from hopsmith.records import Hop, Paragraph, Question
 
@@ -33,6 +33,9 @@ BUNDLED = {
     "2wiki": BUNDLED_DIR / "2wiki_dev_sample.jsonl",
 }
 SPLITS = ("train", "eval")
+# The train side divided: `dev` (about a quarter of its components, for choosing among adapters) and `fit`
+# (the rest, to train on). See `hopsmith.data.split`.
+HOLDOUT_SPLITS = ("dev", "fit")
 
 # "comparison" is a type of both HotpotQA and 2Wiki, so only these mark a row without evidences as 2Wiki.
 _TWOWIKI_ONLY_TYPES = {"bridge_comparison", "compositional", "inference"}
@@ -47,11 +50,12 @@ def load_questions(source: str | Path, *, limit: int | None = None, split: str |
 
     Every question carries its side in `meta["split"]` (see `hopsmith.data.split`: questions sharing a
     single-hop id, an answer, a question text or a supporting paragraph stay on one side; the bundled sets
-    are split together). `split` keeps only the `"train"` or `"eval"` questions; `limit` then keeps the
-    first `limit` of them in file order. Raises `DataError` when nothing is left.
+    are split together). `split` keeps only the `"train"` or `"eval"` questions, or the train side's `"dev"`
+    (`meta["dev"]`) or `"fit"` part; `limit` then keeps the first `limit` of them in file order. Raises
+    `DataError` when nothing is left.
     """
-    if split is not None and split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    if split is not None and split not in SPLITS + HOLDOUT_SPLITS:
+        raise DataError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS + HOLDOUT_SPLITS)}")
     if limit is not None and limit < 0:
         raise DataError(f"limit must be >= 0, got {limit}")
     path = _resolve(source)
@@ -59,11 +63,11 @@ def load_questions(source: str | Path, *, limit: int | None = None, split: str |
         questions = list(_bundled_questions()[path.resolve()])
     else:
         questions = _load_file(path)
-        sides = assign_splits(questions)
-        for q in questions:
-            q.meta["split"] = sides[q.id]
-    if split is not None:
+        mark_sides(questions)
+    if split in SPLITS:
         questions = [q for q in questions if q.meta["split"] == split]
+    elif split is not None:  # dev or fit: the train side, held out or not
+        questions = [q for q in questions if q.meta["split"] == "train" and q.meta.get("dev", False) == (split == "dev")]
     if limit is not None:
         questions = questions[:limit]
     if not questions:
@@ -80,10 +84,7 @@ def _bundled_questions() -> dict[Path, tuple[Question, ...]]:
     """Every bundled set, split as one graph (a train question of one set shares nothing with an eval
     question of another); loaded once per process."""
     by_path = {p.resolve(): _load_file(p) for p in BUNDLED.values()}
-    sides = assign_splits([q for qs in by_path.values() for q in qs])
-    for qs in by_path.values():
-        for q in qs:
-            q.meta["split"] = sides[q.id]
+    mark_sides([q for qs in by_path.values() for q in qs])
     return {p: tuple(qs) for p, qs in by_path.items()}
 
 

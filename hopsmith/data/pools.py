@@ -29,6 +29,7 @@ def build_pools(
     size: int = 400,
     seed: int = 0,
     others: Sequence[Question] | None = None,
+    hold_out_dev: bool = False,
 ) -> dict[str, list[Paragraph]]:
     """Map each question id to its pool: its own paragraphs first, then distractors up to `size`.
 
@@ -42,15 +43,19 @@ def build_pools(
     paragraphs never are (the split keeps questions sharing one on one side). The pool is smaller than
     `size` when the donors run out, and holds all own paragraphs even if they exceed `size`. Sorting the
     donors by id first makes a pool independent of the order and of the other members of `questions`, so
-    a 20-question eval run sees the same pools as the full set.
+    a 20-question eval run sees the same pools as the full set. With `hold_out_dev` (the `fit` split) a
+    train question that is not a dev one is banned the dev questions' paragraphs too, so what it trains on
+    never shows the evidence the dev split chooses adapters by.
     """
     donors = sorted(questions if others is None else others, key=lambda q: q.id)
     eval_keys = {_content_key(p) for d in (*donors, *questions) if d.meta.get("split") == "eval"
                  for p in d.paragraphs}
+    dev_keys = ({_content_key(p) for d in (*donors, *questions) if d.meta.get("dev") for p in d.paragraphs}
+                if hold_out_dev else set())
     pools: dict[str, list[Paragraph]] = {}
     for q in questions:
         side = q.meta.get("split")
-        banned = eval_keys if side == "train" else set()
+        banned = eval_keys | (set() if q.meta.get("dev") else dev_keys) if side == "train" else set()
         order = [d for d in donors if d.id != q.id and d.meta.get("split") == side]
         random.Random(f"{seed}:{q.id}").shuffle(order)
         pool = [p for p in q.paragraphs if p.supporting or _content_key(p) not in banned]
@@ -80,7 +85,8 @@ def load_with_pools(data: str, *, split: str | None = None, limit: int | None = 
     if not any(q.paragraphs for q in questions):
         raise DataError(f"{data}: its questions come without paragraphs (Bamboogle does); "
                         "give a corpus to search with --corpus FILE.jsonl")
-    return questions, build_pools(questions, size=size, seed=seed, others=load_questions(data))
+    return questions, build_pools(questions, size=size, seed=seed, others=load_questions(data),
+                                  hold_out_dev=split == "fit")
 
 
 def load_corpus(path: str | Path) -> list[Paragraph]:

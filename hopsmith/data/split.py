@@ -25,6 +25,11 @@ questions whose component grew.
 The three bundled sets are split together, as one graph: the ladder trains on the train side of all
 three and evaluates on the eval side of one, so no bundled train question may share an answer with any
 bundled eval question. Pools keep the sides apart too (see `hopsmith.data.pools`).
+
+A dev split for choosing among adapters is carved from the train side the same way: a train component
+whose smallest id `dev_of` picks (about a quarter of them) has `meta["dev"] = True`; `split="dev"` loads those
+questions and `split="fit"` the rest of the train side. A ladder that trains on `fit` and decides on `dev`
+never reads an eval question to choose its adapter, and no dev question shares a fact with a fit one.
 """
 from __future__ import annotations
 
@@ -44,6 +49,12 @@ def split_of(question_id: str) -> str:
     smallest id this is (and of a question that shares nothing with another)."""
     digest = hashlib.sha256(question_id.encode("utf-8")).digest()
     return "eval" if digest[-1] % 2 == 0 else "train"
+
+
+def dev_of(question_id: str) -> bool:
+    """Whether the train component whose smallest id this is goes to the dev split: a second hash of the id
+    (salted, so it is independent of `split_of`) picks about one component in four."""
+    return hashlib.sha256(b"dev:" + question_id.encode("utf-8")).digest()[-1] % 4 == 0
 
 
 def single_hop_ids(question_id: str) -> tuple[str, ...]:
@@ -106,9 +117,28 @@ def components(questions: Sequence[Question]) -> list[list[Question]]:
 
 def assign_splits(questions: Sequence[Question]) -> dict[str, str]:
     """Question id -> "train" | "eval", one side per connected component."""
+    return {i: "eval" if s == "eval" else "train" for i, s in assign_sides(questions).items()}
+
+
+def assign_sides(questions: Sequence[Question]) -> dict[str, str]:
+    """Question id -> "eval" | "fit" | "dev": the split's side per connected component, the train side
+    divided into fit and dev (`dev_of`)."""
     sides: dict[str, str] = {}
     for group in components(questions):
-        side = split_of(min(q.id for q in group))
+        smallest = min(q.id for q in group)
+        side = split_of(smallest)
+        if side == "train":
+            side = "dev" if dev_of(smallest) else "fit"
         for q in group:
             sides[q.id] = side
     return sides
+
+
+def mark_sides(questions: Sequence[Question]) -> None:
+    """Set `meta["split"]` ("train" | "eval") on every question, and `meta["dev"] = True` on the train
+    questions held out for choosing adapters, from one pass over the sharing graph."""
+    sides = assign_sides(questions)
+    for q in questions:
+        q.meta["split"] = "eval" if sides[q.id] == "eval" else "train"
+        if sides[q.id] == "dev":
+            q.meta["dev"] = True
