@@ -24,7 +24,7 @@ on the same question (`--pair-chosen traces`: its greedy failures against the sy
 stage the collapse guard keeps the better adapter. The guard decides on the dev split (about a quarter of the
 train side, held out of every trace, sample and pair: `hopsmith.data.split`), so the eval split reports the
 ladder without choosing its adapter; `--no-dev` trains on the whole train side and lets the guard read the
-eval split, as `hopsmith pipeline --dev false` does. The ladder table then shows every stage on the same eval
+eval split, as `hopsmith pipeline --no-dev` does. The ladder table then shows every stage on the same eval
 questions, each with its paired change against the adapter before it.
 
 Goal from the issue: tuned >= 3x base and >= +10 points. Everything lands in --out, so a rerun resumes
@@ -74,7 +74,8 @@ def report(record: dict) -> str:
 
 def ladder_table(record: dict) -> str:
     """One row per stage of the ladder on the same eval questions (EM, F1, tool use with 95% intervals, the
-    invalid-call rate), then each stage's paired headline against the adapter it continued, and its guard line."""
+    invalid-call rate), then each stage's paired headline against the adapter it continued (and on the dev
+    split, where the guard decided, when it ran there), and its guard line."""
     from hopsmith.metrics import headline
 
     base = record.get("base") or record.get("base_zeroshot")
@@ -96,6 +97,8 @@ def ladder_table(record: dict) -> str:
             continue
         before = stage["against"]
         lines.append(headline(stage[before], stage[name], names=(before, name)))
+        if stage.get("dev"):  # where the guard decided: the held-out train questions
+            lines.append("on the dev split, " + headline(stage["dev"][before], stage["dev"][name], names=(before, name)))
         lines.append(stage["promotion"]["line"])
     if record.get("kept"):
         lines.append(f"the ladder ends on {record['kept']}")

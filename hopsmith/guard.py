@@ -146,20 +146,22 @@ def verdict_line(v: dict, names: tuple[str, str] = ("base", "tuned")) -> str:
     return f"verdict: {head} ({v['paired_n']} paired questions): " + "; ".join(parts)
 
 
-def collapse_check(previous: dict, new: dict, **kw) -> dict[str, Any]:
+def collapse_check(previous: dict, new: dict, *, changes: dict | None = None, **kw) -> dict[str, Any]:
     """{"flagged", "reasons", "tool_use", "invalid_calls"}: flagged when the new run's tool use fell, or its
-    invalid-call rate rose, with the paired 95% interval of the change wholly on that side of 0."""
-    c = compare(previous, new, **{k: v for k, v in kw.items() if k in ("n_boot", "seed")})
-    tool = c["tool_use_rate"]["paired"]
-    inv = invalid_call_change(previous, new, **kw)
+    invalid-call rate rose, with the paired 95% interval of the change wholly on that side of 0. `changes`
+    is `significant_changes` of the same two runs when the caller has it (the verdict computes it too)."""
+    if changes is None:
+        changes = significant_changes(previous, new, **kw)
+    tool = changes["changes"].get("tool use")
+    inv = changes["changes"].get("invalid calls")
     reasons = []
     if tool and tool.get("hi") is not None and tool["hi"] < 0:
-        reasons.append(f"tool use fell {100 * c['tool_use_rate']['base']:.0f}% -> {100 * c['tool_use_rate']['tuned']:.0f}% "
+        reasons.append(f"tool use fell {100 * previous['tool_use_rate']:.0f}% -> {100 * new['tool_use_rate']:.0f}% "
                        f"(change {100 * tool['delta']:+.1f}pt, paired 95% CI [{100 * tool['lo']:+.1f}, {100 * tool['hi']:+.1f}])")
     if inv and inv["lo"] > 0:
         reasons.append(f"invalid calls rose {100 * inv['base']:.1f}% -> {100 * inv['tuned']:.1f}% "
                        f"(change {100 * inv['delta']:+.1f}pt, paired 95% CI [{100 * inv['lo']:+.1f}, {100 * inv['hi']:+.1f}])")
-    return {"flagged": bool(reasons), "reasons": reasons, "tested": bool(c["paired_n"]),
+    return {"flagged": bool(reasons), "reasons": reasons, "tested": bool(changes["paired_n"]),
             "tool_use": tool, "invalid_calls": inv}
 
 
@@ -188,8 +190,8 @@ def promote(previous_name: str, previous: dict, new_name: str, new: dict, *, mus
     higher than its input's; then the ladder keeps the input. SFT over the base model goes without
     `must_earn`: it is what the ladder is for, and the stages after it continue an adapter. `on` names the
     questions the two runs are (the dev split, say), in the line."""
-    check = collapse_check(previous, new, **kw)
-    judged = verdict(previous, new, (previous_name, new_name))
+    judged = verdict(previous, new, (previous_name, new_name), **kw)
+    check = collapse_check(previous, new, changes=judged, **kw)
     f1 = f1_change(previous, new, judged) if must_earn and judged["verdict"] != "better" else None
     tests = ("no paired test possible (a run lacks per-question scores)" if not check["tested"] else
              "the paired tests find it better" if judged["verdict"] == "better" else

@@ -30,7 +30,7 @@ when `--with` adds stages, the ladder holds out the train side's dev split (`hop
 quarter of the train questions, whole components, sharing no fact with the rest): traces, RFT samples and
 preference pairs come from the `fit` split only, and the guard decides each stage after SFT on its paired
 run on the dev questions (`dev-sft/`, `dev-<stage>/`). The eval split is still run for every stage and
-reported, never consulted. `--dev false` turns this off (the guard then reads the eval split, and says so). The last line
+reported, never consulted. `--no-dev` turns this off (the guard then reads the eval split). The last line
 printed is the paired verdict of SFT against the base model: better, worse, mixed or indistinguishable.
 """
 from __future__ import annotations

@@ -96,6 +96,29 @@ def test_learning_gain_prints_every_ladder_stage_against_the_adapter_it_continue
     assert lines[table + 7] == "the ladder ends on rft"
 
 
+def test_learning_gain_shows_where_the_guard_decided_and_sets_the_final_adapter_against_the_baselines():
+    """With the dev split the stage's dev headline sits between its eval headline and the guard line; the
+    baselines table adds the adapter the ladder ends on, with its own paired lines."""
+    lg = _load("learning_gain")
+    sft, rft = _run({0, 1}, False), _run({0, 1, 2, 3, 4}, False)
+    dev_sft, dev_rft = _run({0}, False), _run({0, 1, 2}, False)
+    record = {"base": _run({0}, True), "tuned": sft, "sft": {"steps": 40}, "traces": 80, "seconds": 600,
+              "ladder": {"rft": {"against": "sft", "sft": sft, "rft": rft, "dev": {"sft": dev_sft, "rft": dev_rft},
+                                 "promotion": {"line": "collapse guard, on the dev split (12 held-out train "
+                                                       "questions): rft promoted over sft"}}},
+              "kept": "rft", "baselines": {"rag": _run({0, 1}, False, searched=False)}}
+    lines = lg.report(record).splitlines()
+    at = lines.index(next(line for line in lines if line.startswith("sft -> rft: ")))
+    assert lines[at + 1].startswith("on the dev split, sft -> rft: EM 8.3% -> 25.0% (+16.7pt, McNemar p = 0.500)")
+    assert lines[at + 2].startswith("collapse guard, on the dev split")
+    table = lines.index(next(line for line in lines if line.startswith("baselines (n=12)")))
+    assert [line[:20].strip() for line in lines[table + 1:table + 5]] == [
+        "BM25 top-k + read", "base 1-shot", "tuned agent", "ladder's rft"]
+    # RAG right on 0 and 1, the ladder's RFT on 0-4: 3 discordant, all for RFT -> p = 2 / 2^3
+    assert any(line.startswith("BM25 top-k + read -> rft: EM 16.7% -> 41.7% (+25.0pt, McNemar p = 0.250)")
+               for line in lines)
+
+
 def test_learning_gain_baselines_run_on_the_eval_questions_with_the_base_model_and_are_cached(tmp_path, monkeypatch):
     """run_baselines builds the base model as every eval does (its agent config: no adapter, no llm_query tool,
     the benchmark's top-k and snippet length), runs both baselines on the eval questions and reruns nothing
