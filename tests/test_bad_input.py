@@ -23,7 +23,7 @@ BAD = [
     ("eval", [*D, "--limit", "ten"], "limit"),
     ("eval", [*D, "--allow-leakage", "--drop-leakage"], "allow_leakage"),
     ("eval", ["--data", "nosuchset"], "nosuchset"),
-    ("eval", [*D, "--split", "dev"], "dev"),
+    ("eval", [*D, "--split", "validation"], "validation"),
     ("eval", [*D, "--model", "nosuch:thing"], "nosuch"),
     ("eval", [*D, "--model", "/nonexistent/model/dir"], "/nonexistent/model/dir"),
     ("eval", [*D, "--adapter", "/nonexistent/adapter"], "/nonexistent/adapter"),
