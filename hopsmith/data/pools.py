@@ -50,12 +50,13 @@ def build_pools(
     donors = sorted(questions if others is None else others, key=lambda q: q.id)
     eval_keys = {_content_key(p) for d in (*donors, *questions) if d.meta.get("split") == "eval"
                  for p in d.paragraphs}
-    dev_keys = ({_content_key(p) for d in (*donors, *questions) if d.meta.get("dev") for p in d.paragraphs}
-                if hold_out_dev else set())
+    # What a fit question may not show: the eval paragraphs, and with hold_out_dev the dev ones (one set, built once)
+    fit_banned = (eval_keys | {_content_key(p) for d in (*donors, *questions) if d.meta.get("dev") for p in d.paragraphs}
+                  if hold_out_dev else eval_keys)
     pools: dict[str, list[Paragraph]] = {}
     for q in questions:
         side = q.meta.get("split")
-        banned = eval_keys | (set() if q.meta.get("dev") else dev_keys) if side == "train" else set()
+        banned = (eval_keys if q.meta.get("dev") else fit_banned) if side == "train" else set()
         order = [d for d in donors if d.id != q.id and d.meta.get("split") == side]
         random.Random(f"{seed}:{q.id}").shuffle(order)
         pool = [p for p in q.paragraphs if p.supporting or _content_key(p) not in banned]
