@@ -5,6 +5,7 @@ teacher's (filtered by the always-search recipe's Always-Search Policy).
     hopsmith traces --root runs/ladder --weights "chain=2,retry=1" --per-question 1 --thinking-fraction 1
     hopsmith traces --root runs/ladder --teacher openai:gpt-4o-mini          a teacher, ASP-filtered
     hopsmith traces --root runs/ladder --shard 1 --num-shards 4              one of four workers
+    hopsmith traces --root runs/wikicode --env wikicode --data hotpotqa     code-as-action programs
 
 Writes under `root/traces/`:
 - `shard-<i>.jsonl`: the traces of shard i (questions[i::num_shards]); in teacher mode only the kept ones.
@@ -23,6 +24,10 @@ Questions come from the `train` split by default, so training never sees an eval
 `all` are refused unless `allow_eval_questions` is set. Pools are built as `hopsmith eval` builds them
 (distractors from every row of the source on the question's side of the split, so a train trace never
 shows an eval question's paragraph), and a trace's tool messages are what eval's search returns.
+
+`--env wikicode` writes one code-as-action trace per question instead (`hopsmith.traces.code`: each gold
+hop as a program that loops over the top pages, run in the environment's sandbox; then `<answer>`), the
+warm start GRPO on that environment needs when the model has never written a program.
 """
 from __future__ import annotations
 
@@ -39,10 +44,11 @@ from hopsmith.backends.factory import canonical, describe
 from hopsmith.config import (AgentConfig, ConfigError, RunDirError, flat_config, flat_knobs, refuse_other_config,
                              to_dict)
 from hopsmith.data import load_with_pools
-from hopsmith.envs import multihop
+from hopsmith.envs import multihop, wikicode
 from hopsmith.io import JsonlAppender, read_jsonl, write_json, write_jsonl
 from hopsmith.tools.search import IndexCache
 from hopsmith.traces import asp_filter, generate, hop_paragraph_ids, parse_weights
+from hopsmith.traces.code import code_traces
 from hopsmith.traces.synthetic import as_extractor, tool_schemas
 from hopsmith.runlock import locked
 
@@ -81,7 +87,7 @@ class TracesConfig:
     # shows) and the teacher's episodes; the teacher is `teacher`, its thinking drawn per question.
     agent: AgentConfig = field(default_factory=lambda: AgentConfig(extractor="none", few_shot=False,
                                                                    max_new_tokens=512),
-                               metadata={"omit": ("model", "adapter", "env", "thinking", "model_options",
+                               metadata={"omit": ("model", "adapter", "thinking", "model_options",
                                                    "extractor_options")})
 
     def __post_init__(self):
@@ -104,6 +110,12 @@ class TracesConfig:
             parse_weights(self.weights)
         except ValueError as exc:
             raise ConfigError(f"TracesConfig.{exc}") from None
+        if self.agent.env not in ("multihop", "wikicode"):
+            raise ConfigError(f"TracesConfig.env: traces are written for the multihop and wikicode environments, "
+                              f"not {self.agent.env!r} (enterprise gold traces: hopsmith.envs.enterprise.gold_trace)")
+        if self.agent.env == "wikicode" and self.teacher is not None:
+            raise ConfigError("TracesConfig: a teacher writes multihop traces; wikicode traces are synthetic only "
+                              "(drop --teacher or --env wikicode)")
 
 
 class TracesRunError(RunDirError):
@@ -166,6 +178,8 @@ def run(cfg: TracesConfig, root: str | Path, *, backend=None, extractor=None) ->
         backend = _teacher_backend(cfg, backend)  # built and checked before anything is written
         summary = _run_teacher(cfg, questions, pools, paths, backend, extractor, write_config)
         summary["tools"] = _describe(cfg, backend)
+    elif cfg.agent.env == "wikicode":
+        summary = _run_code(cfg, questions, pools, paths, write_config)
     else:
         summary = _run_synthetic(cfg, questions, pools, paths, extractor, write_config)
     write_config()
@@ -209,6 +223,25 @@ def _run_synthetic(cfg: TracesConfig, questions, pools, paths, extractor, write_
         "skipped": {
             "count": len(skips),
             "by_type": {k: dict(v.most_common()) for k, v in sorted(by_type.items())},
+            "questions_without_trace": sorted({q.id for q in questions} - made),
+            "examples": skips[:20],
+        },
+    }
+
+
+def _run_code(cfg: TracesConfig, questions, pools, paths, write_config) -> dict:
+    """One code-as-action trace per question (`hopsmith.traces.code`), its programs run in the sandbox."""
+    make_env = wikicode.make(cfg.agent, pools=pools)
+    traces, skips = code_traces(questions, make_env)
+    write_config()
+    write_jsonl(paths["shard"], traces)
+    made = {t["question_id"] for t in traces}
+    return {
+        "mode": "synthetic",
+        **_counts(traces),
+        "skipped": {
+            "count": len(skips),
+            "by_type": {"code": dict(Counter(s["reason"] for s in skips).most_common())} if skips else {},
             "questions_without_trace": sorted({q.id for q in questions} - made),
             "examples": skips[:20],
         },

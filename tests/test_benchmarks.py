@@ -192,3 +192,26 @@ def test_preference_gain_pairs_an_older_sft_eval_and_prints_the_test(tmp_path, m
     monkeypatch.setattr(sys, "argv", ["preference_gain.py", "--run", str(run), "--method", "rft", "--print-only"])
     with pytest.raises(SystemExit, match="rft/preference_gain.json is missing"):
         pg.main()
+
+
+def test_wikicode_gain_prints_code_metrics_and_each_step_paired_against_the_one_before():
+    from hopsmith.envs.wikicode import summarize
+
+    wg = _load("wikicode_gain")
+
+    def run(right: set[int], programs: int) -> dict:
+        rows = _rows(right)
+        for r in rows:
+            r.update(tool_calls=[{"name": "python", "valid": True, "status": "ok", "seconds": 0.01}] * programs,
+                     code_errors=0, primitive_calls=2 * programs, composed_in_loop=programs > 0)
+        return summarize(rows, n_boot=100)
+
+    text = wg.report([("base", run({0}, 0)), ("sft", run({0, 1, 2, 3, 4, 5, 6}, 2)), ("grpo", run({0, 1, 2, 3}, 2))])
+    lines = text.splitlines()
+    assert lines[0].split()[:4] == ["n=12", "EM", "F1", "cover-EM"]
+    base, sft = lines[1].split(), lines[2].split()
+    assert base[0] == "base" and base[-4:] == ["0%", "0.00", "0.00", "0%"]  # no tool use, no program, no loop
+    assert sft[0] == "sft" and sft[-4:] == ["100%", "2.00", "0.00", "100%"]
+    assert lines[4].startswith("base -> sft: EM 8.3% -> 58.3% (+50.0pt, McNemar p = 0.031)")
+    assert lines[5].startswith("sft -> grpo: EM 58.3% -> 33.3% (-25.0pt, McNemar p = 0.250)")
+    assert lines[6].startswith("base -> grpo: ")
