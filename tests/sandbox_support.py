@@ -18,3 +18,15 @@ def local_sandbox(primitives, config, **kwargs) -> LocalSandbox:
         if os.environ.get("HOPSMITH_REQUIRE_SANDBOX"):
             raise
         pytest.skip(f"no bubblewrap sandbox here: {exc}")
+
+
+@pytest.fixture(scope="module")
+def wikicode_box():
+    """A (sandbox, router) pair for the wikicode environment (`wikicode.make(..., sandbox=...)`), per module."""
+    from hopsmith.envs import wikicode
+    from hopsmith.tools.sandbox import SandboxConfig
+
+    router = wikicode._Router()
+    sandbox = local_sandbox(router.primitives(), SandboxConfig(wall_seconds=10))
+    yield sandbox, router
+    sandbox.close()

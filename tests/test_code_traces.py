@@ -7,24 +7,20 @@ import json
 
 import pytest
 from conftest import ScriptedBackend, family_tokenizer
-from sandbox_support import local_sandbox
+from sandbox_support import wikicode_box  # noqa: F401 (a fixture)
 
 from hopsmith.agent.loop import run_episodes
 from hopsmith.backends.templates import chat_templates, tokenize_conversation
 from hopsmith.config import AgentConfig, ConfigError
 from hopsmith.data import load_with_pools
 from hopsmith.envs import wikicode
-from hopsmith.tools.sandbox import SandboxConfig
 from hopsmith.traces.code import code_traces
 from stages import traces as traces_stage
 
 
 @pytest.fixture(scope="module")
-def box():
-    router = wikicode._Router()
-    sandbox = local_sandbox(router.primitives(), SandboxConfig(wall_seconds=10))
-    yield sandbox, router
-    sandbox.close()
+def box(wikicode_box):
+    return wikicode_box
 
 
 @pytest.fixture(scope="module")

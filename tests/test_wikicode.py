@@ -7,22 +7,18 @@ from pathlib import Path
 
 import pytest
 from conftest import ScriptedBackend
-from sandbox_support import local_sandbox
+from sandbox_support import wikicode_box  # noqa: F401 (a fixture)
 
 import hopsmith
 from hopsmith.agent.loop import run_episodes
 from hopsmith.config import AgentConfig, EvalConfig
 from hopsmith.data import build_pools, load_questions
 from hopsmith.envs import wikicode
-from hopsmith.tools.sandbox import SandboxConfig
 
 
 @pytest.fixture(scope="module")
-def box():
-    router = wikicode._Router()
-    sandbox = local_sandbox(router.primitives(), SandboxConfig(wall_seconds=10))
-    yield sandbox, router
-    sandbox.close()
+def box(wikicode_box):
+    return wikicode_box
 
 
 @pytest.fixture(scope="module")
