@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -244,6 +245,10 @@ def make_trainer(cfg: GRPOConfig, root: Path, model, tokenizer, dataset, rollout
         def on_step_end(self, args, state, control, **kw):
             if not rollouts.history:
                 return
+            last = rollouts.history[-1]
+            print(f"grpo step {state.global_step}/{state.max_steps}: reward {last['reward_mean']:.3f}, correct "
+                  f"{last['correct_rate']:.0%}, tool use {last['tool_use_rate']:.0%}, turns {last['mean_turns']:.1f}",
+                  file=sys.stderr, flush=True)
             reasons = guard.check(rollouts.history[-1], state.global_step)
             if reasons:
                 flags.append({"step": state.global_step, "reasons": reasons})

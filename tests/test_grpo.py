@@ -51,7 +51,7 @@ def test_temperatures_span_the_range_and_config_errors():
         grpo.GRPOConfig(temperature_min=1.2, temperature_max=0.7)
 
 
-def test_grpo_runs_a_few_steps_on_tiny_model(tiny_model, tiny_tokenizer, tmp_path):
+def test_grpo_runs_a_few_steps_on_tiny_model(tiny_model, tiny_tokenizer, tmp_path, capsys):
     import copy
 
     cfg = grpo.GRPOConfig(limit=3, num_generations=2, max_steps=2, max_turns=2, max_new_tokens=8, min_tool_use=0.0)
@@ -63,6 +63,10 @@ def test_grpo_runs_a_few_steps_on_tiny_model(tiny_model, tiny_tokenizer, tmp_pat
     assert len(history) == 2 and {"tool_use_rate", "query_diversity", "reward_mean", "mean_turns"} <= set(history[0])
     logs = json.loads((tmp_path / "log_history.json").read_text())
     assert any("loss" in entry for entry in logs)
+    # one progress line a step, with what that step's rollouts did
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("grpo step ")]
+    assert [line.split(":")[0] for line in progress] == ["grpo step 1/2", "grpo step 2/2"]
+    assert f"tool use {history[-1]['tool_use_rate']:.0%}" in progress[-1]
 
 
 def test_grpo_plays_the_wikicode_environment(tiny_model, tiny_tokenizer, tmp_path):
