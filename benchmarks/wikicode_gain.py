@@ -44,7 +44,8 @@ def row(name: str, m: dict) -> str:
 
 def table(runs: list[tuple[str, dict]]) -> str:
     n = runs[0][1]["n"]
-    head = f"{'n=' + str(n):<10}{'EM':>19}{'F1':>19}{'cover-EM':>19}{'tool use':>10}{'programs':>10}{'errors':>8}{'loop':>8}"
+    head = (f"{'n=' + str(n):<10}{'EM':>19}{'F1':>19}{'cover-EM':>19}{'tool use':>10}{'programs':>10}{'errors':>8}"
+            f"{'loop':>8}")
     return "\n".join([head] + [row(name, m) for name, m in runs])
 
 
@@ -79,8 +80,9 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     seconds: dict[str, float] = {}
+    # few_shot None: the base model sees the worked example, an adapter the prompt it was trained with.
     agent = AgentConfig(env="wikicode", model=args.model, extractor="none", max_turns=args.max_turns,
-                        max_new_tokens=args.max_new_tokens, weak_sandbox=args.weak_sandbox)
+                        max_new_tokens=args.max_new_tokens, weak_sandbox=args.weak_sandbox, few_shot=None)
 
     def timed(name: str, fn):
         t0 = time.perf_counter()
@@ -100,9 +102,9 @@ def main() -> None:
     written = timed("traces", lambda: traces_stage.run(tcfg, root))
     print(f"{written['traces']} code traces from {written['questions']} train questions; skipped: "
           f"{json.dumps(written['skipped']['by_type'].get('code', {}))}", flush=True)
-    trained = timed("sft", lambda: sft.run(sft.SFTConfig(traces=str(root / "traces" / "shard-0.jsonl"), model=args.model,
-                                                         epochs=args.sft_epochs, learning_rate=args.sft_learning_rate),
-                                           root / "sft"))
+    scfg = sft.SFTConfig(traces=str(root / "traces" / "shard-0.jsonl"), model=args.model, epochs=args.sft_epochs,
+                         learning_rate=args.sft_learning_rate)
+    trained = timed("sft", lambda: sft.run(scfg, root / "sft"))
     runs.append(("sft", play("sft", str(root / "sft"))))
     if args.grpo:
         gcfg = grpo.GRPOConfig(data=args.data, limit=args.grpo_limit, num_generations=args.num_generations,

@@ -95,7 +95,7 @@ class AgentConfig:
     thinking: bool = False  # ask for <think> before each action
     # Show the worked example in the system prompt; None: for a base model only (an adapter was trained
     # without it)
-    few_shot: bool | None = True
+    few_shot: bool | None = None
     top_k: int = 5  # paragraphs a search returns
     max_chars: int | None = 600  # characters of each paragraph shown to the agent; None shows it whole
     # End a reply at its first </tool_call>: one action per turn, and no tokens spent on what a small

@@ -41,7 +41,9 @@ def test_a_replayed_code_trace_is_the_conversation_inference_has(box, written):
                for t in traces}
     rows = run_episodes([by_id[t["question_id"]] for t in traces], wikicode.make(cfg, pools=pools, sandbox=box),
                         ScriptedBackend(scripts), cfg)
-    for trace, row in zip(traces, sorted(rows, key=lambda r: [t["question_id"] for t in traces].index(r["question_id"]))):
+    rows = {r["question_id"]: r for r in rows}
+    for trace in traces:
+        row = rows[trace["question_id"]]
         assert row["messages"] == trace["messages"]  # every tool message is what the sandbox prints
         assert row["stop"] == "final" and row["metrics"]["acc"] == 1.0
         assert row["code_errors"] == 0 and row["composed_in_loop"]

@@ -160,3 +160,12 @@ def test_cli_unknown_format_and_empty_file(tmp_path, capsys):
     empty.write_text("")
     assert cli.main(["eval", "--data", str(empty), "--out", str(tmp_path / "r2"), "--quiet"]) == 2
     assert "empty.jsonl has no rows" in capsys.readouterr().err
+
+
+def test_an_adapter_runs_with_the_prompt_it_was_trained_on_unless_told_otherwise():
+    from hopsmith.config import AgentConfig
+
+    # Traces are written without the worked example, so `hopsmith eval --adapter` leaves it out by default;
+    # a base model gets it (its best chance at the format); --few-shot / --no-few-shot decide either way.
+    assert AgentConfig().shows_example and not AgentConfig(adapter="runs/sft").shows_example
+    assert AgentConfig(adapter="runs/sft", few_shot=True).shows_example and not AgentConfig(few_shot=False).shows_example
