@@ -52,6 +52,9 @@ class GRPOConfig:
     limit: int | None = None  # train questions
     num_generations: int = 4  # group size (the code-as-action recipe: 20)
     questions_per_step: int = 1  # groups per optimiser step
+    # Rollouts per forward and backward pass: a step's rollouts are split into gradient-accumulation passes of
+    # this many, which bounds training memory (8 multi-turn episodes in one pass took 24 GB on the embedded model)
+    micro_batch: int = 2
     temperature_min: float = 0.7  # the coolest rollout of a group
     temperature_max: float = 1.15  # the hottest rollout of a group
     judge: str | None = None  # backend spec; None: rule correctness and rule approach
@@ -76,6 +79,10 @@ class GRPOConfig:
             raise ConfigError("GRPOConfig.num_generations must be >= 2: advantages compare rollouts of a group")
         if not 0 < self.temperature_min <= self.temperature_max:
             raise ConfigError("GRPOConfig: need 0 < temperature_min <= temperature_max")
+        rollouts = self.num_generations * self.questions_per_step
+        if self.micro_batch < 1 or rollouts % self.micro_batch:
+            raise ConfigError(f"GRPOConfig.micro_batch must divide the {rollouts} rollouts of a step "
+                              f"(num_generations x questions_per_step), got {self.micro_batch}")
 
 
 def temperatures(cfg: GRPOConfig) -> list[float]:
@@ -255,9 +262,11 @@ def make_trainer(cfg: GRPOConfig, root: Path, model, tokenizer, dataset, rollout
                 if cfg.stop_on_collapse:
                     control.should_training_stop = True
 
+    # One generation (every rollout of the step) per optimiser step, trained in passes of micro_batch rollouts.
+    passes = cfg.num_generations * cfg.questions_per_step // cfg.micro_batch
     args = TRLConfig(output_dir=str(root / "checkpoints"), learning_rate=cfg.learning_rate, max_steps=cfg.max_steps,
-                     per_device_train_batch_size=cfg.num_generations * cfg.questions_per_step,
-                     num_generations=cfg.num_generations, steps_per_generation=1, beta=0.0, logging_steps=1,
+                     per_device_train_batch_size=cfg.micro_batch, gradient_accumulation_steps=passes,
+                     num_generations=cfg.num_generations, steps_per_generation=passes, beta=0.0, logging_steps=1,
                      save_strategy="no", report_to=[], seed=cfg.seed, bf16=torch.cuda.is_available(),
                      activation_checkpointing=False, disable_tqdm=True, remove_unused_columns=False)
     peft_config = None

@@ -49,18 +49,23 @@ def test_temperatures_span_the_range_and_config_errors():
         grpo.GRPOConfig(num_generations=1)
     with pytest.raises(ConfigError, match="temperature"):
         grpo.GRPOConfig(temperature_min=1.2, temperature_max=0.7)
+    with pytest.raises(ConfigError, match="micro_batch must divide the 12 rollouts"):
+        grpo.GRPOConfig(num_generations=4, questions_per_step=3, micro_batch=5)
 
 
 def test_grpo_runs_a_few_steps_on_tiny_model(tiny_model, tiny_tokenizer, tmp_path, capsys):
     import copy
 
-    cfg = grpo.GRPOConfig(limit=3, num_generations=2, max_steps=2, max_turns=2, max_new_tokens=8, min_tool_use=0.0)
+    # Two groups a step in passes of one rollout: four gradient-accumulation passes per optimiser step, one
+    # generation per step.
+    cfg = grpo.GRPOConfig(limit=3, num_generations=2, questions_per_step=2, micro_batch=1, max_steps=2, max_turns=2,
+                          max_new_tokens=8, min_tool_use=0.0)
     summary = grpo.run(cfg, tmp_path, model=copy.deepcopy(tiny_model), tokenizer=copy.deepcopy(tiny_tokenizer))
     assert summary["steps"] == 2 and (tmp_path / "adapter_config.json").exists()
     # every generation step went through our advantage rule, one group per question
-    assert sum(summary["groups"].values()) == 2
+    assert sum(summary["groups"].values()) == 4
     history = json.loads((tmp_path / "behaviour.json").read_text())
-    assert len(history) == 2 and {"tool_use_rate", "query_diversity", "reward_mean", "mean_turns"} <= set(history[0])
+    assert len(history) == 2 and history[0]["n"] == 4 and {"tool_use_rate", "query_diversity", "reward_mean", "mean_turns"} <= set(history[0])
     logs = json.loads((tmp_path / "log_history.json").read_text())
     assert any("loss" in entry for entry in logs)
     # one progress line a step, with what that step's rollouts did
