@@ -71,9 +71,13 @@ def check_run_dir(root: Path, cfg: EvalConfig) -> None:
 
 
 def canonical_specs(flat: dict) -> None:
-    """A spec's transport options (timeout, concurrency, ...) may change on a rerun: compare specs without them."""
+    """A spec's transport options (timeout, concurrency, ...) may change on a rerun: compare specs without them.
+    `few_shot` compares as what it resolves to (None: the example for a base model only), so a run written
+    with an explicit value resumes under the default that means the same."""
     for key in ("model", "extractor"):
         flat[key] = canonical(flat.get(key), flat.get(f"{key}_options"))
+    if "few_shot" in flat and flat["few_shot"] is None:
+        flat["few_shot"] = not flat.get("adapter")
 
 
 def config_writer(root: Path, cfg: EvalConfig, backend, extractor):

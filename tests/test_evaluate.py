@@ -98,6 +98,16 @@ def test_rerun_with_another_model_is_refused(tmp_path):
     evaluate.run(cfg, tmp_path, backend=_perfect(qs), progress=False)
     with pytest.raises(evaluate.RunDirError, match="another configuration.*max_turns"):
         evaluate.run(EvalConfig(limit=1, pool_size=50, max_turns=3), tmp_path, backend=_perfect(qs), progress=False)
+    # few_shot compares as what it resolves to: a base-model run written with the example resumes under the
+    # default (None: the example for a base model), and refuses "no example"
+    written = EvalConfig(limit=1, pool_size=50, bootstrap=20, extraction_bench=False, few_shot=True)
+    evaluate.run(written, tmp_path / "shots", backend=_perfect(qs), progress=False)
+    evaluate.run(EvalConfig(limit=2, pool_size=50, bootstrap=20, extraction_bench=False, few_shot=None),
+                 tmp_path / "shots", backend=_perfect(evaluate.load_eval_questions(EvalConfig(limit=2))[0]),
+                 progress=False)
+    with pytest.raises(evaluate.RunDirError, match="few_shot: True -> False"):
+        evaluate.run(EvalConfig(limit=2, pool_size=50, few_shot=False), tmp_path / "shots", backend=_perfect(qs),
+                     progress=False)
 
 
 def test_eval_on_a_user_file_in_original_format(tmp_path):
