@@ -256,7 +256,7 @@ def make_trainer(cfg: GRPOConfig, root: Path, model, tokenizer, dataset, rollout
             print(f"grpo step {state.global_step}/{state.max_steps}: reward {last['reward_mean']:.3f}, correct "
                   f"{last['correct_rate']:.0%}, tool use {last['tool_use_rate']:.0%}, turns {last['mean_turns']:.1f}",
                   file=sys.stderr, flush=True)
-            reasons = guard.check(rollouts.history[-1], state.global_step)
+            reasons = guard.check(last, state.global_step)
             if reasons:
                 flags.append({"step": state.global_step, "reasons": reasons})
                 if cfg.stop_on_collapse:

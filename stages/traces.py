@@ -211,6 +211,17 @@ def _run_synthetic(cfg: TracesConfig, questions, pools, paths, extractor, write_
         questions, pools, weights=cfg.weights, per_question=cfg.per_question, thinking_fraction=cfg.thinking_fraction,
         fallback=cfg.fallback, seed=cfg.seed, top_k=cfg.agent.top_k, max_chars=cfg.agent.max_chars,
         use_llm_query=cfg.use_llm_query, extractor=extractor, advertise_llm_query=cfg.advertise_llm_query)
+    return _write_synthetic(questions, traces, skips, paths, write_config)
+
+
+def _run_code(cfg: TracesConfig, questions, pools, paths, write_config) -> dict:
+    """One code-as-action trace per question (`hopsmith.traces.code`), its programs run in the sandbox."""
+    traces, skips = code_traces(questions, wikicode.make(cfg.agent, pools=pools))
+    return _write_synthetic(questions, traces, skips, paths, write_config)
+
+
+def _write_synthetic(questions, traces: list[dict], skips: list[dict], paths, write_config) -> dict:
+    """Write the shard; the summary counts the traces and every skip by type and reason."""
     write_config()
     write_jsonl(paths["shard"], traces)
     by_type: dict[str, Counter] = {}
@@ -223,25 +234,6 @@ def _run_synthetic(cfg: TracesConfig, questions, pools, paths, extractor, write_
         "skipped": {
             "count": len(skips),
             "by_type": {k: dict(v.most_common()) for k, v in sorted(by_type.items())},
-            "questions_without_trace": sorted({q.id for q in questions} - made),
-            "examples": skips[:20],
-        },
-    }
-
-
-def _run_code(cfg: TracesConfig, questions, pools, paths, write_config) -> dict:
-    """One code-as-action trace per question (`hopsmith.traces.code`), its programs run in the sandbox."""
-    make_env = wikicode.make(cfg.agent, pools=pools)
-    traces, skips = code_traces(questions, make_env)
-    write_config()
-    write_jsonl(paths["shard"], traces)
-    made = {t["question_id"] for t in traces}
-    return {
-        "mode": "synthetic",
-        **_counts(traces),
-        "skipped": {
-            "count": len(skips),
-            "by_type": {"code": dict(Counter(s["reason"] for s in skips).most_common())} if skips else {},
             "questions_without_trace": sorted({q.id for q in questions} - made),
             "examples": skips[:20],
         },

@@ -20,14 +20,12 @@ a reason, never faked.
 from __future__ import annotations
 
 import json
-
 from collections.abc import Callable, Sequence
 
-from hopsmith.metrics import normalize_answer
 from hopsmith.records import Question
 
 from .filters import shows
-from .synthetic import TraceSkipped, plan_for
+from .synthetic import TraceSkipped, _is_yes_no, _norm_key, plan_for
 
 PROGRAM = 'for hit in search_pages({query}, k={k}):\n    print(read_section(hit["page_id"] + ":full")[:{chars}])'
 
@@ -54,9 +52,9 @@ def code_trace(q: Question, make_env: Callable, *, k: int = 2, chars: int = 300)
     printed = []
     for n, step in enumerate(plan.steps, start=1):
         wanted = {page_of[pid] for pid in step.paragraph_ids if pid in page_of}
-        need_answer = step.answer is not None and normalize_answer(step.answer) not in ("yes", "no")
+        need_answer = step.answer is not None and not _is_yes_no(step.answer)
         for query in step.queries:
-            key = " ".join(query.lower().split())
+            key = _norm_key(query)
             if key in used:
                 continue
             pages, text = _shown(wiki, query, k, chars)
@@ -91,7 +89,7 @@ def code_trace(q: Question, make_env: Callable, *, k: int = 2, chars: int = 300)
         "answer": plan.answer,
         "answers": list(plan.answers),
         "tool_calls": [{"name": "python", "arguments": c["arguments"], "valid": c["valid"]} for c in env.calls],
-        "searched_supporting": [bool(set(ids) & set(env.read_ids)) for ids in (s.paragraph_ids for s in plan.steps)],
+        "searched_supporting": [bool(s.paragraph_ids & env.read_ids.keys()) for s in plan.steps],
         "thinking": False,
         "tokens": None,
         "env": {"name": "wikicode", "k": k, "chars": chars},
