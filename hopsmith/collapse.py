@@ -15,8 +15,21 @@ _WORD = re.compile(r"[A-Za-z]{2,}")
 
 
 def _queries(row: dict) -> list[str]:
-    return [str((c.get("arguments") or {}).get("query", "")) for c in row.get("tool_calls") or []
-            if c.get("name") == "search" and c.get("valid")]
+    """The queries an episode searched with: each valid `search` call's, and the searches its valid programs
+    made (a code-as-action call records them as `queries`)."""
+    out = []
+    for c in row.get("tool_calls") or []:
+        if not c.get("valid"):
+            continue
+        if c.get("name") == "search":
+            out.append(str((c.get("arguments") or {}).get("query", "")))
+        out.extend(str(q) for q in c.get("queries") or [])
+    return out
+
+
+def searched(row: dict) -> bool:
+    """Whether an episode searched at all (a search call, or a program that called the search primitive)."""
+    return bool(_queries(row))
 
 
 def behaviour(rows: list[dict]) -> dict:
@@ -26,7 +39,7 @@ def behaviour(rows: list[dict]) -> dict:
         return {"n": 0, "tool_use_rate": 0.0, "answered_without_search_rate": 0.0, "query_diversity": 0.0,
                 "query_wordiness": 0.0, "mean_turns": 0.0, "mean_searches": 0.0}
     queries = [q for r in rows for q in _queries(r)]
-    searched = [bool(_queries(r)) for r in rows]
+    did_search = [searched(r) for r in rows]
     finished = [bool(r.get("finished", r.get("prediction") is not None)) for r in rows]
     # Share of query tokens that look like words: gibberish queries (seed 000's REINFORCE) score low.
     tokens = [t for q in queries for t in q.split()]
@@ -34,7 +47,7 @@ def behaviour(rows: list[dict]) -> dict:
     return {
         "n": n,
         "tool_use_rate": sum(1 for r in rows if any(c.get("valid") for c in r.get("tool_calls") or [])) / n,
-        "answered_without_search_rate": sum(1 for s, f in zip(searched, finished) if f and not s) / n,
+        "answered_without_search_rate": sum(1 for s, f in zip(did_search, finished) if f and not s) / n,
         # distinct queries / queries: 1.0 when every search asks something new, low when the model repeats itself
         "query_diversity": len({" ".join(q.lower().split()) for q in queries}) / len(queries) if queries else 0.0,
         "query_wordiness": wordy,

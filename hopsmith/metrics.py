@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .chat import normalize_answer
-from .collapse import behaviour
+from .collapse import behaviour, searched
 
 _YES_NO = frozenset({"yes", "no", "noanswer"})
 FAILURE_KINDS = ("search_failure", "extraction_failure", "no_final_answer", "other")
@@ -280,7 +280,7 @@ def per_question(rows: Sequence[dict]) -> dict[str, dict]:
             # with tool_calls, the per-question counts behind the run's invalid-call rate (a ratio of sums)
             "invalid_calls": sum(1 for c in r.get("tool_calls") or [] if not c.get("valid")),
             "tool_use": int(_valid_calls(r) > 0),
-            "no_search": int(_finished(r) and _valid_calls(r, "search") == 0),
+            "no_search": int(_finished(r) and not searched(r)),
             "no_final": int(not _finished(r)),
             "at_cap": int(bool(r.get("answered_at_cap"))),
             "recall": len(supporting & retrieved) / len(supporting) if supporting else None,
@@ -352,7 +352,7 @@ def aggregate(rows: list[dict], *, extraction_accuracy: float | None = None,
     invalid = sum(1 for c in calls if not c.get("valid"))
     counts = {
         "tool_use_rate": sum(1 for r in rows if _valid_calls(r) > 0),
-        "answered_without_search_rate": sum(1 for r in rows if _finished(r) and _valid_calls(r, "search") == 0),
+        "answered_without_search_rate": sum(1 for r in rows if _finished(r) and not searched(r)),
         "no_final_answer_rate": sum(1 for r in rows if not _finished(r)),
         "answered_at_cap_rate": sum(1 for r in rows if r.get("answered_at_cap")),
     }

@@ -78,6 +78,29 @@ def test_failing_and_hostile_programs_are_contained_and_the_episode_goes_on(box,
     assert row["stop"] == "final" and row["metrics"]["em"] == 1.0
 
 
+def test_the_behaviour_probes_see_the_searches_inside_programs(box, hotpot):
+    """The collapse guard and the eval's "answered without search" read a program's search_pages calls as
+    searches: a program that repeats its query shows low query diversity, one that never searches counts."""
+    from hopsmith.collapse import behaviour
+    from hopsmith.metrics import aggregate
+
+    qs, pools = hotpot
+    title = next(p.title for p in qs[0].paragraphs if p.supporting)
+    repeat = f"<python>\nprint(search_pages({title!r})[0]['title'])\nprint(search_pages(query={title!r}, k=2))\n</python>"
+    script = {qs[0].question: [repeat, repeat, f"<answer>{qs[0].answer}</answer>"],
+              qs[1].question: ["<python>\nprint(2 + 2)\n</python>", "<answer>4</answer>"]}
+    cfg = AgentConfig(env="wikicode", max_turns=4)
+    rows = run_episodes(qs[:2], wikicode.make(cfg, pools=pools, sandbox=box), ScriptedBackend(script), cfg)
+    by_q = {r["question_id"]: r for r in rows}
+    searching, idle = by_q[qs[0].id], by_q[qs[1].id]
+    assert [c["queries"] for c in searching["tool_calls"]] == [[title, title], [title, title]]
+    assert idle["tool_calls"][0]["queries"] == [] and idle["tool_calls"][0]["valid"]
+    probe = behaviour(rows)
+    assert probe["tool_use_rate"] == 1.0 and probe["answered_without_search_rate"] == 0.5
+    assert probe["mean_searches"] == 2.0 and probe["query_diversity"] == 0.25  # one distinct query of four
+    assert aggregate(rows, n_boot=20)["answered_without_search_rate"] == 0.5
+
+
 def test_an_unclosed_program_is_never_run_and_composition_is_detected():
     assert wikicode.composes_in_loop("for h in search_pages('x'):\n    print(read_section(h['page_id'] + ':full'))")
     assert wikicode.composes_in_loop("print([view_sections(h['page_id']) for h in search_pages('x')])")

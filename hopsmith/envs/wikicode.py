@@ -72,6 +72,7 @@ class _Router:
     def __init__(self):
         self.wiki: Wiki | None = None
         self.reads: list[str] = []  # section ids read successfully by the program now running
+        self.queries: list[str] = []  # what the program now running asked search_pages, in order
 
     def primitives(self) -> dict:
         out = {name: (lambda *a, _n=name, **k: getattr(self.wiki, _n)(*a, **k)) for name in PRIMITIVES}
@@ -80,7 +81,12 @@ class _Router:
             text = self.wiki.read_section(*a, **k)
             self.reads.append(a[0] if a else k.get("section_id"))
             return text
-        out["read_section"] = read_section
+
+        def search_pages(*a, **k):
+            hits = self.wiki.search_pages(*a, **k)
+            self.queries.append(str(a[0] if a else k.get("query", "")))
+            return hits
+        out["read_section"], out["search_pages"] = read_section, search_pages
         return out
 
 
@@ -141,22 +147,24 @@ class WikicodeEnv:
                 self._record(call.arguments.get("code", ""), f"Error: {call.error}", None, 0.0, call.error)
                 continue
             code = call.arguments["code"]
-            self.router.wiki, self.router.reads = self.wiki, []
+            self.router.wiki, self.router.reads, self.router.queries = self.wiki, [], []
             t0 = time.perf_counter()
             result = self.sandbox.execute(code)
             self._note_reads(self.router.reads)
-            self._record(code, result.text(), result, time.perf_counter() - t0, None)
+            self._record(code, result.text(), result, time.perf_counter() - t0, None, self.router.queries)
         return None
 
     @classmethod
     def finish_turn(cls, envs: list["WikicodeEnv"]) -> None:
         return None
 
-    def _record(self, code: str, output: str, result, seconds: float, error: str | None) -> None:
+    def _record(self, code: str, output: str, result, seconds: float, error: str | None,
+                queries: list[str] = ()) -> None:
         primitive_calls = [c.get("name") for c in (result.calls if result else [])]
+        # `queries`: the searches the program made, which the behaviour probes read as a search tool's queries
         self.calls.append({"name": "python", "arguments": {"code": code}, "valid": error is None, "error": error,
                            "seconds": seconds, "status": result.status if result else "rejected",
-                           "primitives": primitive_calls, "loop": composes_in_loop(code)})
+                           "primitives": primitive_calls, "queries": list(queries), "loop": composes_in_loop(code)})
         self.messages.append({"role": "tool", "name": "python", "content": neutralize(output)})
 
     def _note_reads(self, section_ids: list[str]) -> None:
