@@ -159,25 +159,11 @@ def baselines_table(record: dict) -> str:
 def run_baselines(args, root: Path, kinds: list[str]) -> dict:
     """Closed-book and naive RAG with the base model on the eval questions and pools the agent is evaluated on
     (cached in OUT/baseline-<kind>/results.jsonl)."""
-    from hopsmith.baselines import run_baseline
-    from hopsmith.metrics import aggregate
     from stages import evaluate
 
     cfg = evaluate.EvalConfig(data=args.eval, split="eval", limit=args.eval_limit, top_k=args.top_k,
                               max_chars=args.max_chars, extractor="none")
-    questions, pools = evaluate.load_eval_questions(cfg)
-    backend = None
-    out = {}
-    for kind in kinds:
-        path = root / f"baseline-{kind}" / "results.jsonl"
-        rows = read_jsonl(path) if path.exists() else None
-        if rows is None or len(rows) != len(questions):
-            if backend is None:
-                backend, _ = evaluate.make_backends(cfg)
-            rows = run_baseline(kind, questions, pools, backend, top_k=args.top_k, max_chars=args.max_chars)
-            write_jsonl(path, rows)
-        out[kind] = aggregate(rows)
-    return out
+    return evaluate.run_baselines(cfg, root, kinds)
 
 
 def main() -> None:

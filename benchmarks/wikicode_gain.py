@@ -13,8 +13,10 @@ zero-variance fallbacks and 0.75 correctness + 0.25 approach reward, with the ru
 agent plays the same `--eval-limit` eval questions (`hopsmith eval --env wikicode`): the base one-shot, as
 a user would first run it, the adapters zero-shot, as they were trained. Prints each run's metrics (EM,
 F1, cover-EM, tool use, programs, code errors, composition in a loop), the paired headline of each step
-(McNemar's exact p for EM and cover-EM, the paired 95% interval of F1's change) and the wall time of each
-stage. Everything lands in `--out`; a rerun resumes every eval and reuses the traces and adapters.
+(McNemar's exact p for EM and cover-EM, the paired 95% interval of F1's change), each tuned agent's against
+the two baselines a search agent must beat (closed-book and BM25-then-read with the base model, on the same
+questions and pools of 400: `--baselines none` skips them) and the wall time of each stage. Everything
+lands in `--out`; a rerun resumes every eval and the baselines and reuses the traces and adapters.
 """
 from __future__ import annotations
 
@@ -24,37 +26,44 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from hopsmith.baselines import BASELINES
 from hopsmith.config import AgentConfig, EvalConfig
 from hopsmith.evaluation import run as evaluate
 from hopsmith.metrics import headline
 from stages import grpo, sft
+from stages.evaluate import run_baselines
 from stages import traces as traces_stage
 
 
-def row(name: str, m: dict) -> str:
+def row(name: str, m: dict, *, agent: bool = True) -> str:
     code = m.get("code") or {}
 
     def ci(key: str) -> str:
         x = m[key]
         return f"{100 * x['mean']:5.1f} [{100 * x['lo']:4.1f},{100 * x['hi']:5.1f}]"
-    return (f"{name:<10}{ci('em'):>19}{ci('f1'):>19}{ci('acc'):>19}{100 * m['tool_use_rate']:>9.0f}%"
+    answer = f"{name:<12}{ci('em'):>19}{ci('f1'):>19}{ci('acc'):>19}"
+    if not agent:  # a baseline answers in one generation: no tools, no programs
+        return answer
+    return (answer + f"{100 * m['tool_use_rate']:>9.0f}%"
             f"{code.get('programs_per_episode', 0):>10.2f}{code.get('code_errors_per_episode', 0):>8.2f}"
             f"{100 * code.get('composed_in_loop', 0):>7.0f}%")
 
 
-def table(runs: list[tuple[str, dict]]) -> str:
+def table(runs: list[tuple[str, dict]], baselines: list[tuple[str, dict]] = ()) -> str:
     n = runs[0][1]["n"]
-    head = (f"{'n=' + str(n):<10}{'EM':>19}{'F1':>19}{'cover-EM':>19}{'tool use':>10}{'programs':>10}{'errors':>8}"
+    head = (f"{'n=' + str(n):<12}{'EM':>19}{'F1':>19}{'cover-EM':>19}{'tool use':>10}{'programs':>10}{'errors':>8}"
             f"{'loop':>8}")
-    return "\n".join([head] + [row(name, m) for name, m in runs])
+    return "\n".join([head] + [row(name, m, agent=False) for name, m in baselines] + [row(name, m) for name, m in runs])
 
 
-def report(runs: list[tuple[str, dict]]) -> str:
-    """The table, then each step's paired headline against the run before it (and the last against the first)."""
-    lines = [table(runs)]
+def report(runs: list[tuple[str, dict]], baselines: list[tuple[str, dict]] = ()) -> str:
+    """The table (the baselines first), then each step's paired headline against the run before it (and the
+    last against the first), then each tuned agent's against each baseline."""
+    lines = [table(runs, baselines)]
     lines += [headline(ma, mb, names=(a, b)) for (a, ma), (b, mb) in zip(runs, runs[1:])]
     if len(runs) > 2:
         lines.append(headline(runs[0][1], runs[-1][1], names=(runs[0][0], runs[-1][0])))
+    lines += [headline(mb, ma, names=(b, a)) for b, mb in baselines for a, ma in runs[1:]]
     return "\n".join(lines)
 
 
@@ -73,9 +82,16 @@ def main() -> None:
     ap.add_argument("--num-generations", type=int, default=4)
     ap.add_argument("--questions-per-step", type=int, default=2)
     ap.add_argument("--grpo-learning-rate", type=float, default=1e-4, help="the code-as-action recipe's 1e-4")
+    ap.add_argument("--baselines", default="closed_book,rag",
+                    help="baselines run with the base model on the same questions (closed_book, rag; 'none': skip)")
+    ap.add_argument("--top-k", type=int, default=3, help="the retrieve-then-read baseline's hits")
+    ap.add_argument("--max-chars", type=int, default=300, help="the retrieve-then-read baseline's snippet length")
     ap.add_argument("--weak-sandbox", action="store_true", help="accept rlimit-only isolation without bubblewrap")
     ap.add_argument("--out", default="runs/wikicode-gain")
     args = ap.parse_args()
+    kinds = [k.strip() for k in args.baselines.split(",") if k.strip() and k.strip() != "none"]
+    if set(kinds) - set(BASELINES):  # refused now, not after the evals, traces and training
+        ap.error(f"--baselines: unknown {sorted(set(kinds) - set(BASELINES))}; choose from {', '.join(BASELINES)}")
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -118,7 +134,11 @@ def main() -> None:
         else:
             rl = timed("grpo", lambda: grpo.run(gcfg, root / "grpo"))
         runs.append(("grpo", play("grpo", str(root / "grpo"))))
-    print("\n" + report(runs))
+    named = {"closed_book": "closed-book", "rag": "BM25+read"}
+    bcfg = EvalConfig(data=args.data, limit=args.eval_limit, top_k=args.top_k, max_chars=args.max_chars,
+                      extractor="none", model=args.model)
+    found = timed("baselines", lambda: run_baselines(bcfg, root, kinds)) if kinds else {}
+    print("\n" + report(runs, [(named.get(k, k), found[k]) for k in kinds]))
     print(f"sft: {trained.get('steps')} steps on {trained.get('traces')} traces"
           + (f"; grpo: {rl.get('steps')} steps, groups {rl.get('groups')}, collapse {bool(rl.get('collapse'))}"
              if args.grpo else ""))

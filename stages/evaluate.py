@@ -21,6 +21,8 @@ per-action and confusion tables into `metrics.json`; `--judge SPEC` adds the fou
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from hopsmith.agent.backends import agent_backends
 from hopsmith.config import EvalConfig, RunDirError
 from hopsmith.evaluation import (check_leakage, check_run_dir, describe, load_eval_questions, merge, prompt_setup, run,
@@ -28,9 +30,33 @@ from hopsmith.evaluation import (check_leakage, check_run_dir, describe, load_ev
 from hopsmith.leakage import LeakageError
 
 __all__ = ["EvalConfig", "LeakageError", "RunDirError", "check_leakage", "check_run_dir", "describe",
-           "load_eval_questions", "make_backends", "merge", "prompt_setup", "run", "run_shard", "shard_path"]
+           "load_eval_questions", "make_backends", "merge", "prompt_setup", "run", "run_baselines", "run_shard",
+           "shard_path"]
 
 
 def make_backends(cfg: EvalConfig):
     """The agent and its extractor, as every eval builds them (`hopsmith.agent.backends.agent_backends`)."""
     return agent_backends(cfg.agent, engine="hf")
+
+
+def run_baselines(cfg: EvalConfig, root: Path, kinds: list[str]) -> dict:
+    """Closed-book and naive RAG (`hopsmith.baselines`) with the base model on the eval questions and pools
+    `cfg` selects, at its top-k and snippet length; each kind's rows are cached in ROOT/baseline-<kind>/
+    results.jsonl and reused while they cover the same number of questions. Returns each kind's metrics."""
+    from hopsmith.baselines import run_baseline
+    from hopsmith.io import read_jsonl, write_jsonl
+    from hopsmith.metrics import aggregate
+
+    questions, pools = load_eval_questions(cfg)
+    backend = None
+    out = {}
+    for kind in kinds:
+        path = Path(root) / f"baseline-{kind}" / "results.jsonl"
+        rows = read_jsonl(path) if path.exists() else None
+        if rows is None or len(rows) != len(questions):
+            if backend is None:
+                backend, _ = make_backends(cfg)
+            rows = run_baseline(kind, questions, pools, backend, top_k=cfg.agent.top_k, max_chars=cfg.agent.max_chars)
+            write_jsonl(path, rows)
+        out[kind] = aggregate(rows)
+    return out

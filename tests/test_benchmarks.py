@@ -215,3 +215,21 @@ def test_wikicode_gain_prints_code_metrics_and_each_step_paired_against_the_one_
     assert lines[4].startswith("base -> sft: EM 8.3% -> 58.3% (+50.0pt, McNemar p = 0.031)")
     assert lines[5].startswith("sft -> grpo: EM 58.3% -> 33.3% (-25.0pt, McNemar p = 0.250)")
     assert lines[6].startswith("base -> grpo: ")
+    assert len(lines) == 7  # no baselines given, none printed
+
+    rag = aggregate(_rows({0}), n_boot=100)
+    text = wg.report([("base", run({0}, 0)), ("sft", run({0, 1, 2, 3, 4, 5, 6}, 2))], [("BM25+read", rag)])
+    lines = text.splitlines()
+    assert lines[1].split()[0] == "BM25+read" and "%" not in lines[1]  # EM, F1, cover-EM; no tool columns
+    assert lines[2].split()[0] == "base" and lines[3].split()[0] == "sft"
+    assert lines[5].startswith("BM25+read -> sft: EM 8.3% -> 58.3% (+50.0pt, McNemar p = 0.031)")
+    assert len(lines) == 6
+
+
+def test_wikicode_gain_refuses_an_unknown_baseline_before_running(tmp_path, monkeypatch, capsys):
+    wg = _load("wikicode_gain")
+    monkeypatch.setattr(sys, "argv", ["wikicode_gain.py", "--baselines", "rag,oracle", "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as stop:
+        wg.main()
+    assert stop.value.code == 2 and "--baselines: unknown ['oracle']" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
