@@ -1,12 +1,12 @@
 """The code-as-action recipe's ladder on the embedded model: the base agent, SFT on synthetic code traces,
 then GRPO, all on the same eval questions, each paired with the one before it.
 
-    python benchmarks/wikicode_gain.py [--data hotpotqa] [--eval-limit 50] [--grpo-steps 12]
+    python benchmarks/wikicode_gain.py [--data hotpotqa] [--train hotpotqa] [--eval-limit 50] [--grpo-steps 12]
                                        [--num-generations 4] [--out runs/wikicode-gain]
 
 The code-as-action recipe trains with GRPO alone; the embedded 135M model, shown the prompt's worked
 example, never writes a program (tool use 0%), so every GRPO group would be all failures and teach nothing.
-So the ladder first fine-tunes a LoRA on one synthetic code trace per train question
+So the ladder first fine-tunes a LoRA on one synthetic code trace per train question of the `--train` sets
 (`hopsmith traces --env wikicode`: each gold hop as a program that loops over the top pages, really run in
 the sandbox), then continues that adapter with GRPO on the train questions (the recipe's temperature range,
 zero-variance fallbacks and 0.75 correctness + 0.25 approach reward, with the rule approach score). Every
@@ -24,11 +24,14 @@ import argparse
 import json
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from hopsmith.baselines import BASELINES
 from hopsmith.config import AgentConfig, EvalConfig
+from hopsmith.data import BUNDLED
 from hopsmith.evaluation import run as evaluate
+from hopsmith.io import read_jsonl, write_jsonl
 from hopsmith.metrics import headline
 from stages import grpo, sft
 from stages.evaluate import run_baselines
@@ -70,6 +73,8 @@ def report(runs: list[tuple[str, dict]], baselines: list[tuple[str, dict]] = ())
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="hotpotqa")
+    ap.add_argument("--train", default=None,
+                    help="bundled sets whose train split makes the code traces, comma-separated (default: --data)")
     ap.add_argument("--eval-limit", type=int, default=50)
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--max-turns", type=int, default=3)
@@ -92,6 +97,9 @@ def main() -> None:
     kinds = [k.strip() for k in args.baselines.split(",") if k.strip() and k.strip() != "none"]
     if set(kinds) - set(BASELINES):  # refused now, not after the evals, traces and training
         ap.error(f"--baselines: unknown {sorted(set(kinds) - set(BASELINES))}; choose from {', '.join(BASELINES)}")
+    unknown = [t for t in (x.strip() for x in (args.train or args.data).split(",")) if t and t not in BUNDLED]
+    if unknown:
+        ap.error(f"--train: unknown bundled set(s) {unknown}; choose from {', '.join(BUNDLED)}")
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -113,12 +121,21 @@ def main() -> None:
         return timed(f"eval {name}", lambda: evaluate(cfg, root / f"eval-{name}", progress=False))
 
     runs = [("base", play("base", None))]
-    tcfg = traces_stage.TracesConfig(data=args.data, agent=replace(traces_stage.TracesConfig().agent, env="wikicode",
-                                                                   weak_sandbox=args.weak_sandbox))
-    written = timed("traces", lambda: traces_stage.run(tcfg, root))
-    print(f"{written['traces']} code traces from {written['questions']} train questions; skipped: "
-          f"{json.dumps(written['skipped']['by_type'].get('code', {}))}", flush=True)
-    scfg = sft.SFTConfig(traces=str(root / "traces" / "shard-0.jsonl"), model=args.model, epochs=args.sft_epochs,
+    train_sets = [t.strip() for t in (args.train or args.data).split(",") if t.strip()]
+    train: list[dict] = []
+    for name in train_sets:
+        sub = root if train_sets == [args.data] else root / f"traces-{name}"
+        tcfg = traces_stage.TracesConfig(data=name, agent=replace(traces_stage.TracesConfig().agent, env="wikicode",
+                                                                  weak_sandbox=args.weak_sandbox))
+        written = timed(f"traces {name}", partial(traces_stage.run, tcfg, sub))
+        print(f"{name}: {written['traces']} code traces from {written['questions']} train questions; skipped: "
+              f"{json.dumps(written['skipped']['by_type'].get('code', {}))}", flush=True)
+        train += read_jsonl(sub / "traces" / "shard-0.jsonl")
+    traces_file = sub / "traces" / "shard-0.jsonl"
+    if len(train_sets) > 1:  # one SFT on every set's traces
+        traces_file = root / "train.jsonl"
+        write_jsonl(traces_file, train)
+    scfg = sft.SFTConfig(traces=str(traces_file), model=args.model, epochs=args.sft_epochs,
                          learning_rate=args.sft_learning_rate)
     trained = timed("sft", lambda: sft.run(scfg, root / "sft"))
     runs.append(("sft", play("sft", str(root / "sft"))))

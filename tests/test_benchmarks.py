@@ -226,10 +226,14 @@ def test_wikicode_gain_prints_code_metrics_and_each_step_paired_against_the_one_
     assert len(lines) == 6
 
 
-def test_wikicode_gain_refuses_an_unknown_baseline_before_running(tmp_path, monkeypatch, capsys):
+def test_wikicode_gain_refuses_an_unknown_baseline_or_train_set_before_running(tmp_path, monkeypatch, capsys):
     wg = _load("wikicode_gain")
     monkeypatch.setattr(sys, "argv", ["wikicode_gain.py", "--baselines", "rag,oracle", "--out", str(tmp_path / "run")])
     with pytest.raises(SystemExit) as stop:
         wg.main()
     assert stop.value.code == 2 and "--baselines: unknown ['oracle']" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", ["wikicode_gain.py", "--train", "hotpotqa, nq", "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as stop:
+        wg.main()
+    assert stop.value.code == 2 and "--train: unknown bundled set(s) ['nq']" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
