@@ -38,6 +38,7 @@ import sys
 import time
 from pathlib import Path
 
+from hopsmith.baselines import baseline_kinds
 from hopsmith.io import read_jsonl, write_json, write_jsonl
 from hopsmith.metrics import format_comparison, headline
 
@@ -207,6 +208,10 @@ def main() -> None:
     unknown = set(bases) - set(BASE_RUNS)
     if unknown or not bases:
         raise SystemExit(f"--base: unknown base run(s) {sorted(unknown)}; choose from {', '.join(BASE_RUNS)}")
+    try:  # an unknown baseline is refused now, not after the hour of traces, training and evals
+        kinds = baseline_kinds(args.baselines)
+    except ValueError as e:
+        ap.error(f"--baselines: {e}")
     if args.with_stages:  # a bad stage name or knob is refused now, not after the traces, SFT and evals
         from hopsmith.config import ConfigError, check_values
 
@@ -252,7 +257,6 @@ def main() -> None:
     if args.with_stages:
         ladder = run_ladder(args, root, record["tuned"])
         record["ladder"], record["kept"] = ladder["stages"], ladder["kept"]
-    kinds = [k.strip() for k in args.baselines.split(",") if k.strip() and k.strip() != "none"]
     if kinds:
         record["baselines"] = run_baselines(args, root, kinds)
     record.update(sft=summary, traces=len(train), seconds=time.perf_counter() - started, traces_seconds=t_traces,

@@ -27,7 +27,7 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-from hopsmith.baselines import BASELINES
+from hopsmith.baselines import baseline_kinds
 from hopsmith.config import AgentConfig, EvalConfig
 from hopsmith.data import BUNDLED
 from hopsmith.evaluation import run as evaluate
@@ -94,10 +94,12 @@ def main() -> None:
     ap.add_argument("--weak-sandbox", action="store_true", help="accept rlimit-only isolation without bubblewrap")
     ap.add_argument("--out", default="runs/wikicode-gain")
     args = ap.parse_args()
-    kinds = [k.strip() for k in args.baselines.split(",") if k.strip() and k.strip() != "none"]
-    if set(kinds) - set(BASELINES):  # refused now, not after the evals, traces and training
-        ap.error(f"--baselines: unknown {sorted(set(kinds) - set(BASELINES))}; choose from {', '.join(BASELINES)}")
-    unknown = [t for t in (x.strip() for x in (args.train or args.data).split(",")) if t and t not in BUNDLED]
+    try:  # refused now, not after the evals, traces and training
+        kinds = baseline_kinds(args.baselines)
+    except ValueError as e:
+        ap.error(f"--baselines: {e}")
+    train_sets = [t.strip() for t in (args.train or args.data).split(",") if t.strip()]
+    unknown = [t for t in train_sets if t not in BUNDLED]
     if unknown:
         ap.error(f"--train: unknown bundled set(s) {unknown}; choose from {', '.join(BUNDLED)}")
     root = Path(args.out)
@@ -121,8 +123,7 @@ def main() -> None:
         return timed(f"eval {name}", lambda: evaluate(cfg, root / f"eval-{name}", progress=False))
 
     runs = [("base", play("base", None))]
-    train_sets = [t.strip() for t in (args.train or args.data).split(",") if t.strip()]
-    train: list[dict] = []
+    shards = []
     for name in train_sets:
         sub = root if train_sets == [args.data] else root / f"traces-{name}"
         tcfg = traces_stage.TracesConfig(data=name, agent=replace(traces_stage.TracesConfig().agent, env="wikicode",
@@ -130,11 +131,11 @@ def main() -> None:
         written = timed(f"traces {name}", partial(traces_stage.run, tcfg, sub))
         print(f"{name}: {written['traces']} code traces from {written['questions']} train questions; skipped: "
               f"{json.dumps(written['skipped']['by_type'].get('code', {}))}", flush=True)
-        train += read_jsonl(sub / "traces" / "shard-0.jsonl")
-    traces_file = sub / "traces" / "shard-0.jsonl"
-    if len(train_sets) > 1:  # one SFT on every set's traces
+        shards.append(sub / "traces" / "shard-0.jsonl")
+    traces_file = shards[0]
+    if len(shards) > 1:  # one SFT on every set's traces
         traces_file = root / "train.jsonl"
-        write_jsonl(traces_file, train)
+        write_jsonl(traces_file, [row for shard in shards for row in read_jsonl(shard)])
     scfg = sft.SFTConfig(traces=str(traces_file), model=args.model, epochs=args.sft_epochs,
                          learning_rate=args.sft_learning_rate)
     trained = timed("sft", lambda: sft.run(scfg, root / "sft"))

@@ -24,6 +24,15 @@ from .tools.search import IndexCache, format_hits
 
 BASELINES = ("closed_book", "rag")
 
+
+def baseline_kinds(spec: str) -> list[str]:
+    """The baselines a comma-separated option names ('none' or '' for none), refused whole when one is unknown."""
+    kinds = [k.strip() for k in spec.split(",") if k.strip() and k.strip() != "none"]
+    unknown = sorted(set(kinds) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"unknown {unknown}; choose from {', '.join(BASELINES)}")
+    return kinds
+
 CLOSED_BOOK_SYSTEM = ("You answer questions from what you know. Reply with the answer only: a name, a date, "
                       "a number or a short phrase, no sentence.")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hopsmith.io import write_json, write_jsonl
+from hopsmith.io import read_jsonl, write_json, write_jsonl
 from hopsmith.metrics import aggregate
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -153,13 +153,20 @@ def test_learning_gain_baselines_run_on_the_eval_questions_with_the_base_model_a
     assert len(built) == 1 and again["rag"]["n"] == 4
 
 
-def test_learning_gain_refuses_a_bad_stage_before_running(tmp_path, monkeypatch, capsys):
-    lg = _load("learning_gain")
-    monkeypatch.setattr(sys, "argv", ["learning_gain.py", "--with", "rft,ppo", "--out", str(tmp_path / "run")])
+def _refused(bench: str, argv: list[str], out: Path, monkeypatch, capsys) -> str:
+    """Run a benchmark's main on bad options: it exits 2 before writing anything; returns its stderr."""
+    monkeypatch.setattr(sys, "argv", [f"{bench}.py", *argv, "--out", str(out)])
     with pytest.raises(SystemExit) as stop:
-        lg.main()
-    assert stop.value.code == 2 and "unknown --with stage(s) ppo" in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()
+        _load(bench).main()
+    assert stop.value.code == 2 and not out.exists()
+    return capsys.readouterr().err
+
+
+def test_learning_gain_refuses_a_bad_stage_or_baseline_before_running(tmp_path, monkeypatch, capsys):
+    err = _refused("learning_gain", ["--with", "rft,ppo"], tmp_path / "run", monkeypatch, capsys)
+    assert "unknown --with stage(s) ppo" in err
+    err = _refused("learning_gain", ["--baselines", "rag, oracle"], tmp_path / "run", monkeypatch, capsys)
+    assert "--baselines: unknown ['oracle']; choose from closed_book, rag" in err
 
 
 def test_preference_gain_pairs_an_older_sft_eval_and_prints_the_test(tmp_path, monkeypatch, capsys):
@@ -227,13 +234,39 @@ def test_wikicode_gain_prints_code_metrics_and_each_step_paired_against_the_one_
 
 
 def test_wikicode_gain_refuses_an_unknown_baseline_or_train_set_before_running(tmp_path, monkeypatch, capsys):
+    err = _refused("wikicode_gain", ["--baselines", "rag,oracle"], tmp_path / "run", monkeypatch, capsys)
+    assert "--baselines: unknown ['oracle']" in err
+    err = _refused("wikicode_gain", ["--train", "hotpotqa, nq"], tmp_path / "run", monkeypatch, capsys)
+    assert "--train: unknown bundled set(s) ['nq']" in err
+
+
+def test_wikicode_gain_trains_one_sft_on_every_named_sets_traces(tmp_path, monkeypatch, capsys):
+    """--train a,b: each set's code traces land in their own folder and the one SFT reads all of them; the
+    evals, the baselines and the report run on --data (fakes stand in for the model work)."""
     wg = _load("wikicode_gain")
-    monkeypatch.setattr(sys, "argv", ["wikicode_gain.py", "--baselines", "rag,oracle", "--out", str(tmp_path / "run")])
-    with pytest.raises(SystemExit) as stop:
-        wg.main()
-    assert stop.value.code == 2 and "--baselines: unknown ['oracle']" in capsys.readouterr().err
-    monkeypatch.setattr(sys, "argv", ["wikicode_gain.py", "--train", "hotpotqa, nq", "--out", str(tmp_path / "run")])
-    with pytest.raises(SystemExit) as stop:
-        wg.main()
-    assert stop.value.code == 2 and "--train: unknown bundled set(s) ['nq']" in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()
+    written, evals = {}, []
+
+    def traces(cfg, out):
+        rows = [{"question_id": f"{cfg.data}-{i}", "messages": []} for i in range(2 if cfg.data == "musique" else 3)]
+        write_jsonl(out / "traces" / "shard-0.jsonl", rows)
+        return {"traces": len(rows), "questions": len(rows), "skipped": {"by_type": {}}}
+
+    def train(cfg, out):
+        written["traces"] = [r["question_id"] for r in read_jsonl(Path(cfg.traces))]
+        return {"steps": 1, "traces": len(written["traces"])}
+
+    monkeypatch.setattr(wg.traces_stage, "run", traces)
+    monkeypatch.setattr(wg.sft, "run", train)
+    monkeypatch.setattr(wg, "evaluate", lambda cfg, out, progress: evals.append((cfg.data, cfg.agent.adapter))
+                        or _run({0} if cfg.agent.adapter else set(), False))
+    monkeypatch.setattr(wg, "run_baselines", lambda cfg, root, kinds: {k: _run(set(), False) for k in kinds})
+    root = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["wikicode_gain.py", "--data", "musique", "--train", "musique,hotpotqa",
+                                      "--no-grpo", "--baselines", "rag", "--out", str(root)])
+    wg.main()
+    assert written["traces"] == ["musique-0", "musique-1", "hotpotqa-0", "hotpotqa-1", "hotpotqa-2"]
+    assert (root / "traces-musique" / "traces" / "shard-0.jsonl").exists()
+    assert (root / "traces-hotpotqa" / "traces" / "shard-0.jsonl").exists()
+    assert evals == [("musique", None), ("musique", str(root / "sft"))]
+    out = capsys.readouterr().out
+    assert "sft: 1 steps on 5 traces" in out and "BM25+read -> sft" in out
