@@ -80,3 +80,24 @@ def test_the_traces_stage_writes_code_traces_and_refuses_what_it_cannot_write(tm
         traces_stage.TracesConfig(teacher="openai:gpt-4o-mini", agent=AgentConfig(env="wikicode"))
     with pytest.raises(ConfigError, match="enterprise"):
         traces_stage.TracesConfig(agent=AgentConfig(env="enterprise"))
+
+
+def test_a_hop_whose_page_holds_its_passage_deeper_reads_a_longer_page_start(box):
+    """A MuSiQue page gathers every paragraph with its title: where the first 300 characters miss the hop's
+    passage, the program prints the shortest longer start that shows it, and the trace still replays exactly."""
+    qs, pools = load_with_pools("musique", split="train", limit=20)
+    cfg = AgentConfig(env="wikicode", few_shot=False, max_turns=4)
+    make_env = wikicode.make(cfg, pools=pools, sandbox=box)
+    wide, skips = code_traces(qs, make_env)
+    narrow, _ = code_traces(qs, make_env, chars=300)
+    widened = [t for t in wide if max(t["env"]["chars"]) > 300]
+    assert widened and len(wide) > len(narrow)
+    assert not {t["question_id"] for t in widened} & {t["question_id"] for t in narrow}  # 300 alone has none
+    trace = widened[0]
+    programs = [m["content"] for m in trace["messages"] if m["role"] == "assistant"][:-1]
+    assert [f"[:{w}])" in p for p, w in zip(programs, trace["env"]["chars"])] == [True] * len(programs)
+    q = next(q for q in qs if q.id == trace["question_id"])
+    script = {q.question: [m["content"] for m in trace["messages"] if m["role"] == "assistant"]}
+    row = run_episodes([q], make_env, ScriptedBackend(script), cfg)[0]
+    assert row["messages"] == trace["messages"] and row["metrics"]["acc"] == 1.0
+    assert all(s["reason"] in ("support_not_printed", "final_answer_not_visible") for s in skips)
