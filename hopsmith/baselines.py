@@ -33,6 +33,7 @@ def baseline_kinds(spec: str) -> list[str]:
         raise ValueError(f"unknown {unknown}; choose from {', '.join(BASELINES)}")
     return kinds
 
+
 CLOSED_BOOK_SYSTEM = ("You answer questions from what you know. Reply with the answer only: a name, a date, "
                       "a number or a short phrase, no sentence.")
 

@@ -25,13 +25,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 
-WIDTHS = (300, 600, 1000)  # the page starts a hop's program may print, shortest first
-
 from hopsmith.records import Question
 
 from .filters import shows
 from .synthetic import TraceSkipped, _is_yes_no, _norm_key, plan_for
 
+WIDTHS = (300, 600, 1000)  # the page starts a hop's program may print, shortest first
 PROGRAM = 'for hit in search_pages({query}, k={k}):\n    print(read_section(hit["page_id"] + ":full")[:{chars}])'
 
 
@@ -41,16 +40,12 @@ def program(query: str, *, k: int = 2, chars: int = 300) -> str:
     return PROGRAM.format(query=json.dumps(query, ensure_ascii=False), k=k, chars=chars)
 
 
-def _shown(wiki, query: str, k: int, chars: int) -> tuple[set[str], str]:
-    """The pages the program would read and what it would print (computed here, to choose a query)."""
-    hits = wiki.search_pages(query, k=k)
-    return {h["page_id"] for h in hits}, "\n".join(wiki.read_section(h["page_id"] + ":full")[:chars] for h in hits)
-
-
 def _prints(wiki, query: str, k: int, chars: int, wanted: set[str], answer: str | None) -> bool:
-    """Whether the hop's program for `query` prints one of the `wanted` pages (and `answer`, when given)."""
-    pages, text = _shown(wiki, query, k, chars)
-    return bool(pages & wanted) and (answer is None or shows(text, [answer]))
+    """Whether the hop's program for `query` would print one of the `wanted` pages (and `answer`, when
+    given): computed here, on the wiki, to choose a query and a length."""
+    hits = wiki.search_pages(query, k=k)
+    text = "\n".join(wiki.read_section(h["page_id"] + ":full")[:chars] for h in hits)
+    return bool({h["page_id"] for h in hits} & wanted) and (answer is None or shows(text, [answer]))
 
 
 def code_trace(q: Question, make_env: Callable, *, k: int = 2, chars: int | Sequence[int] = WIDTHS) -> dict:
